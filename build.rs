@@ -1,0 +1,26 @@
+//! Compiles `proto/surfstore.proto` into Rust types and tonic services.
+//!
+//! A fresh machine has no `protoc`, so the build uses the one vendored by the
+//! `protoc-bin-vendored` crate, together with its copy of the well-known types
+//! (`google/protobuf/empty.proto`).
+
+use std::error::Error;
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let well_known = protoc_bin_vendored::include_path()?;
+
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    // Block payloads are handed around without copies.
+    config.bytes([".surfstore.Block.blockData"]);
+
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &[Path::new("proto/surfstore.proto")],
+        &[Path::new("proto"), well_known.as_path()],
+    )?;
+    println!("cargo:rerun-if-changed=proto/surfstore.proto");
+    Ok(())
+}

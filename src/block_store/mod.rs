@@ -1,0 +1,32 @@
+//! The BlockStore: content-addressed storage of blocks (SPEC §3).
+//!
+//! [`BlockStoreService`] is the gRPC face; it validates every request and
+//! keeps the bytes in a [`BlockBackend`]. Backends only store and fetch: the
+//! service computes hashes and enforces the protocol's rules.
+
+mod memory;
+mod service;
+
+pub use memory::MemoryBlocks;
+pub use service::BlockStoreService;
+
+use bytes::Bytes;
+
+/// Why a backend could not store or fetch a block.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockStoreError {
+    /// The storage medium failed.
+    #[error("block storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where a BlockStore keeps its blocks. Keys are valid block hashes (the
+/// service checks them); a backend never sees a malformed one.
+pub trait BlockBackend: Send + Sync + 'static {
+    /// The block named `hash`, if stored.
+    fn get(&self, hash: &str) -> Result<Option<Bytes>, BlockStoreError>;
+    /// Stores `data` under `hash` (its SHA-256); storing twice is harmless.
+    fn put(&self, hash: &str, data: Bytes) -> Result<(), BlockStoreError>;
+    /// Whether the block named `hash` is stored.
+    fn has(&self, hash: &str) -> Result<bool, BlockStoreError>;
+}

@@ -1,0 +1,108 @@
+//! What the binaries share: argument parsing with the project's exit codes,
+//! logging setup, and reporting a fatal error in one line.
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+/// Exit code for bad command-line arguments or configuration (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Exit code for any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Parses the command line into `T`. On bad arguments prints clap's usage
+/// message and exits with [`EXIT_USAGE`]; `--help` and `--version` exit 0.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                i32::from(EXIT_USAGE)
+            } else {
+                0
+            };
+            // Printing can only fail if stderr is gone; the exit code still tells.
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Sends `tracing` output to stderr: debug level with `-d`, otherwise only
+/// warnings and errors. `RUST_LOG` overrides both.
+pub fn init_logging(debug: bool) {
+    let default = if debug {
+        "debug,h2=info,hyper=info,tower=info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A fatal error of a binary: what to print and which code to exit with.
+#[derive(Debug)]
+pub struct Fatal {
+    /// The process exit code.
+    pub code: u8,
+    /// One line for the user.
+    pub message: String,
+}
+
+impl Fatal {
+    /// A usage/configuration error (exit 64).
+    pub fn usage(message: impl Display) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+
+    /// Any other failure (exit 1).
+    pub fn failure(message: impl Display) -> Self {
+        Self {
+            code: EXIT_FAILURE,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Turns a binary's result into its exit code, printing a fatal error as
+/// `<program>: <message>` on stderr.
+pub fn exit_code(program: &str, result: Result<(), Fatal>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("{program}: {}", fatal.message);
+            ExitCode::from(fatal.code)
+        }
+    }
+}
+
+/// Resolves when the process receives Ctrl-C or SIGTERM, for graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,95 @@
+//! gRPC plumbing shared by every server and client: message-size limits, how
+//! channels are opened, and how a server is started.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// The largest block a BlockStore accepts (SPEC asks for at least 64 MiB).
+pub const MAX_BLOCK_BYTES: usize = 128 << 20;
+
+/// The largest gRPC message either side encodes or decodes: a maximal block
+/// plus room for framing, or a large FileInfoMap.
+pub const MAX_MESSAGE_BYTES: usize = MAX_BLOCK_BYTES + (4 << 20);
+
+/// How long a client waits for a TCP connection to a server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid server address {addr:?}: {source}")]
+pub struct AddrError {
+    addr: String,
+    source: tonic::transport::Error,
+}
+
+/// Opens a lazily-connecting channel to `addr` (`host:port`). The channel is
+/// meant to be created once per server and cloned for every call: clones
+/// share one HTTP/2 connection.
+pub fn channel(addr: &str) -> Result<Channel, AddrError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|source| AddrError {
+            addr: addr.to_string(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+/// The server builder [`server`] returns, ready for `add_service`.
+pub type ServerBuilder = tonic::transport::server::Server<
+    tower::layer::util::Stack<
+        tower::util::MapResponseLayer<fn(HttpResponse) -> HttpResponse>,
+        tower::layer::util::Identity,
+    >,
+>;
+
+/// A tonic server builder with the project's settings. Requests that exceed
+/// [`MAX_MESSAGE_BYTES`] are answered with INVALID_ARGUMENT (tonic's own code
+/// for that is OUT_OF_RANGE; SPEC §3 asks for INVALID_ARGUMENT).
+pub fn server() -> ServerBuilder {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_invalid_argument as fn(_) -> _,
+        ))
+}
+
+fn oversized_is_invalid_argument(mut response: HttpResponse) -> HttpResponse {
+    let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
+    if response.headers().get("grpc-status") == Some(&out_of_range) {
+        response.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+    }
+    response
+}
+
+/// Resolves a listen address: `-l` binds loopback only, otherwise every
+/// interface.
+pub fn listen_addr(port: u16, localhost_only: bool) -> SocketAddr {
+    let ip = if localhost_only {
+        std::net::Ipv4Addr::LOCALHOST
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED
+    };
+    SocketAddr::from((ip, port))
+}
+
+/// Resolves `host:port` (e.g. `localhost:9007` from a config) to the first
+/// socket address it names.
+pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    })
+}

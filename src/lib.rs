@@ -1,0 +1,22 @@
+//! SurfStore: a Dropbox-like file-sync service whose metadata store can be
+//! replicated with Raft, wire-compatible with the original Go implementation.
+//!
+//! ```text
+//!   surfstore-client ──GetFileInfoMap/UpdateFile──▶ MetaStore  (meta_store, or raft)
+//!        │                                              │ GetBlockStoreAddr
+//!        └────────HasBlocks/PutBlock/GetBlock──────▶ BlockStore (block_store)
+//! ```
+//!
+//! * [`proto`]: the wire contract, generated from `proto/surfstore.proto`.
+//! * [`hash`], [`config`], [`grpc`]: shared building blocks.
+//! * [`block_store`], [`meta_store`]: the two non-replicated services.
+//! * [`cli`]: what the binaries in `src/bin` share.
+
+pub mod block_store;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod hash;
+pub mod meta_store;
+pub mod proto;
+pub mod raft;

@@ -1,0 +1,106 @@
+//! The MetaStore: the map from file name to [`FileMetaData`] and its version
+//! rule (SPEC §4).
+//!
+//! [`FileMap`] is the state machine every MetaStore applies updates to, the
+//! plain server and each Raft replica alike; [`MetaStoreService`] is the
+//! non-replicated gRPC service around one.
+
+mod service;
+
+pub use service::MetaStoreService;
+
+use std::collections::HashMap;
+
+use crate::proto::{FileInfoMap, FileMetaData};
+
+/// The version `UpdateFile` returns when the version rule rejects an update.
+pub const REJECTED_VERSION: i32 = -1;
+
+/// File name → latest metadata, tombstones included.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileMap {
+    files: HashMap<String, FileMetaData>,
+}
+
+impl FileMap {
+    /// Applies an update under the version rule: accepted only when
+    /// `meta.version` is exactly one more than the stored version (0 for an
+    /// unknown file). Returns the new version, or [`REJECTED_VERSION`] and
+    /// leaves the map unchanged.
+    pub fn apply(&mut self, meta: FileMetaData) -> i32 {
+        let current = self.files.get(&meta.filename).map_or(0, |m| m.version);
+        if current.checked_add(1) != Some(meta.version) {
+            return REJECTED_VERSION;
+        }
+        let version = meta.version;
+        self.files.insert(meta.filename.clone(), meta);
+        version
+    }
+
+    /// The metadata of `name`, if known.
+    pub fn get(&self, name: &str) -> Option<&FileMetaData> {
+        self.files.get(name)
+    }
+
+    /// Number of files, tombstones included.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no file was ever stored.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// A copy of the whole map in its wire form.
+    pub fn to_proto(&self) -> FileInfoMap {
+        FileInfoMap {
+            file_info_map: self.files.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, version: i32) -> FileMetaData {
+        FileMetaData {
+            filename: name.into(),
+            version,
+            block_hash_list: vec![],
+        }
+    }
+
+    #[test]
+    fn version_rule() {
+        let mut map = FileMap::default();
+        assert_eq!(map.apply(meta("a", 2)), REJECTED_VERSION);
+        assert_eq!(map.apply(meta("a", 0)), REJECTED_VERSION);
+        assert_eq!(map.apply(meta("a", 1)), 1);
+        assert_eq!(map.apply(meta("a", 1)), REJECTED_VERSION);
+        assert_eq!(map.apply(meta("a", 3)), REJECTED_VERSION);
+        assert_eq!(map.apply(meta("a", 2)), 2);
+        assert_eq!(map.get("a").map(|m| m.version), Some(2));
+        assert_eq!(map.apply(meta("b", 1)), 1);
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn rejected_update_changes_nothing() {
+        let mut map = FileMap::default();
+        map.apply(meta("a", 1));
+        let before = map.clone();
+        let mut stale = meta("a", 1);
+        stale.block_hash_list = vec!["0".into()];
+        assert_eq!(map.apply(stale), REJECTED_VERSION);
+        assert_eq!(map, before);
+    }
+
+    #[test]
+    fn version_overflow_is_rejected_not_a_panic() {
+        let mut map = FileMap::default();
+        map.files.insert("a".into(), meta("a", i32::MAX));
+        assert_eq!(map.apply(meta("a", i32::MIN)), REJECTED_VERSION);
+    }
+}

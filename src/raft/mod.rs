@@ -1,0 +1,66 @@
+//! The Raft-replicated MetaStore (SPEC §5).
+//!
+//! The algorithm lives in [`core`], a pure, deterministic state machine: calls
+//! and messages in, messages and effects ([`Ready`]) out, no I/O and no clock.
+//! Everything else drives it: the node feeds it RPCs and replies, persists
+//! what it says must be durable, sends what it says to send, and applies what
+//! it says is committed to a [`crate::meta_store::FileMap`].
+
+use crate::proto::{FileMetaData, UpdateOperation};
+
+/// A Raft term. Every server starts at term 0.
+pub type Term = i64;
+
+/// A 0-based log index; -1 means "before the first entry".
+pub type LogIndex = i64;
+
+/// A server's position in the cluster config (`MetaStoreAddrs[id]`).
+pub type ServerId = usize;
+
+/// One log entry: an `UpdateFile` request stamped with the leader's term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The term of the leader that appended it.
+    pub term: Term,
+    /// The update to apply to the MetaStore once committed.
+    pub meta: FileMetaData,
+}
+
+/// What must survive a process crash (like etcd's HardState).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardState {
+    /// The current term.
+    pub term: Term,
+    /// The leader this server follows (or is) in `term`, if any.
+    pub voted_for: Option<ServerId>,
+    /// The highest index known to be committed.
+    pub commit: LogIndex,
+}
+
+impl Default for HardState {
+    fn default() -> Self {
+        Self {
+            term: 0,
+            voted_for: None,
+            commit: -1,
+        }
+    }
+}
+
+impl From<Entry> for UpdateOperation {
+    fn from(entry: Entry) -> Self {
+        UpdateOperation {
+            term: entry.term,
+            file_meta_data: Some(entry.meta),
+        }
+    }
+}
+
+impl From<UpdateOperation> for Entry {
+    fn from(op: UpdateOperation) -> Self {
+        Entry {
+            term: op.term,
+            meta: op.file_meta_data.unwrap_or_default(),
+        }
+    }
+}
