@@ -1,0 +1,31 @@
+# SurfStore: common tasks. `make demo` shows a round trip; `make test` runs the suite.
+CARGO ?= cargo
+BIN := target/debug
+CONFIG ?= example_config.json
+IDX ?= 0
+
+.PHONY: build test demo run-both run-blockstore run-metastore run-raft
+
+build:
+	$(CARGO) build --release --bins
+
+test:
+	$(CARGO) test
+
+# Builds, starts a server in the background, syncs a sample directory through
+# two clients, shows the second received the files, stops the server.
+demo:
+	$(CARGO) build --bins
+	scripts/demo.sh
+
+run-both:
+	$(CARGO) run --bin surfstore-server -- -s both -p 8081 -l localhost:8081
+
+run-blockstore:
+	$(CARGO) run --bin surfstore-server -- -s block -p 8081 -l
+
+run-metastore:
+	$(CARGO) run --bin surfstore-server -- -s meta -p 8080 -l localhost:8081
+
+run-raft:
+	$(CARGO) run --bin surfstore-raft-server -- -f $(CONFIG) -i $(IDX)
