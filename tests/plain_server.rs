@@ -335,7 +335,7 @@ async fn split_servers_each_serve_only_their_service() {
         .unwrap()
         .into_inner()
         .hashes;
-    assert_eq!(present, [hash.clone()]);
+    assert_eq!(present, std::slice::from_ref(&hash));
 
     let unimplemented = |result: Result<(), tonic::Status>, what: &str| {
         let status = result.expect_err(what);
