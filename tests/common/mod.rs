@@ -406,3 +406,20 @@ impl Cluster {
         self.dir.path()
     }
 }
+
+/// Polls `probe` every 20 ms until it yields a value, for at most `limit`;
+/// panics naming `what` if it never does.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
