@@ -251,9 +251,10 @@ pub struct Cluster {
     pub block: Server,
     /// One connected client per server, in config order.
     pub clients: Vec<RaftSurfstoreClient<Channel>>,
-    procs: Vec<Proc>,
-    // Declared last: dropped after the processes that use it.
-    dir: tempfile::TempDir,
+    // Held only to be killed on drop.
+    _procs: Vec<Proc>,
+    // Declared last: removed after the processes that use it are gone.
+    _dir: tempfile::TempDir,
 }
 
 /// Starts a cluster of `n` Raft servers, each with `extra` appended to
@@ -291,8 +292,8 @@ pub async fn start_cluster(n: usize, extra: &[&str]) -> Cluster {
                 config,
                 block,
                 clients,
-                procs,
-                dir,
+                _procs: procs,
+                _dir: dir,
             };
         }
     }
@@ -394,16 +395,6 @@ impl Cluster {
         within("UpdateFile", self.client(i).update_file(meta))
             .await
             .map(|v| v.into_inner().version)
-    }
-
-    /// The process of server `i`, e.g. to check it is still alive.
-    pub fn proc(&mut self, i: usize) -> &mut Proc {
-        &mut self.procs[i]
-    }
-
-    /// The cluster's temporary directory (holds the config).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
