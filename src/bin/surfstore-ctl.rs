@@ -4,6 +4,10 @@
 //! RPC of that name on one server and print one line; `status` asks every
 //! server of a config for its state, concurrently, and prints a table.
 //! Every call has a deadline, so a dead server costs seconds, not a hang.
+//!
+//! Exit codes: 0 when the server answered (a heartbeat that no majority
+//! acknowledged included: the line says so), 1 when the call failed, 64 on
+//! bad arguments or an unusable config.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
