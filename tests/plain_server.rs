@@ -1,8 +1,16 @@
-//! `surfstore-server` from the outside: its command line.
+//! `surfstore-server` from the outside: its command line, and BlockStore and
+//! MetaStore conformance over the wire (SPEC §2–4), with independent tonic
+//! clients.
 
 mod common;
 
-use common::{bin, run};
+use bytes::Bytes;
+use common::{Server, bin, block_client, file_meta, meta_client, raft_client, run, start_server};
+use surfstore::hash::hash_block;
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::{Block, BlockHash, BlockHashes, FileMetaData};
+use tonic::Code;
+use tonic::transport::Channel;
 
 #[test]
 fn bad_arguments_exit_64_with_usage() {
@@ -18,4 +26,361 @@ fn bad_arguments_exit_64_with_usage() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?} printed no usage");
     }
+}
+
+fn block(data: impl Into<Bytes>) -> Block {
+    let data = data.into();
+    Block {
+        block_size: i32::try_from(data.len()).unwrap(),
+        block_data: data,
+    }
+}
+
+/// After a bad request the server must still be alive and serving.
+async fn assert_still_serves(server: &mut Server, blocks: &mut BlockStoreClient<Channel>) {
+    let probe = block(&b"still alive?"[..]);
+    let reply = blocks.put_block(probe.clone()).await;
+    assert!(
+        reply.is_ok_and(|r| r.into_inner().flag),
+        "server stopped serving"
+    );
+    let back = blocks
+        .get_block(BlockHash {
+            hash: hash_block(&probe.block_data),
+        })
+        .await
+        .expect("GetBlock after a bad request");
+    assert_eq!(back.into_inner(), probe);
+    assert!(!server.proc.has_exited(), "server process exited");
+}
+
+/// Asserts `result` is an error with `code` whose message mentions `needle`
+/// (case-insensitively): SPEC §3 asks for messages that say what is wrong.
+fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    needle: &str,
+    what: &str,
+) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), code, "{what}: {status:?}");
+    assert!(
+        status.message().to_lowercase().contains(needle),
+        "{what}: message {:?} does not mention {needle:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn blocks_round_trip() {
+    let server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let stored = [block(&b"hello block"[..]), block(Bytes::new())];
+    let absent = hash_block(b"never stored");
+
+    for b in &stored {
+        let ok = blocks.put_block(b.clone()).await.unwrap().into_inner();
+        assert!(ok.flag);
+        // Storing the same block twice is harmless.
+        assert!(blocks.put_block(b.clone()).await.unwrap().into_inner().flag);
+    }
+    for b in &stored {
+        let hash = hash_block(&b.block_data);
+        let got = blocks.get_block(BlockHash { hash }).await.unwrap();
+        assert_eq!(&got.into_inner(), b);
+    }
+
+    let mut asked: Vec<String> = stored.iter().map(|b| hash_block(&b.block_data)).collect();
+    asked.insert(1, absent.clone());
+    let present = blocks
+        .has_blocks(BlockHashes {
+            hashes: asked.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hashes;
+    let mut expected: Vec<String> = asked.into_iter().filter(|h| *h != absent).collect();
+    let mut present_sorted = present;
+    present_sorted.sort();
+    expected.sort();
+    assert_eq!(present_sorted, expected);
+
+    let none = blocks
+        .has_blocks(BlockHashes { hashes: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.hashes.is_empty());
+}
+
+#[tokio::test]
+async fn get_block_of_unknown_hash_is_not_found() {
+    let mut server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let hash = hash_block(b"unknown");
+    let status = blocks
+        .get_block(BlockHash { hash })
+        .await
+        .expect_err("unknown block");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_still_serves(&mut server, &mut blocks).await;
+}
+
+#[tokio::test]
+async fn malformed_hashes_are_invalid_argument() {
+    let mut server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let valid = hash_block(b"x");
+    let malformed = [
+        ("empty", String::new()),
+        ("short", "abc".to_string()),
+        ("uppercase", valid.to_uppercase()),
+        ("non-hex", format!("{}z", &valid[..63])),
+        ("one too long", format!("{valid}0")),
+        ("huge", "a".repeat(1 << 20)),
+        ("tombstone marker", "0".to_string()),
+    ];
+    for (what, hash) in malformed {
+        assert_error(
+            blocks.get_block(BlockHash { hash: hash.clone() }).await,
+            Code::InvalidArgument,
+            "hash",
+            &format!("GetBlock of a {what} hash"),
+        );
+        assert_still_serves(&mut server, &mut blocks).await;
+        assert_error(
+            blocks
+                .has_blocks(BlockHashes {
+                    hashes: vec![valid.clone(), hash],
+                })
+                .await,
+            Code::InvalidArgument,
+            "hash",
+            &format!("HasBlocks with a {what} hash"),
+        );
+        assert_still_serves(&mut server, &mut blocks).await;
+    }
+}
+
+#[tokio::test]
+async fn block_size_disagreeing_with_data_is_invalid_argument() {
+    let mut server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let data = Bytes::from_static(b"ten bytes!");
+    for size in [11, 9, 0, -1, i32::MAX, i32::MIN] {
+        let bad = Block {
+            block_data: data.clone(),
+            block_size: size,
+        };
+        assert_error(
+            blocks.put_block(bad).await,
+            Code::InvalidArgument,
+            "size",
+            &format!("PutBlock of 10 bytes with blockSize {size}"),
+        );
+        assert_still_serves(&mut server, &mut blocks).await;
+    }
+    // Nothing was stored under the data's hash.
+    let status = blocks
+        .get_block(BlockHash {
+            hash: hash_block(&data),
+        })
+        .await
+        .expect_err("a rejected block must not be stored");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_64_mib_block_round_trips() {
+    let server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let mut data = vec![0x5a_u8; 64 << 20];
+    // Make the content distinctive at both ends so truncation would show.
+    data[0] = 1;
+    data[(64 << 20) - 1] = 2;
+    let hash = hash_block(&data);
+    let big = block(data);
+    assert!(
+        blocks
+            .put_block(big.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .flag
+    );
+    let back = blocks
+        .get_block(BlockHash { hash: hash.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.block_size, 64 << 20);
+    assert_eq!(hash_block(&back.block_data), hash);
+    assert!(back.block_data == big.block_data);
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_invalid_argument() {
+    let mut server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    // Zeroed memory is cheap to allocate; only the encoder touches it.
+    let oversized = block(vec![0_u8; surfstore::grpc::MAX_MESSAGE_BYTES + 1]);
+    let status = blocks
+        .put_block(oversized)
+        .await
+        .expect_err("an oversized PutBlock");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_still_serves(&mut server, &mut blocks).await;
+}
+
+/// Every file of the server's map, sorted by name.
+async fn files(server: &Server) -> Vec<FileMetaData> {
+    let map = meta_client(&server.addr)
+        .get_file_info_map(())
+        .await
+        .unwrap()
+        .into_inner()
+        .file_info_map;
+    for (name, meta) in &map {
+        assert_eq!(name, &meta.filename, "map key and filename differ");
+    }
+    let mut files: Vec<FileMetaData> = map.into_values().collect();
+    files.sort_by(|a, b| a.filename.cmp(&b.filename));
+    files
+}
+
+#[tokio::test]
+async fn update_file_follows_the_version_rule() {
+    let server = start_server("both", &[]);
+    let mut meta = meta_client(&server.addr);
+    let h1 = hash_block(b"one");
+    let h2 = hash_block(b"two");
+    assert!(files(&server).await.is_empty());
+
+    let mut update =
+        async |m: FileMetaData| meta.update_file(m).await.unwrap().into_inner().version;
+    // (update, expected reply)
+    let steps = [
+        (file_meta("a.txt", 0, &[&h1]), -1),
+        (file_meta("a.txt", 2, &[&h1]), -1),
+        (file_meta("a.txt", 1, &[&h1]), 1),
+        (file_meta("a.txt", 1, &[&h2]), -1),
+        (file_meta("a.txt", 3, &[&h2]), -1),
+        (file_meta("a.txt", 2, &[&h1, &h2]), 2),
+        (file_meta("empty", 1, &[]), 1),
+        (file_meta("a.txt", 3, &["0"]), 3),
+        (file_meta("a.txt", 3, &[&h1]), -1),
+        (file_meta("a.txt", 4, &[&h2]), 4),
+        (file_meta("gone", 1, &[&h1]), 1),
+        (file_meta("gone", 2, &["0"]), 2),
+    ];
+    for (m, expected) in steps {
+        let what = format!("{m:?}");
+        assert_eq!(update(m).await, expected, "{what}");
+    }
+
+    // Rejected updates changed nothing; tombstones and empty files are in the map.
+    assert_eq!(
+        files(&server).await,
+        [
+            file_meta("a.txt", 4, &[&h2]),
+            file_meta("empty", 1, &[]),
+            file_meta("gone", 2, &["0"]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn both_announces_its_own_address_as_the_block_store() {
+    let server = start_server("both", &[]);
+    let addr = meta_client(&server.addr)
+        .get_block_store_addr(())
+        .await
+        .unwrap()
+        .into_inner()
+        .addr;
+    assert_eq!(addr, format!("localhost:{}", server.port));
+}
+
+#[tokio::test]
+async fn split_servers_each_serve_only_their_service() {
+    let block_server = start_server("block", &[]);
+    let meta_server = start_server("meta", &[&block_server.addr]);
+
+    let announced = meta_client(&meta_server.addr)
+        .get_block_store_addr(())
+        .await
+        .unwrap()
+        .into_inner()
+        .addr;
+    assert_eq!(announced, block_server.addr);
+
+    // The announced address is a working BlockStore.
+    let data = Bytes::from_static(b"split");
+    let mut blocks = block_client(&announced);
+    assert!(
+        blocks
+            .put_block(block(data.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .flag
+    );
+    let hash = hash_block(&data);
+    let present = blocks
+        .has_blocks(BlockHashes {
+            hashes: vec![hash.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hashes;
+    assert_eq!(present, std::slice::from_ref(&hash));
+
+    let unimplemented = |result: Result<(), tonic::Status>, what: &str| {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unimplemented, "{what}: {status:?}");
+    };
+    let mut on_meta = block_client(&meta_server.addr);
+    unimplemented(
+        on_meta
+            .get_block(BlockHash { hash: hash.clone() })
+            .await
+            .map(drop),
+        "GetBlock on -s meta",
+    );
+    unimplemented(
+        on_meta.put_block(block(data.clone())).await.map(drop),
+        "PutBlock on -s meta",
+    );
+    unimplemented(
+        on_meta
+            .has_blocks(BlockHashes { hashes: vec![hash] })
+            .await
+            .map(drop),
+        "HasBlocks on -s meta",
+    );
+
+    let mut on_block = meta_client(&block_server.addr);
+    unimplemented(
+        on_block.get_file_info_map(()).await.map(drop),
+        "GetFileInfoMap on -s block",
+    );
+    unimplemented(
+        on_block.update_file(file_meta("f", 1, &[])).await.map(drop),
+        "UpdateFile on -s block",
+    );
+    unimplemented(
+        on_block.get_block_store_addr(()).await.map(drop),
+        "GetBlockStoreAddr on -s block",
+    );
+
+    // A plain server is not a Raft server either.
+    unimplemented(
+        raft_client(&meta_server.addr)
+            .get_internal_state(())
+            .await
+            .map(drop),
+        "GetInternalState on -s meta",
+    );
 }

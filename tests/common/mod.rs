@@ -1,6 +1,11 @@
 //! Test harness shared by the integration tests: starts the real binaries on
 //! free loopback ports, waits for readiness by polling, and kills every
 //! process it started when the handle drops (also when a test fails).
+//!
+//! Tests talk to the servers only from the outside, through the generated
+//! tonic clients ([`block_client`], [`meta_client`], [`raft_client`]), the
+//! way an independent conformance suite would. [`start_cluster`] starts a
+//! whole Raft cluster with its config file and BlockStore.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -8,6 +13,12 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::meta_store_client::MetaStoreClient;
+use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
+use surfstore::proto::{FileMetaData, RaftInternalState};
+use tonic::transport::Channel;
 
 /// How long a server may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -145,4 +156,261 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+}
+
+/// Runs a binary like [`run`], but kills it if it has not finished within
+/// `limit`. Returns its output and how long it ran; a killed run has no exit
+/// code. Output goes through files so a chatty child never blocks on a full
+/// pipe while the harness waits.
+pub fn run_with_timeout(program: &Path, args: &[&str], limit: Duration) -> (Output, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir for output");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("reap killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    let output = Output {
+        status,
+        stdout: std::fs::read(&out_path).expect("read stdout"),
+        stderr: std::fs::read(&err_path).expect("read stderr"),
+    };
+    (output, elapsed)
+}
+
+/// A lazily connecting channel to `addr`; must be called inside a tokio
+/// runtime.
+fn connect(addr: &str) -> Channel {
+    surfstore::grpc::channel(addr).expect("valid address")
+}
+
+/// A BlockStore client to `addr` with no message-size limits of its own, so
+/// the server's limits are the ones under test.
+pub fn block_client(addr: &str) -> BlockStoreClient<Channel> {
+    BlockStoreClient::new(connect(addr))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A MetaStore client to `addr` with no message-size limits of its own.
+pub fn meta_client(addr: &str) -> MetaStoreClient<Channel> {
+    MetaStoreClient::new(connect(addr))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A RaftSurfstore client to `addr` with no message-size limits of its own.
+pub fn raft_client(addr: &str) -> RaftSurfstoreClient<Channel> {
+    RaftSurfstoreClient::new(connect(addr))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// `FileMetaData{filename, version, blockHashList}`.
+pub fn file_meta(name: &str, version: i32, hashes: &[&str]) -> FileMetaData {
+    FileMetaData {
+        filename: name.to_string(),
+        version,
+        block_hash_list: hashes.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+/// Extra `surfstore-raft-server` arguments that turn automatic heartbeats
+/// off, so only explicit `SendHeartbeat` calls replicate (the reference
+/// scenarios' semantics).
+pub const MANUAL_HEARTBEATS: &[&str] = &["--heartbeat-ms", "0"];
+
+/// Deadline of one chaos-API or heartbeat call made by the harness. A
+/// heartbeat may wait for a crashed or unreachable peer to time out.
+pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running Raft cluster: one BlockStore (`surfstore-server -s block`) and
+/// `n` `surfstore-raft-server`s configured by a JSON file in a temporary
+/// directory. Every process is killed when the cluster drops.
+pub struct Cluster {
+    /// `MetaStoreAddrs`: server `i` listens on `addrs[i]` (`127.0.0.1:<port>`).
+    pub addrs: Vec<String>,
+    /// The config file the servers were started with.
+    pub config: PathBuf,
+    /// The BlockStore every server announces (`BlockStoreAddrs[0]`).
+    pub block: Server,
+    /// One connected client per server, in config order.
+    pub clients: Vec<RaftSurfstoreClient<Channel>>,
+    // Held only to be killed on drop.
+    _procs: Vec<Proc>,
+    // Declared last: removed after the processes that use it are gone.
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a cluster of `n` Raft servers, each with `extra` appended to
+/// `surfstore-raft-server -f CONFIG -i ID`. Polls until every server answers
+/// `IsCrashed`; if one exits first (its port was taken meanwhile) the whole
+/// cluster is started again on fresh ports. Must be called inside a tokio
+/// runtime (the clients' channels live on it).
+pub async fn start_cluster(n: usize, extra: &[&str]) -> Cluster {
+    let block = start_server("block", &[]);
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir for the cluster");
+        let addrs: Vec<String> = free_ports(n)
+            .into_iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let config = dir.path().join("config.json");
+        let json = serde_json::json!({
+            "MetaStoreAddrs": addrs,
+            "BlockStoreAddrs": [block.addr],
+        });
+        std::fs::write(&config, json.to_string()).expect("write cluster config");
+        let config_arg = config.to_str().expect("utf-8 temp path").to_string();
+        let mut procs: Vec<Proc> = (0..n)
+            .map(|id| {
+                let id = id.to_string();
+                let mut args = vec!["-f", config_arg.as_str(), "-i", id.as_str()];
+                args.extend_from_slice(extra);
+                Proc::spawn(&bin("surfstore-raft-server"), &args)
+            })
+            .collect();
+        let clients: Vec<_> = addrs.iter().map(|a| raft_client(a)).collect();
+        if all_ready(&mut procs, &clients).await {
+            return Cluster {
+                addrs,
+                config,
+                block,
+                clients,
+                _procs: procs,
+                _dir: dir,
+            };
+        }
+    }
+    panic!("could not start a {n}-server cluster");
+}
+
+/// Whether every server answers a RaftSurfstore call (not merely some
+/// process on its port) while its process is still alive.
+async fn all_ready(procs: &mut [Proc], clients: &[RaftSurfstoreClient<Channel>]) -> bool {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for (proc, client) in procs.iter_mut().zip(clients) {
+        loop {
+            if proc.has_exited() {
+                return false;
+            }
+            let mut client = client.clone();
+            let answer =
+                tokio::time::timeout(Duration::from_millis(500), client.is_crashed(())).await;
+            if matches!(answer, Ok(Ok(_))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never answered IsCrashed",
+                proc.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A server whose port another process held answers nothing itself but
+    // exits; check once more now that all have been polled.
+    !procs.iter_mut().any(Proc::has_exited)
+}
+
+/// Awaits `call` with [`RPC_DEADLINE`], panicking with `what` on timeout.
+pub async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(RPC_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not return within {RPC_DEADLINE:?}"))
+}
+
+impl Cluster {
+    /// A clone of server `i`'s client (clones share one connection).
+    pub fn client(&self, i: usize) -> RaftSurfstoreClient<Channel> {
+        self.clients[i].clone()
+    }
+
+    /// `SetLeader` on server `i`; panics on error.
+    pub async fn set_leader(&self, i: usize) {
+        let ok = within("SetLeader", self.client(i).set_leader(()))
+            .await
+            .unwrap_or_else(|e| panic!("SetLeader on {i}: {e}"));
+        assert!(ok.into_inner().flag, "SetLeader on {i} returned false");
+    }
+
+    /// `SendHeartbeat` on server `i`; returns its flag, panics on error.
+    pub async fn heartbeat(&self, i: usize) -> bool {
+        within("SendHeartbeat", self.client(i).send_heartbeat(()))
+            .await
+            .unwrap_or_else(|e| panic!("SendHeartbeat on {i}: {e}"))
+            .into_inner()
+            .flag
+    }
+
+    /// `Crash` on server `i`; panics on error.
+    pub async fn crash(&self, i: usize) {
+        within("Crash", self.client(i).crash(()))
+            .await
+            .unwrap_or_else(|e| panic!("Crash on {i}: {e}"));
+    }
+
+    /// `Restore` on server `i`; panics on error.
+    pub async fn restore(&self, i: usize) {
+        within("Restore", self.client(i).restore(()))
+            .await
+            .unwrap_or_else(|e| panic!("Restore on {i}: {e}"));
+    }
+
+    /// `IsCrashed` on server `i`; panics on error.
+    pub async fn is_crashed(&self, i: usize) -> bool {
+        within("IsCrashed", self.client(i).is_crashed(()))
+            .await
+            .unwrap_or_else(|e| panic!("IsCrashed on {i}: {e}"))
+            .into_inner()
+            .is_crashed
+    }
+
+    /// `GetInternalState` of server `i`; panics on error.
+    pub async fn state(&self, i: usize) -> RaftInternalState {
+        within("GetInternalState", self.client(i).get_internal_state(()))
+            .await
+            .unwrap_or_else(|e| panic!("GetInternalState on {i}: {e}"))
+            .into_inner()
+    }
+
+    /// `UpdateFile` on server `i` (must not block longer than
+    /// [`RPC_DEADLINE`]); returns the version or the error status.
+    pub async fn update(&self, i: usize, meta: FileMetaData) -> Result<i32, tonic::Status> {
+        within("UpdateFile", self.client(i).update_file(meta))
+            .await
+            .map(|v| v.into_inner().version)
+    }
+}
+
+/// Polls `probe` every 20 ms until it yields a value, for at most `limit`;
+/// panics naming `what` if it never does.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
