@@ -134,12 +134,12 @@ fn parse_line(line: &str) -> Result<(String, Entry), String> {
         .filter(|h| !h.is_empty())
         .map(String::from)
         .collect();
-    if !is_tombstone(&hashes) {
-        if let Some(bad) = hashes.iter().find(|h| !is_valid_hash(h)) {
-            return Err(format!(
-                "{bad:?} is not a block hash (64 hex characters) or the tombstone {TOMBSTONE_HASH:?}"
-            ));
-        }
+    if let Some(bad) = hashes.iter().find(|h| !is_valid_hash(h))
+        && !is_tombstone(&hashes)
+    {
+        return Err(format!(
+            "{bad:?} is not a block hash (64 hex characters) or the tombstone {TOMBSTONE_HASH:?}"
+        ));
     }
     Ok((name, Entry { version, hashes }))
 }

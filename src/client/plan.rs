@@ -181,6 +181,16 @@ mod tests {
         Some(Action::Adopt(e(version, hashes)))
     }
 
+    /// What a case is called, local state, index entry, remote entry, and
+    /// the expected decision.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a [String]>,
+        Option<Entry>,
+        Option<Entry>,
+        Option<Action>,
+    );
+
     /// The whole decision table: local state × index × remote.
     #[test]
     fn decision_table() {
@@ -192,7 +202,7 @@ mod tests {
         let lempty = Some(empty.as_slice());
         let none: Option<&[String]> = None;
         #[rustfmt::skip]
-        let cases: Vec<(&str, Option<&[String]>, Option<Entry>, Option<Entry>, Option<Action>)> = vec![
+        let cases: Vec<Case> = vec![
             // Nothing remote.
             ("new local file",                 la,    None,             None,             up(1, a.clone())),
             ("new empty file",                 lempty, None,            None,             up(1, vec![])),

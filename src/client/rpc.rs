@@ -61,8 +61,10 @@ pub enum RpcError {
         last: String,
     },
     /// The server could not be reached or did not answer in time.
-    #[error("cannot reach {addr}: {reason}")]
+    #[error("cannot reach the {service} at {addr}: {reason}")]
     Unreachable {
+        /// `MetaStore` or `BlockStore`.
+        service: &'static str,
         /// The server.
         addr: String,
         /// What went wrong.
@@ -170,19 +172,25 @@ fn leader_hint(text: &str) -> Option<String> {
     is_host_port(&addr).then_some(addr)
 }
 
-/// A status in one line, with the transport error behind it if any.
+/// A status in one line: its message and, for transport errors, the root
+/// cause (tonic repeats the layers in between).
 fn describe(status: &Status) -> String {
-    let mut text = if status.message().is_empty() {
+    let message = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         status.message().to_string()
     };
+    let mut root = None;
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        text = format!("{text}: {cause}");
+        root = Some(cause.to_string());
         source = cause.source();
     }
-    text
+    match root {
+        Some(root) if !root.contains(&message) => format!("{message}: {root}"),
+        Some(root) => root,
+        None => message,
+    }
 }
 
 fn meta_client(channel: Channel) -> MetaStoreClient<Channel> {
@@ -362,7 +370,11 @@ impl MetaStore {
 
     fn give_up(&self, addr: String, reason: String, waited: Duration) -> RpcError {
         if !self.cluster {
-            return RpcError::Unreachable { addr, reason };
+            return RpcError::Unreachable {
+                service: "MetaStore",
+                addr,
+                reason,
+            };
         }
         let servers = self.lock();
         let tried: Vec<&str> = servers.list.iter().map(|s| s.addr.as_str()).collect();
@@ -457,6 +469,7 @@ impl BlockStore {
         let reason = describe(&status);
         match classify(&status) {
             Verdict::Down => Err(RpcError::Unreachable {
+                service: "BlockStore",
                 addr: self.addr.clone(),
                 reason,
             }),

@@ -146,3 +146,25 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
+
+/// Runs `surfstore-client META_ADDR DIR BLOCKSIZE` once, to completion.
+pub fn sync(dir: &Path, addr: &str, block_size: usize) -> Output {
+    let dir = dir.to_str().expect("test directories have UTF-8 paths");
+    run(
+        &bin("surfstore-client"),
+        &[addr, dir, &block_size.to_string()],
+    )
+}
+
+/// Like [`sync`], but asserts the run succeeded and returns its stdout.
+pub fn sync_ok(dir: &Path, addr: &str, block_size: usize) -> String {
+    let out = sync(dir, addr, block_size);
+    assert!(
+        out.status.success(),
+        "sync of {} failed ({:?}): {}",
+        dir.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
