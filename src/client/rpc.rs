@@ -299,10 +299,7 @@ impl MetaStore {
         let mut tried_in_round = 0;
         let mut switched_api = Vec::new();
         loop {
-            let (server, known) = {
-                let servers = self.lock();
-                (servers.list[at].clone(), servers.list.len())
-            };
+            let server = self.lock().list[at].clone();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let status = match tokio::time::timeout(
                 remaining.min(CALL_TIMEOUT),
@@ -339,7 +336,8 @@ impl MetaStore {
                 Verdict::NotLeader(None) | Verdict::Down => None,
             };
             tried_in_round += 1;
-            let known = known.max(self.lock().list.len());
+            // A hint may have added a server: the list only grows.
+            let known = self.lock().list.len();
             at = next.unwrap_or((at + 1) % known);
             if Instant::now() >= deadline || (tried_in_round >= known && !self.cluster) {
                 return Err(self.give_up(server.addr, reason, started.elapsed()));

@@ -234,6 +234,9 @@ pub async fn sync(base: &Path, block_size: usize, meta: &MetaStore) -> Result<Re
             }
         }
     }
+    // Cancel what is still in flight (its temporary files go away). A file
+    // renamed into place in the meantime is unrecorded but harmless: next
+    // run its content matches the server and is adopted.
     drop(results);
     for dir in &dirs {
         disk::sync_dir(dir)?;
