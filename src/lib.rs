@@ -11,9 +11,11 @@
 //! * [`hash`], [`config`], [`grpc`]: shared building blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`cli`]: what the binaries in `src/bin` share.
+//! * [`client`]: the sync client behind `surfstore-client`.
 
 pub mod block_store;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod hash;

@@ -413,4 +413,24 @@ pub async fn eventually<T>(
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+/// Runs `surfstore-client META_ADDR DIR BLOCKSIZE` once, to completion.
+pub fn sync(dir: &Path, addr: &str, block_size: usize) -> Output {
+    let dir = dir.to_str().expect("test directories have UTF-8 paths");
+    run(
+        &bin("surfstore-client"),
+        &[addr, dir, &block_size.to_string()],
+    )
+}
+
+/// Like [`sync`], but asserts the run succeeded and returns its stdout.
+pub fn sync_ok(dir: &Path, addr: &str, block_size: usize) -> String {
+    let out = sync(dir, addr, block_size);
+    assert!(
+        out.status.success(),
+        "sync of {} failed ({:?}): {}",
+        dir.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

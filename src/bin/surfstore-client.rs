@@ -1,0 +1,115 @@
+//! `surfstore-client`: syncs a base directory with SurfStore once (SPEC §7–8).
+//!
+//! `surfstore-client [-d] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE`: the
+//! MetaStore is META_ADDR, or with `-f` the Raft cluster of CONFIG, whose
+//! leader the client finds itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use surfstore::cli::{self, Fatal};
+use surfstore::client::{self, MetaStore};
+use surfstore::config::{ClusterConfig, is_host_port};
+use surfstore::grpc::MAX_BLOCK_BYTES;
+
+/// Syncs BASEDIR with a SurfStore MetaStore and BlockStore.
+#[derive(Parser, Debug)]
+#[command(
+    name = "surfstore-client",
+    version,
+    override_usage = "surfstore-client [-d] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
+)]
+struct Args {
+    /// Print debug logs to stderr.
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
+    /// Cluster config (JSON or the older text format): sync through the
+    /// leader of its Raft servers instead of META_ADDR.
+    #[arg(short = 'f', long = "config", value_name = "CONFIG")]
+    config: Option<PathBuf>,
+    /// [META_ADDR] BASEDIR BLOCKSIZE: the MetaStore (host:port, omitted with
+    /// -f), the directory to sync and the block size in bytes.
+    #[arg(value_name = "ARGS", num_args = 2..=3, required = true)]
+    positional: Vec<String>,
+}
+
+/// Where the MetaStore is.
+enum Source {
+    Addr(String),
+    Cluster(ClusterConfig),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = cli::parse_args();
+    cli::init_logging(args.debug);
+    cli::exit_code("surfstore-client", run(args).await)
+}
+
+async fn run(args: Args) -> Result<(), Fatal> {
+    let (source, base, block_size) = check_args(args)?;
+    let meta = match &source {
+        Source::Addr(addr) => MetaStore::single(addr),
+        Source::Cluster(config) => MetaStore::cluster(config),
+    }
+    .map_err(Fatal::usage)?;
+    let report = client::sync(&base, block_size, &meta)
+        .await
+        .map_err(Fatal::failure)?;
+    println!("{report}");
+    match report.failures.as_slice() {
+        [] => Ok(()),
+        [(name, error)] => Err(Fatal::failure(format!("{name:?} not synced: {error}"))),
+        [(name, error), rest @ ..] => Err(Fatal::failure(format!(
+            "{name:?} not synced: {error} (and {} more files not synced)",
+            rest.len()
+        ))),
+    }
+}
+
+/// Validates the command line: the usage errors of SPEC §7 (exit 64).
+fn check_args(args: Args) -> Result<(Source, PathBuf, usize), Fatal> {
+    let (source, base, block_size) = match (args.config, args.positional.as_slice()) {
+        (Some(path), [base, block_size]) => {
+            let config = ClusterConfig::load(&path).map_err(Fatal::usage)?;
+            (Source::Cluster(config), base, block_size)
+        }
+        (None, [addr, base, block_size]) => {
+            if !is_host_port(addr) {
+                return Err(Fatal::usage(format!("META_ADDR {addr:?} is not host:port")));
+            }
+            (Source::Addr(addr.clone()), base, block_size)
+        }
+        (Some(_), _) => {
+            return Err(Fatal::usage(
+                "with -f CONFIG give only BASEDIR BLOCKSIZE (no META_ADDR)",
+            ));
+        }
+        (None, _) => {
+            return Err(Fatal::usage(
+                "expected META_ADDR BASEDIR BLOCKSIZE (or -f CONFIG BASEDIR BLOCKSIZE)",
+            ));
+        }
+    };
+    let block_size = match block_size.parse::<usize>() {
+        Ok(n) if (1..=MAX_BLOCK_BYTES).contains(&n) => n,
+        _ => {
+            return Err(Fatal::usage(format!(
+                "BLOCKSIZE must be a whole number of bytes from 1 to {MAX_BLOCK_BYTES}, got {block_size:?}"
+            )));
+        }
+    };
+    let base = PathBuf::from(base);
+    match std::fs::metadata(&base) {
+        Ok(meta) if meta.is_dir() => Ok((source, base, block_size)),
+        Ok(_) => Err(Fatal::usage(format!(
+            "base directory {} is not a directory",
+            base.display()
+        ))),
+        Err(e) => Err(Fatal::usage(format!(
+            "base directory {}: {e}",
+            base.display()
+        ))),
+    }
+}

@@ -1,0 +1,265 @@
+//! Every change the client makes inside the base directory goes through here,
+//! so the safety rules hold in one place:
+//!
+//! * a file is replaced by writing a temporary file beside it and renaming it
+//!   into place, so an interrupted sync never leaves a half-written file;
+//! * a path is only reached through real directories: an ancestor that is a
+//!   symlink (or a file) is refused, never followed out of the base
+//!   directory;
+//! * a directory emptied by deletions is removed.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use super::names::{TEMP_PREFIX, to_path};
+
+/// Why a change to the base directory could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// A file-system call failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path the call was about.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Something other than a directory stands where a directory is needed.
+    #[error("{path} is not a directory (a file, symlink or special file is in the way)")]
+    NotADirectory {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// Something other than a regular file stands where a file is synced.
+    #[error("{path} is not a regular file; leaving it alone")]
+    NotAFile {
+        /// The offending path.
+        path: PathBuf,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes the directories above `name` exist below `base` and returns the
+/// path where the file `name` goes. Refuses when an ancestor or the file
+/// itself exists but is not what it should be (a directory, a regular file).
+pub fn prepare_file(base: &Path, name: &str) -> Result<PathBuf, DiskError> {
+    parent_dir(base, name, true)?;
+    let path = to_path(base, name);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.is_file() => Err(DiskError::NotAFile { path }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(e)),
+        _ => Ok(path),
+    }
+}
+
+/// Walks the directories above `name`, creating missing ones when `create`
+/// is set. Returns the parent directory, or `None` when one is missing and
+/// `create` is not set.
+fn parent_dir(base: &Path, name: &str, create: bool) -> Result<Option<PathBuf>, DiskError> {
+    let mut dir = base.to_path_buf();
+    let Some((parents, _)) = name.rsplit_once('/') else {
+        return Ok(Some(dir));
+    };
+    for segment in parents.split('/') {
+        dir.push(segment);
+        let exists = match fs::symlink_metadata(&dir) {
+            Ok(meta) => Some(meta.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(&dir)(e)),
+        };
+        match exists {
+            Some(true) => {}
+            Some(false) => return Err(DiskError::NotADirectory { path: dir }),
+            None if !create => return Ok(None),
+            None => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                // Another download into the same new directory won the race.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_real_dir(&dir) => {}
+                Err(e) => return Err(io_error(&dir)(e)),
+            },
+        }
+    }
+    Ok(Some(dir))
+}
+
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// A new temporary file in the directory of `target`, to be filled and then
+/// [`commit`]ted over it. It carries the permissions of the file it will
+/// replace, or the usual ones for a new file; it is deleted if dropped.
+pub fn temp_beside(target: &Path) -> Result<NamedTempFile, DiskError> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let existing = fs::metadata(target).ok().map(|m| m.permissions());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).map_err(io_error(dir))?;
+    if let Some(permissions) = existing {
+        tmp.as_file()
+            .set_permissions(permissions)
+            .map_err(io_error(tmp.path()))?;
+    }
+    Ok(tmp)
+}
+
+/// Makes the temporary file's contents durable and renames it over `target`.
+/// The caller syncs the directory (see [`sync_dir`]) before recording the
+/// change anywhere.
+pub fn commit(tmp: NamedTempFile, target: &Path) -> Result<(), DiskError> {
+    tmp.as_file().sync_all().map_err(io_error(tmp.path()))?;
+    tmp.persist(target).map_err(|e| DiskError::Io {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Makes renames and deletions inside `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Replaces `path` with `contents` atomically and durably.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DiskError> {
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(contents).map_err(io_error(tmp.path()))?;
+    commit(tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Deletes the file `name` below `base` (nothing to do if it is gone), then
+/// removes the directories above it that this left empty, up to `base`.
+/// Returns the directory whose entries changed.
+pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError> {
+    let Some(dir) = parent_dir(base, name, false)? else {
+        return Ok(None);
+    };
+    let path = to_path(base, name);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => fs::remove_file(&path).map_err(io_error(&path))?,
+        Ok(_) => return Err(DiskError::NotAFile { path }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path)(e)),
+    }
+    let mut changed = dir;
+    while changed != base && fs::remove_dir(&changed).is_ok() {
+        tracing::debug!(dir = %changed.display(), "removed emptied directory");
+        if !changed.pop() {
+            break;
+        }
+    }
+    Ok(Some(changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_creates_parents_and_refuses_what_is_in_the_way() {
+        let base = tempfile::tempdir().unwrap();
+        let path = prepare_file(base.path(), "a/b/c.txt").unwrap();
+        assert_eq!(path, base.path().join("a/b/c.txt"));
+        assert!(base.path().join("a/b").is_dir());
+
+        fs::write(base.path().join("file"), "x").unwrap();
+        assert!(matches!(
+            prepare_file(base.path(), "file/x"),
+            Err(DiskError::NotADirectory { .. })
+        ));
+        fs::create_dir(base.path().join("dir")).unwrap();
+        assert!(matches!(
+            prepare_file(base.path(), "dir"),
+            Err(DiskError::NotAFile { .. })
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_directories_are_never_followed() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), "keep").unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.path().join("link")).unwrap();
+
+        assert!(matches!(
+            prepare_file(base.path(), "link/new"),
+            Err(DiskError::NotADirectory { .. })
+        ));
+        assert!(matches!(
+            remove_file(base.path(), "link/victim"),
+            Err(DiskError::NotADirectory { .. })
+        ));
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        assert!(!outside.path().join("new").exists());
+    }
+
+    #[test]
+    fn remove_prunes_emptied_directories_only() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir_all(base.path().join("a/b/c")).unwrap();
+        fs::write(base.path().join("a/keep"), "x").unwrap();
+        fs::write(base.path().join("a/b/c/gone"), "x").unwrap();
+
+        remove_file(base.path(), "a/b/c/gone").unwrap();
+        assert!(!base.path().join("a/b").exists());
+        assert!(base.path().join("a/keep").exists());
+
+        assert!(remove_file(base.path(), "a/missing").unwrap().is_none());
+        assert!(remove_file(base.path(), "nope/missing").unwrap().is_none());
+
+        fs::write(base.path().join("top"), "x").unwrap();
+        remove_file(base.path(), "top").unwrap();
+        assert!(base.path().is_dir());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_files() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("f");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn replacing_keeps_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("script");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o751)).unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o751
+        );
+
+        let fresh = base.path().join("fresh");
+        write_atomically(&fresh, b"x").unwrap();
+        assert_ne!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o044,
+            0
+        );
+    }
+}

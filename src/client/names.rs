@@ -1,0 +1,139 @@
+//! What a synced file name may be, and where it lives under the base
+//! directory.
+//!
+//! On the wire a name is a path relative to the base directory with `/`
+//! separators (`notes.txt`, `photos/2024/a.jpg`). Names come from other
+//! clients, so every remote name is checked here before it can touch the
+//! disk: a name must never reach outside the base directory, and must never
+//! clash with the files the client keeps there for itself.
+
+use std::path::{Path, PathBuf};
+
+/// The client's record of the last sync, at the top of the base directory.
+pub const INDEX_FILE: &str = "index.txt";
+
+/// Prefix of the temporary files the client writes before renaming them into
+/// place; such files are never synced.
+pub const TEMP_PREFIX: &str = ".surfstore-tmp-";
+
+/// Why a name cannot be synced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is the empty string.
+    #[error("the name is empty")]
+    Empty,
+    /// The name starts with `/`.
+    #[error("it is an absolute path")]
+    Absolute,
+    /// A segment is `..`.
+    #[error("it has a `..` segment")]
+    ParentSegment,
+    /// A segment is empty or `.` (`a//b`, `a/./b`, `a/`).
+    #[error("it has an empty or `.` segment")]
+    EmptySegment,
+    /// The name contains a NUL character, which no file name can hold.
+    #[error("it contains a NUL character")]
+    Nul,
+    /// A character that separates paths on this platform (Windows only).
+    #[error("it contains a character that separates paths on this platform")]
+    PlatformSeparator,
+    /// `index.txt` at the top, or one of the client's temporary files.
+    #[error("the name is reserved for the client's own files")]
+    Reserved,
+}
+
+/// Checks that `name` is a relative path that stays inside the base
+/// directory and is not one of the client's own files.
+pub fn check(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.starts_with('/') {
+        return Err(NameError::Absolute);
+    }
+    if name.contains('\0') {
+        return Err(NameError::Nul);
+    }
+    if cfg!(windows) && name.contains(['\\', ':']) {
+        return Err(NameError::PlatformSeparator);
+    }
+    for segment in name.split('/') {
+        match segment {
+            ".." => return Err(NameError::ParentSegment),
+            "" | "." => return Err(NameError::EmptySegment),
+            _ => {}
+        }
+    }
+    if is_reserved(name) {
+        return Err(NameError::Reserved);
+    }
+    Ok(())
+}
+
+/// Whether `name` is one of the client's own files: the top-level index or a
+/// temporary file at any depth.
+pub fn is_reserved(name: &str) -> bool {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    name == INDEX_FILE || last.starts_with(TEMP_PREFIX)
+}
+
+/// The path of `name` below `base`. Only meaningful for a name [`check`]
+/// accepted.
+pub fn to_path(base: &Path, name: &str) -> PathBuf {
+    let mut path = base.to_path_buf();
+    path.extend(name.split('/'));
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_nested_and_unusual_names() {
+        for name in [
+            "a",
+            "a.txt",
+            "dir/sub/file",
+            "with space, comma % and\nnewline",
+            "données/日本語.txt",
+            "back\\slash",
+            "...",
+            "..a",
+            "a..",
+            "sub/index.txt",
+            ".hidden",
+        ] {
+            assert_eq!(check(name), Ok(()), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_names_that_escape_or_clash() {
+        for (name, err) in [
+            ("", NameError::Empty),
+            ("/etc/passwd", NameError::Absolute),
+            ("..", NameError::ParentSegment),
+            ("../x", NameError::ParentSegment),
+            ("a/../../x", NameError::ParentSegment),
+            ("a/..", NameError::ParentSegment),
+            ("a//b", NameError::EmptySegment),
+            ("a/", NameError::EmptySegment),
+            ("./a", NameError::EmptySegment),
+            ("a/./b", NameError::EmptySegment),
+            ("a\0b", NameError::Nul),
+            ("index.txt", NameError::Reserved),
+            (".surfstore-tmp-abc", NameError::Reserved),
+            ("d/.surfstore-tmp-abc", NameError::Reserved),
+        ] {
+            assert_eq!(check(name), Err(err), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn paths_use_platform_separators() {
+        let base = Path::new("/base");
+        assert_eq!(to_path(base, "a"), Path::new("/base/a"));
+        assert_eq!(to_path(base, "d/e/f"), Path::new("/base/d/e/f"));
+    }
+}

@@ -1,0 +1,229 @@
+//! `surfstore-client` from the outside: its command line, its exit codes and
+//! what it leaves behind when it cannot sync.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{bin, free_ports, run, start_server, sync};
+
+fn client(args: &[&str]) -> Output {
+    run(&bin("surfstore-client"), args)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every entry of `dir` with its contents, to check nothing changed.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn bad_arguments_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    for args in [
+        &[][..],
+        &["localhost:1"][..],
+        &["localhost:1", dir][..],
+        &["--bogus", "localhost:1", dir, "1024"][..],
+        &["not-an-address", dir, "1024"][..],
+        &["localhost:1", dir, "1024", "extra"][..],
+        &["-f", "cluster.json", "localhost:1", dir, "1024"][..],
+    ] {
+        let out = client(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert!(!out.stderr.is_empty(), "{args:?} printed nothing");
+    }
+}
+
+#[test]
+fn block_size_must_be_a_positive_integer() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    for size in [
+        "0",
+        "abc",
+        "1.5",
+        "-4",
+        "",
+        "99999999999999999999",
+        "1000000000",
+    ] {
+        let out = client(&["localhost:1", dir, size]);
+        assert_eq!(out.status.code(), Some(64), "{size:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("BLOCKSIZE"),
+            "{size:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn base_directory_must_exist_and_be_a_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("missing");
+    let file = parent.path().join("file");
+    fs::write(&file, "x").unwrap();
+    for (path, needle) in [(&missing, "No such file"), (&file, "not a directory")] {
+        let out = client(&["localhost:1", path.to_str().unwrap(), "1024"]);
+        assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(path.to_str().unwrap()),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("surfstore-client: "),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!missing.exists());
+}
+
+#[test]
+fn bad_configs_exit_64_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    fs::create_dir(&base).unwrap();
+    let base = base.to_str().unwrap();
+    let cases = [
+        ("missing.json", None),
+        ("broken.json", Some("{\"MetaStoreAddrs\": [")),
+        ("empty.json", Some("{\"MetaStoreAddrs\": []}")),
+        ("noport.json", Some("{\"MetaStoreAddrs\": [\"localhost\"]}")),
+    ];
+    for (name, contents) in cases {
+        let path = dir.path().join(name);
+        if let Some(contents) = contents {
+            fs::write(&path, contents).unwrap();
+        }
+        let out = client(&["-f", path.to_str().unwrap(), base, "1024"]);
+        assert_eq!(out.status.code(), Some(64), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(name), "{name}: {}", stderr(&out));
+    }
+    assert_eq!(fs::read_dir(base).unwrap().count(), 0);
+}
+
+#[test]
+fn an_unreachable_server_fails_fast_and_changes_nothing() {
+    let base = tempfile::tempdir().unwrap();
+    fs::write(base.path().join("new-file"), "would be uploaded").unwrap();
+    let index = "deleted-here,1,0 \n";
+    fs::write(base.path().join("index.txt"), index).unwrap();
+    let before = snapshot(base.path());
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+
+    let started = Instant::now();
+    let out = sync(base.path(), &addr, 1024);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    let message = stderr(&out);
+    assert!(
+        message.contains("cannot reach the MetaStore") && message.contains(&addr),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert_eq!(snapshot(base.path()), before);
+}
+
+#[test]
+fn an_unreachable_cluster_reports_no_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    fs::create_dir(&base).unwrap();
+    fs::write(base.join("f"), "x").unwrap();
+    let addrs: Vec<String> = free_ports(3)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let config = dir.path().join("cluster.txt");
+    let text: String = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("metadata{i}: {a}\n"))
+        .collect();
+    fs::write(&config, format!("M: 3\n{text}")).unwrap();
+
+    let started = Instant::now();
+    let out = client(&[
+        "-f",
+        config.to_str().unwrap(),
+        base.to_str().unwrap(),
+        "1024",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("no leader with a quorum"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&base), [("f".to_string(), b"x".to_vec())]);
+}
+
+#[test]
+fn a_malformed_index_is_reported_with_its_line() {
+    let server = start_server("both", &[]);
+    let base = tempfile::tempdir().unwrap();
+    fs::write(
+        base.path().join("index.txt"),
+        "good,1,\nthis line is broken\n",
+    )
+    .unwrap();
+    fs::write(base.path().join("f"), "x").unwrap();
+    let before = snapshot(base.path());
+    let out = sync(base.path(), &server.addr, 1024);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("index.txt: line 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(base.path()), before);
+}
+
+#[test]
+fn prints_one_summary_line_and_help_exits_0() {
+    let server = start_server("both", &[]);
+    let base = tempfile::tempdir().unwrap();
+    fs::write(base.path().join("f"), "x").unwrap();
+    let out = sync(base.path(), &server.addr, 1024);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "synced: 1 uploaded, 0 downloaded, 0 deleted, 0 conflicts\n"
+    );
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+
+    let help = client(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("BLOCKSIZE"));
+}

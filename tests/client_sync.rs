@@ -1,0 +1,718 @@
+//! `surfstore-client` end to end (SPEC §8): two base directories, A and B,
+//! syncing through real servers; in-process fake servers show what real ones
+//! cannot (a corrupt BlockStore, a Raft cluster with a leader to find).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use common::{Server, bin, run, start_server, sync, sync_ok};
+use surfstore::hash::hash_block;
+use surfstore::meta_store::FileMap;
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::meta_store_client::MetaStoreClient;
+use surfstore::proto::{
+    AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr,
+    CrashedState, FileInfoMap, FileMetaData, RaftInternalState, Success, Version,
+    block_store_server, raft_surfstore_server,
+};
+use tonic::{Request, Response, Status};
+
+/// A MetaStore and its BlockStore, killed on drop.
+struct Deployment {
+    meta: String,
+    block: String,
+    _servers: Vec<Server>,
+}
+
+/// `surfstore-server -s both`.
+fn both() -> Deployment {
+    let server = start_server("both", &[]);
+    Deployment {
+        meta: server.addr.clone(),
+        block: server.addr.clone(),
+        _servers: vec![server],
+    }
+}
+
+/// `surfstore-server -s block` and `surfstore-server -s meta BLOCK_ADDR`.
+fn split() -> Deployment {
+    let block = start_server("block", &[]);
+    let meta = start_server("meta", &[&block.addr]);
+    Deployment {
+        meta: meta.addr.clone(),
+        block: block.addr.clone(),
+        _servers: vec![block, meta],
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn remote_map(addr: &str) -> HashMap<String, FileMetaData> {
+    runtime().block_on(async {
+        let mut client = MetaStoreClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        client
+            .get_file_info_map(())
+            .await
+            .unwrap()
+            .into_inner()
+            .file_info_map
+    })
+}
+
+fn update_file(addr: &str, name: &str, version: i32, hashes: Vec<String>) -> i32 {
+    runtime().block_on(async {
+        let mut client = MetaStoreClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let meta = FileMetaData {
+            filename: name.into(),
+            version,
+            block_hash_list: hashes,
+        };
+        client.update_file(meta).await.unwrap().into_inner().version
+    })
+}
+
+fn put_block(addr: &str, data: &[u8]) {
+    runtime().block_on(async {
+        let mut client = BlockStoreClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let block = Block {
+            block_data: Bytes::copy_from_slice(data),
+            block_size: data.len() as i32,
+        };
+        assert!(client.put_block(block).await.unwrap().into_inner().flag);
+    });
+}
+
+/// Every file below `dir` but index.txt: name with `/` separators → bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = format!("{prefix}{}", entry.file_name().to_str().unwrap());
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &format!("{name}/"), out);
+            } else if name != "index.txt" {
+                out.insert(name, fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, "", &mut out);
+    out
+}
+
+/// The numbers of the summary line: [uploaded, downloaded, deleted, conflicts].
+fn counts(stdout: &str) -> [usize; 4] {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("synced: "))
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    numbers[..4].try_into().unwrap()
+}
+
+/// Deterministic bytes that do not repeat block-wise.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) {
+    let path = dir.join(name);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+fn index_text(dir: &Path) -> String {
+    fs::read_to_string(dir.join("index.txt")).unwrap()
+}
+
+fn create_modify_delete(deployment: &Deployment) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), deployment.meta.as_str());
+    write(a, "a.txt", "hello");
+    write(a, "b.txt", "bye");
+
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [2, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 2, 0, 0]);
+    assert_eq!(tree(b), tree(a));
+
+    write(a, "a.txt", "hello again");
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [1, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 1, 0, 0]);
+    assert_eq!(fs::read(b.join("a.txt")).unwrap(), b"hello again");
+    assert_eq!(remote_map(addr)["a.txt"].version, 2);
+
+    fs::remove_file(a.join("b.txt")).unwrap();
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [1, 0, 0, 0]);
+    let tombstone = &remote_map(addr)["b.txt"];
+    assert_eq!(
+        (tombstone.version, tombstone.block_hash_list.as_slice()),
+        (2, &["0".to_string()][..])
+    );
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 0, 1, 0]);
+    assert!(!b.join("b.txt").exists());
+    assert!(index_text(b).contains("b.txt,2,0 \n"), "{}", index_text(b));
+
+    write(b, "b.txt", "back again");
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [1, 0, 0, 0]);
+    assert_eq!(remote_map(addr)["b.txt"].version, 3);
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [0, 1, 0, 0]);
+    assert_eq!(tree(a), tree(b));
+}
+
+#[test]
+fn create_modify_delete_through_one_server() {
+    create_modify_delete(&both());
+}
+
+#[test]
+fn create_modify_delete_through_split_servers() {
+    create_modify_delete(&split());
+}
+
+#[test]
+fn on_conflict_the_server_wins() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "f", "base");
+    write(a, "g", "base");
+    sync_ok(a, addr, 1024);
+    sync_ok(b, addr, 1024);
+
+    write(a, "f", "from A");
+    write(b, "f", "from B, longer so the blocks differ");
+    fs::remove_file(a.join("g")).unwrap();
+    write(b, "g", "edited in B");
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [2, 0, 0, 0]);
+    // B loses both: its edit of f is overwritten, its edit of g deleted.
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 1, 1, 2]);
+    assert_eq!(fs::read(b.join("f")).unwrap(), b"from A");
+    assert!(!b.join("g").exists());
+    let map = remote_map(addr);
+    assert_eq!((map["f"].version, map["g"].version), (2, 2));
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 0, 0, 0]);
+    assert_eq!(tree(a), tree(b));
+}
+
+#[test]
+fn empty_files_have_no_blocks() {
+    let d = split();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "empty", "");
+    sync_ok(a, addr, 4096);
+    let meta = &remote_map(addr)["empty"];
+    assert_eq!((meta.version, meta.block_hash_list.len()), (1, 0));
+    assert_eq!(index_text(a), "empty,1,\n");
+
+    sync_ok(b, addr, 4096);
+    assert_eq!(fs::read(b.join("empty")).unwrap(), b"");
+
+    write(a, "empty", "now with content");
+    sync_ok(a, addr, 4096);
+    sync_ok(b, addr, 4096);
+    assert_eq!(fs::read(b.join("empty")).unwrap(), b"now with content");
+
+    write(b, "empty", "");
+    sync_ok(b, addr, 4096);
+    sync_ok(a, addr, 4096);
+    assert_eq!(fs::read(a.join("empty")).unwrap(), b"");
+    assert_eq!(remote_map(addr)["empty"].version, 3);
+}
+
+#[test]
+fn files_of_many_blocks_at_1024_and_4096() {
+    for block_size in [1024, 4096] {
+        let d = both();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+        let big = pseudo_random(300_017, block_size as u64);
+        write(a, "big.bin", &big);
+        write(a, "repeats.bin", vec![7u8; block_size * 5 + 3]);
+        write(a, "exact.bin", pseudo_random(block_size * 3, 99));
+        sync_ok(a, addr, block_size);
+
+        let map = remote_map(addr);
+        let expected: Vec<String> = big.chunks(block_size).map(hash_block).collect();
+        assert_eq!(
+            map["big.bin"].block_hash_list, expected,
+            "block size {block_size}"
+        );
+        assert_eq!(map["repeats.bin"].block_hash_list.len(), 6);
+        assert_eq!(map["exact.bin"].block_hash_list.len(), 3);
+
+        sync_ok(b, addr, block_size);
+        assert_eq!(tree(b), tree(a), "block size {block_size}");
+
+        let mut changed = big.clone();
+        changed[150_000] ^= 0xff;
+        write(a, "big.bin", &changed);
+        assert_eq!(counts(&sync_ok(a, addr, block_size)), [1, 0, 0, 0]);
+        assert_eq!(counts(&sync_ok(b, addr, block_size)), [0, 1, 0, 0]);
+        assert_eq!(fs::read(b.join("big.bin")).unwrap(), changed);
+    }
+}
+
+#[test]
+fn nested_directories_sync_and_emptied_ones_disappear() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "top", "t");
+    write(a, "a/b/c.txt", "c");
+    write(a, "a/d.txt", "d");
+    write(a, "x/y/z/deep.bin", pseudo_random(5000, 3));
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [4, 0, 0, 0]);
+    let mut names: Vec<String> = remote_map(addr).into_keys().collect();
+    names.sort();
+    assert_eq!(names, ["a/b/c.txt", "a/d.txt", "top", "x/y/z/deep.bin"]);
+
+    sync_ok(b, addr, 1024);
+    assert_eq!(tree(b), tree(a));
+
+    fs::remove_file(a.join("a/b/c.txt")).unwrap();
+    fs::remove_dir_all(a.join("x")).unwrap();
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [2, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 0, 2, 0]);
+    assert!(!b.join("a/b").exists());
+    assert!(!b.join("x").exists());
+    assert!(b.join("a/d.txt").is_file());
+    assert_eq!(tree(b), tree(a));
+}
+
+#[test]
+fn unusual_names_round_trip() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    let names = [
+        "with space.txt",
+        "com,ma.txt",
+        "per%cent.txt",
+        "new\nline",
+        "ünïcödé 日本語.txt",
+        "dir with space/in,side%.txt",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        write(a, name, format!("file {i}"));
+    }
+    sync_ok(a, addr, 1024);
+    let map = remote_map(addr);
+    for name in names {
+        assert!(map.contains_key(name), "{name:?} not on the server");
+    }
+    let index = index_text(a);
+    for encoded in [
+        "com%2Cma.txt,1,",
+        "per%25cent.txt,1,",
+        "new%0Aline,1,",
+        "with space.txt,1,",
+        "dir with space/in%2Cside%25.txt,1,",
+    ] {
+        assert!(index.contains(encoded), "{encoded:?} not in {index:?}");
+    }
+    sync_ok(b, addr, 1024);
+    assert_eq!(tree(b), tree(a));
+    assert_eq!(index_text(b), index);
+}
+
+#[test]
+fn a_second_sync_sends_nothing() {
+    let d = split();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "one", "1");
+    write(a, "d/two", pseudo_random(10_000, 2));
+    write(a, "gone", "x");
+    sync_ok(a, addr, 1024);
+    fs::remove_file(a.join("gone")).unwrap();
+    sync_ok(a, addr, 1024);
+    sync_ok(b, addr, 1024);
+
+    let before = remote_map(addr);
+    let index_before = index_text(a);
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [0, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 0, 0, 0]);
+    assert_eq!(remote_map(addr), before);
+    assert_eq!(index_text(a), index_before);
+}
+
+#[test]
+fn an_identical_file_is_not_rewritten() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "same", "identical content");
+    sync_ok(a, addr, 1024);
+
+    write(b, "same", "identical content");
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(b.join("same"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 0, 0, 0]);
+    assert_eq!(
+        fs::metadata(b.join("same")).unwrap().modified().unwrap(),
+        old
+    );
+    assert!(index_text(b).starts_with("same,1,"), "{}", index_text(b));
+}
+
+#[test]
+fn remote_names_escaping_the_base_directory_are_refused() {
+    let d = both();
+    let parent = tempfile::tempdir().unwrap();
+    let b = parent.path().join("b");
+    fs::create_dir(&b).unwrap();
+    put_block(&d.block, b"payload");
+    let hashes = vec![hash_block(b"payload")];
+    for name in ["../escape", "/abs", "a/../../up", "index.txt", "ok.txt"] {
+        assert_eq!(update_file(&d.meta, name, 1, hashes.clone()), 1, "{name}");
+    }
+
+    let out = sync(&b, &d.meta, 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing"), "{stderr}");
+    assert_eq!(fs::read(b.join("ok.txt")).unwrap(), b"payload");
+    assert!(!parent.path().join("escape").exists());
+    assert!(!parent.path().join("up").exists());
+    assert!(!Path::new("/abs").exists());
+    assert!(
+        index_text(&b).starts_with("ok.txt,1,"),
+        "{}",
+        index_text(&b)
+    );
+    assert_eq!(index_text(&b).lines().count(), 1);
+}
+
+/// Serves `router` on a free loopback port inside `rt`; returns the address.
+fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    addr
+}
+
+/// A BlockStore that answers every GetBlock with the wrong bytes.
+struct CorruptBlocks;
+
+#[tonic::async_trait]
+impl block_store_server::BlockStore for CorruptBlocks {
+    async fn get_block(&self, _: Request<BlockHash>) -> Result<Response<Block>, Status> {
+        Ok(Response::new(Block {
+            block_data: Bytes::from_static(b"evil"),
+            block_size: 4,
+        }))
+    }
+    async fn put_block(&self, _: Request<Block>) -> Result<Response<Success>, Status> {
+        Ok(Response::new(Success { flag: true }))
+    }
+    async fn has_blocks(&self, r: Request<BlockHashes>) -> Result<Response<BlockHashes>, Status> {
+        Ok(Response::new(r.into_inner()))
+    }
+}
+
+#[test]
+fn corrupt_blocks_are_rejected_and_the_file_left_untouched() {
+    let rt = runtime();
+    let fake = serve(
+        &rt,
+        tonic::transport::Server::builder()
+            .add_service(block_store_server::BlockStoreServer::new(CorruptBlocks)),
+    );
+    let meta = start_server("meta", &[&fake]);
+    assert_eq!(
+        update_file(&meta.addr, "f", 1, vec![hash_block(b"good")]),
+        1
+    );
+
+    let b = tempfile::tempdir().unwrap();
+    write(b.path(), "f", "local copy");
+    let out = sync(b.path(), &meta.addr, 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert_eq!(fs::read(b.path().join("f")).unwrap(), b"local copy");
+    assert_eq!(tree(b.path()).len(), 1, "a temporary file was left behind");
+    assert!(!index_text(b.path()).contains("f,1,"));
+}
+
+/// How a fake Raft server behaves.
+#[derive(Clone)]
+enum Role {
+    Leader,
+    /// Not the leader; the hint names the leader's address.
+    Follower(Option<String>),
+    Crashed,
+    /// A leader without a majority: every call blocks.
+    Stuck,
+}
+
+/// A RaftSurfstore server that plays `role`, serving the MetaStore calls
+/// from a shared map when it leads. Counts the calls it gets.
+struct FakeRaft {
+    role: Role,
+    map: Arc<Mutex<FileMap>>,
+    block_addr: String,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FakeRaft {
+    async fn gate(&self) -> Result<(), Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match &self.role {
+            Role::Leader => Ok(()),
+            Role::Follower(hint) => Err(Status::failed_precondition(match hint {
+                Some(addr) => format!("Server is not the leader; leader: {addr}"),
+                None => "Server is not the leader".to_string(),
+            })),
+            Role::Crashed => Err(Status::unavailable("Server is crashed.")),
+            Role::Stuck => std::future::pending().await,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl raft_surfstore_server::RaftSurfstore for FakeRaft {
+    async fn get_file_info_map(&self, _: Request<()>) -> Result<Response<FileInfoMap>, Status> {
+        self.gate().await?;
+        Ok(Response::new(self.map.lock().unwrap().to_proto()))
+    }
+    async fn update_file(&self, r: Request<FileMetaData>) -> Result<Response<Version>, Status> {
+        self.gate().await?;
+        let version = self.map.lock().unwrap().apply(r.into_inner());
+        Ok(Response::new(Version { version }))
+    }
+    async fn get_block_store_addr(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<BlockStoreAddr>, Status> {
+        self.gate().await?;
+        Ok(Response::new(BlockStoreAddr {
+            addr: self.block_addr.clone(),
+        }))
+    }
+    async fn append_entries(
+        &self,
+        _: Request<AppendEntryInput>,
+    ) -> Result<Response<AppendEntryOutput>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn set_leader(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn send_heartbeat(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_internal_state(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<RaftInternalState>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn is_crashed(&self, _: Request<()>) -> Result<Response<CrashedState>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn restore(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn crash(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Starts one fake Raft server per role on `rt`, sharing one map; returns
+/// their addresses, their call counters and the map.
+fn fake_cluster(
+    rt: &tokio::runtime::Runtime,
+    roles: &[Role],
+    block_addr: &str,
+) -> (Vec<String>, Vec<Arc<AtomicUsize>>, Arc<Mutex<FileMap>>) {
+    let map = Arc::new(Mutex::new(FileMap::default()));
+    let mut addrs = Vec::new();
+    let mut calls = Vec::new();
+    for role in roles {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let fake = FakeRaft {
+            role: role.clone(),
+            map: Arc::clone(&map),
+            block_addr: block_addr.to_string(),
+            calls: Arc::clone(&counter),
+        };
+        addrs.push(serve(
+            rt,
+            tonic::transport::Server::builder()
+                .add_service(raft_surfstore_server::RaftSurfstoreServer::new(fake)),
+        ));
+        calls.push(counter);
+    }
+    (addrs, calls, map)
+}
+
+fn write_config(dir: &Path, meta_addrs: &[String]) -> String {
+    let path = dir.join("cluster.json");
+    let json = serde_json::json!({ "MetaStoreAddrs": meta_addrs, "BlockStoreAddrs": [] });
+    fs::write(&path, json.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn sync_cluster(config: &str, dir: &Path, block_size: usize) -> std::process::Output {
+    run(
+        &bin("surfstore-client"),
+        &["-f", config, dir.to_str().unwrap(), &block_size.to_string()],
+    )
+}
+
+#[test]
+fn finds_the_leader_of_a_cluster_by_following_hints() {
+    let rt = runtime();
+    let blocks = start_server("block", &[]);
+    // The leader is started last so the follower's hint can name it.
+    let (leader, _, map) = fake_cluster(&rt, &[Role::Leader], &blocks.addr);
+    let (others, calls, _) = fake_cluster(
+        &rt,
+        &[Role::Follower(Some(leader[0].clone())), Role::Crashed],
+        &blocks.addr,
+    );
+    let configs = tempfile::tempdir().unwrap();
+    let config = write_config(
+        configs.path(),
+        &[others[0].clone(), others[1].clone(), leader[0].clone()],
+    );
+
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(a.path(), "f.txt", "through the leader");
+    write(a.path(), "d/g.bin", pseudo_random(3000, 5));
+    let out = sync_cluster(&config, a.path(), 1024);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(map.lock().unwrap().len(), 2);
+    assert_eq!(
+        calls[1].load(Ordering::SeqCst),
+        0,
+        "the hint was not followed"
+    );
+
+    let out = sync_cluster(&config, b.path(), 1024);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(b.path()), tree(a.path()));
+}
+
+#[test]
+fn searches_past_crashed_servers_without_hints() {
+    let rt = runtime();
+    let blocks = start_server("block", &[]);
+    let (addrs, _, map) = fake_cluster(
+        &rt,
+        &[Role::Crashed, Role::Follower(None), Role::Leader],
+        &blocks.addr,
+    );
+    let configs = tempfile::tempdir().unwrap();
+    let config = write_config(configs.path(), &addrs);
+    let a = tempfile::tempdir().unwrap();
+    write(a.path(), "f", "x");
+    let out = sync_cluster(&config, a.path(), 1024);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(map.lock().unwrap().get("f").map(|m| m.version), Some(1));
+}
+
+#[test]
+fn no_leader_with_a_quorum_fails_in_seconds_and_changes_nothing() {
+    let rt = runtime();
+    let blocks = start_server("block", &[]);
+    let (addrs, _, _) = fake_cluster(
+        &rt,
+        &[Role::Crashed, Role::Follower(None), Role::Stuck],
+        &blocks.addr,
+    );
+    let configs = tempfile::tempdir().unwrap();
+    let config = write_config(configs.path(), &addrs);
+    let a = tempfile::tempdir().unwrap();
+    write(a.path(), "f", "local");
+    write(
+        a.path(),
+        "index.txt",
+        format!("gone,1,{} \n", hash_block(b"old")),
+    );
+    let before = fs::read(a.path().join("index.txt")).unwrap();
+
+    let started = Instant::now();
+    let out = sync_cluster(&config, a.path(), 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("no leader with a quorum"), "{stderr}");
+    assert_eq!(fs::read(a.path().join("index.txt")).unwrap(), before);
+    assert_eq!(fs::read(a.path().join("f")).unwrap(), b"local");
+    assert_eq!(fs::read_dir(a.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn a_config_naming_a_plain_server_falls_back_to_the_metastore_service() {
+    let d = both();
+    let configs = tempfile::tempdir().unwrap();
+    let config = write_config(configs.path(), std::slice::from_ref(&d.meta));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(a.path(), "f", "plain");
+    let out = sync_cluster(&config, a.path(), 1024);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(remote_map(&d.meta)["f"].version, 1);
+    sync_ok(b.path(), &d.meta, 1024);
+    assert_eq!(tree(b.path()), tree(a.path()));
+}
