@@ -413,6 +413,8 @@ pub async fn eventually<T>(
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
 /// Runs `surfstore-client META_ADDR DIR BLOCKSIZE` once, to completion.
 pub fn sync(dir: &Path, addr: &str, block_size: usize) -> Output {
     let dir = dir.to_str().expect("test directories have UTF-8 paths");
