@@ -1,0 +1,368 @@
+//! The replicated log of one server and its bookkeeping: the follower side of
+//! log matching (SPEC §5's AppendEntries receiver rules), the commit and
+//! applied indices, and which part of the log still has to be made durable.
+//!
+//! Indices are 0-based `LogIndex` values (-1 = "before the first entry"), as
+//! on the wire; the conversions to `usize` live here so that the rest of the
+//! core never indexes a `Vec` with an unchecked wire value.
+
+use super::{Entry, LogIndex, Term};
+
+/// The term reported for "no entry" (an empty log, or `prevLogIndex` -1),
+/// as the original implementation sends it.
+pub(crate) const NO_TERM: Term = -1;
+
+/// Why an AppendEntries request was refused by the log-matching rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// No entry at `prevLogIndex` with `prevLogTerm`. `hint` is the highest
+    /// index the leader may still hope to match (below `prevLogIndex` and
+    /// within this log), so it can back off more than one step at a time.
+    Mismatch { hint: LogIndex },
+    /// Accepting would delete a committed entry. A correct leader never asks
+    /// for that; refusing keeps what was applied in agreement with the log.
+    ConflictsWithCommitted { commit: LogIndex },
+}
+
+/// One server's log plus its commit/applied/durability cursors.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RaftLog {
+    entries: Vec<Entry>,
+    committed: LogIndex,
+    applied: LogIndex,
+    /// Lowest index changed (appended or truncated) since the last
+    /// [`RaftLog::take_unpersisted`]; `None` when the durable copy is current.
+    unpersisted_from: Option<usize>,
+    /// Length of the durable copy as of the last `take_unpersisted`.
+    durable_len: usize,
+}
+
+/// `index` as a position in the entry vector, if it is one (>= 0).
+fn position(index: LogIndex) -> Option<usize> {
+    usize::try_from(index).ok()
+}
+
+/// `position` back as a wire index. A `Vec` never holds more than
+/// `isize::MAX` elements, so the conversion cannot saturate in practice.
+fn index(position: usize) -> LogIndex {
+    LogIndex::try_from(position).unwrap_or(LogIndex::MAX)
+}
+
+impl RaftLog {
+    /// A log rebuilt from durable state, with nothing applied yet so that
+    /// the committed prefix is replayed. A commit index beyond the log (a
+    /// damaged store) is clamped rather than trusted.
+    pub(crate) fn restore(entries: Vec<Entry>, committed: LogIndex) -> Self {
+        let last = index(entries.len()) - 1;
+        Self {
+            committed: committed.clamp(-1, last),
+            applied: -1,
+            unpersisted_from: None,
+            durable_len: entries.len(),
+            entries,
+        }
+    }
+
+    /// All entries, index 0 first.
+    pub(crate) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Index of the last entry (-1 when empty).
+    pub(crate) fn last_index(&self) -> LogIndex {
+        index(self.entries.len()) - 1
+    }
+
+    /// The term of the entry at `index`, or [`NO_TERM`] for -1; `None` when
+    /// the log has no such entry.
+    pub(crate) fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == -1 {
+            return Some(NO_TERM);
+        }
+        self.entries.get(position(index)?).map(|e| e.term)
+    }
+
+    /// `(term, index)` of the last of the first `len` entries, the key that
+    /// Raft's up-to-date comparison orders logs by.
+    pub(crate) fn last_id_within(&self, len: usize) -> (Term, LogIndex) {
+        let len = len.min(self.entries.len());
+        let last = index(len) - 1;
+        (self.term_at(last).unwrap_or(NO_TERM), last)
+    }
+
+    /// The position from which the entries at the tail all have `term`
+    /// (the log length when the last entry is of another term).
+    pub(crate) fn tail_start_of_term(&self, term: Term) -> usize {
+        self.entries
+            .iter()
+            .rposition(|e| e.term != term)
+            .map_or(0, |p| p + 1)
+    }
+
+    /// Up to `max` entries starting at position `from`, ending before `end`.
+    pub(crate) fn slice(&self, from: usize, end: usize, max: usize) -> &[Entry] {
+        let end = end.min(self.entries.len()).min(from.saturating_add(max));
+        self.entries.get(from..end).unwrap_or_default()
+    }
+
+    /// Appends one entry (a leader's proposal) and returns its index.
+    pub(crate) fn append(&mut self, entry: Entry) -> LogIndex {
+        self.mark_changed(self.entries.len());
+        self.entries.push(entry);
+        self.last_index()
+    }
+
+    /// Keeps only the first `len` entries. Committed entries are never
+    /// removed: callers only truncate entries that were never sent.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        let len = len.max(position(self.committed + 1).unwrap_or(0));
+        if len < self.entries.len() {
+            self.entries.truncate(len);
+            self.mark_changed(len);
+        }
+    }
+
+    /// The AppendEntries receiver's log rules, in SPEC order: the entry at
+    /// `prev_index` must have `prev_term` (-1 always matches); then only
+    /// entries that CONFLICT with the new ones (same index, other term) are
+    /// deleted, with all that follow them; entries not already present are
+    /// appended; and the commit index becomes
+    /// `min(leader_commit, index of the last new entry)` if that is higher.
+    /// Returns the index of the last new entry (`prev_index + entries.len()`),
+    /// which is what the follower reports as matched.
+    pub(crate) fn accept(
+        &mut self,
+        prev_index: LogIndex,
+        prev_term: Term,
+        new: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) -> Result<LogIndex, Rejection> {
+        let prev_matches = prev_index == -1 || self.term_at(prev_index) == Some(prev_term);
+        if prev_index < -1 || !prev_matches {
+            let hint = (prev_index - 1).min(self.last_index()).max(-1);
+            return Err(Rejection::Mismatch { hint });
+        }
+        let start = index_after(prev_index);
+        let conflict = new.iter().enumerate().find_map(|(offset, entry)| {
+            let at = start + offset;
+            let existing = self.entries.get(at)?;
+            (existing.term != entry.term).then_some(at)
+        });
+        let first_new = match conflict {
+            Some(at) if index(at) <= self.committed => {
+                return Err(Rejection::ConflictsWithCommitted {
+                    commit: self.committed,
+                });
+            }
+            Some(at) => {
+                self.entries.truncate(at);
+                self.mark_changed(at);
+                at
+            }
+            None => self.entries.len().max(start),
+        };
+        let already_present = first_new - start;
+        if already_present < new.len() {
+            self.mark_changed(first_new);
+        }
+        let last_new = prev_index + index(new.len());
+        self.entries.extend(new.into_iter().skip(already_present));
+        self.commit_to(leader_commit.min(last_new));
+        Ok(last_new)
+    }
+
+    /// The commit index (-1 before anything commits).
+    pub(crate) fn committed(&self) -> LogIndex {
+        self.committed
+    }
+
+    /// Raises the commit index to `index` (never lowers it, never past the
+    /// last entry).
+    pub(crate) fn commit_to(&mut self, index: LogIndex) {
+        self.committed = self.committed.max(index.min(self.last_index()));
+    }
+
+    /// The committed entries not yet handed out for applying, in log order;
+    /// they count as applied from now on.
+    pub(crate) fn take_committed(&mut self) -> Vec<(LogIndex, Entry)> {
+        let from = index_after(self.applied);
+        let to = index_after(self.committed);
+        self.applied = self.committed;
+        (from..to)
+            .zip(self.entries.get(from..to).unwrap_or_default())
+            .map(|(at, entry)| (index(at), entry.clone()))
+            .collect()
+    }
+
+    /// What to write so that the durable log equals the first `stable_len`
+    /// entries: `(from, entries)` meaning "keep the first `from` durable
+    /// entries, then write `entries` and drop anything after them". Entries
+    /// at or beyond `stable_len` stay pending until a later call allows them.
+    pub(crate) fn take_unpersisted(&mut self, stable_len: usize) -> Option<(LogIndex, Vec<Entry>)> {
+        let stable_len = stable_len.min(self.entries.len());
+        let from = self.unpersisted_from.filter(|&from| from <= stable_len)?;
+        self.unpersisted_from = (stable_len < self.entries.len()).then_some(stable_len);
+        let durable_len = std::mem::replace(&mut self.durable_len, stable_len);
+        (from < stable_len || durable_len > from)
+            .then(|| (index(from), self.entries[from..stable_len].to_vec()))
+    }
+
+    fn mark_changed(&mut self, from: usize) {
+        self.unpersisted_from = Some(self.unpersisted_from.map_or(from, |f| f.min(from)));
+    }
+}
+
+/// The position right after `index` (0 for -1).
+fn index_after(index: LogIndex) -> usize {
+    position(index + 1).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::FileMetaData;
+
+    fn entry(term: Term, name: &str) -> Entry {
+        Entry {
+            term,
+            meta: FileMetaData {
+                filename: name.into(),
+                version: 1,
+                block_hash_list: vec![],
+            },
+        }
+    }
+
+    fn log_of(terms: &[Term]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(t, &format!("old{i}")))
+            .collect();
+        RaftLog::restore(entries, -1)
+    }
+
+    fn terms(log: &RaftLog) -> Vec<Term> {
+        log.entries().iter().map(|e| e.term).collect()
+    }
+
+    #[test]
+    fn prev_index_minus_one_matches_whatever_prev_term_says() {
+        let mut log = RaftLog::default();
+        assert_eq!(log.accept(-1, 42, vec![entry(1, "a")], -1), Ok(0));
+        assert_eq!(terms(&log), [1]);
+    }
+
+    #[test]
+    fn missing_or_mismatching_prev_entry_is_rejected_with_a_hint() {
+        let mut log = log_of(&[1, 1]);
+        assert_eq!(
+            log.accept(4, 1, vec![], -1),
+            Err(Rejection::Mismatch { hint: 1 })
+        );
+        assert_eq!(
+            log.accept(1, 2, vec![], -1),
+            Err(Rejection::Mismatch { hint: 0 })
+        );
+        assert_eq!(
+            log.accept(0, 2, vec![], -1),
+            Err(Rejection::Mismatch { hint: -1 })
+        );
+        assert_eq!(
+            log.accept(-3, 1, vec![], -1),
+            Err(Rejection::Mismatch { hint: -1 })
+        );
+        assert_eq!(terms(&log), [1, 1]);
+    }
+
+    #[test]
+    fn only_conflicting_entries_and_their_followers_are_deleted() {
+        let mut log = log_of(&[1, 1, 1, 1]);
+        let before = log.entries()[1].clone();
+        assert_eq!(
+            log.accept(0, 1, vec![before.clone(), entry(2, "x")], -1),
+            Ok(2)
+        );
+        assert_eq!(terms(&log), [1, 1, 2]);
+        assert_eq!(log.entries()[1], before);
+    }
+
+    #[test]
+    fn a_stale_shorter_request_does_not_truncate() {
+        let mut log = log_of(&[1, 1, 1, 1]);
+        let dup = log.entries()[1].clone();
+        assert_eq!(log.accept(0, 1, vec![dup], -1), Ok(1));
+        assert_eq!(terms(&log), [1, 1, 1, 1]);
+        assert_eq!(log.accept(2, 1, vec![], -1), Ok(2));
+        assert_eq!(terms(&log), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn commit_is_min_of_leader_commit_and_last_new_entry_and_never_drops() {
+        let mut log = log_of(&[1, 1, 1, 1]);
+        // The follower's extra entries beyond the request are not vouched for.
+        assert_eq!(log.accept(0, 1, vec![], 3), Ok(0));
+        assert_eq!(log.committed(), 0);
+        assert_eq!(log.accept(1, 1, vec![], 1), Ok(1));
+        assert_eq!(log.committed(), 1);
+        assert_eq!(log.accept(0, 1, vec![], 0), Ok(0));
+        assert_eq!(log.committed(), 1);
+    }
+
+    #[test]
+    fn committed_entries_are_never_overwritten() {
+        let mut log = log_of(&[1, 1]);
+        log.commit_to(0);
+        assert_eq!(
+            log.accept(-1, -1, vec![entry(2, "x")], -1),
+            Err(Rejection::ConflictsWithCommitted { commit: 0 })
+        );
+        log.truncate(0);
+        assert_eq!(terms(&log), [1]);
+    }
+
+    #[test]
+    fn committed_entries_are_handed_out_once_in_order() {
+        let mut log = log_of(&[1, 1, 1]);
+        assert!(log.take_committed().is_empty());
+        log.commit_to(1);
+        let got: Vec<LogIndex> = log.take_committed().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(got, [0, 1]);
+        log.commit_to(7);
+        let got: Vec<LogIndex> = log.take_committed().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(got, [2]);
+        assert!(log.take_committed().is_empty());
+    }
+
+    #[test]
+    fn unpersisted_changes_cover_appends_and_truncations() {
+        let mut log = log_of(&[1, 1, 1]);
+        assert_eq!(log.take_unpersisted(3), None);
+        log.accept(0, 1, vec![entry(2, "x")], -1).unwrap();
+        assert_eq!(log.take_unpersisted(2), Some((1, vec![entry(2, "x")])));
+        log.append(entry(3, "y"));
+        log.append(entry(3, "z"));
+        // The last two may not be persisted yet: nothing to write until allowed.
+        assert_eq!(log.take_unpersisted(2), None);
+        assert_eq!(
+            log.take_unpersisted(4),
+            Some((2, vec![entry(3, "y"), entry(3, "z")]))
+        );
+        log.truncate(2);
+        assert_eq!(log.take_unpersisted(2), Some((2, vec![])));
+    }
+
+    #[test]
+    fn tail_of_a_term() {
+        assert_eq!(log_of(&[1, 2, 2]).tail_start_of_term(2), 1);
+        assert_eq!(log_of(&[1, 2, 2]).tail_start_of_term(3), 3);
+        assert_eq!(log_of(&[2, 2]).tail_start_of_term(2), 0);
+        assert_eq!(log_of(&[1, 2, 2]).last_id_within(1), (1, 0));
+        assert_eq!(log_of(&[1, 2, 2]).last_id_within(0), (NO_TERM, -1));
+    }
+}
