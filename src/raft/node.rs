@@ -1,0 +1,451 @@
+//! The async driver around [`RaftCore`]: it owns the core behind a mutex, one
+//! replication task per peer, the waiters of pending `UpdateFile` calls, the
+//! applied [`FileMap`] and the chaos flag.
+//!
+//! Every decision is the core's. The node only moves bytes: it asks the core
+//! what to send, sends it with a deadline, feeds the reply back, persists and
+//! applies what [`RaftCore::take_ready`] hands out, and wakes waiters. The
+//! mutex is never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tonic::transport::Channel;
+
+use super::core::{RaftCore, ReplicationStatus};
+use super::quorum::is_majority;
+use super::{Entry, LogIndex, ServerId, Term};
+use crate::grpc;
+use crate::meta_store::FileMap;
+use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
+use crate::proto::{AppendEntryInput, AppendEntryOutput, FileInfoMap, FileMetaData};
+
+/// The most entries one AppendEntries carries; more are sent in the next.
+const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// Deadline of one AppendEntries call to a peer.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How soon a peer that failed or lags is tried again, and how often a read
+/// re-checks for a majority.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why a node refused or abandoned a request; the service maps each to the
+/// gRPC status SPEC §3 asks for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The server is in the simulated crashed state.
+    #[error("Server is crashed.")]
+    Crashed,
+    /// The server is not the leader (anymore); `leader` names the one it
+    /// follows, when it knows.
+    #[error("Server is not the leader{}", .leader.as_ref().map(|l| format!("; leader: {l}")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+}
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This server's index in `addrs`.
+    pub id: ServerId,
+    /// Every server's address, this one's included.
+    pub addrs: Vec<String>,
+    /// The BlockStore address handed to clients.
+    pub block_store_addr: String,
+    /// Automatic heartbeat period of a leader; `None` turns them off.
+    pub heartbeat: Option<Duration>,
+}
+
+/// A snapshot for `GetInternalState`.
+#[derive(Debug, Clone)]
+pub struct InternalState {
+    /// Whether this server believes it is the leader.
+    pub is_leader: bool,
+    /// Its current term.
+    pub term: Term,
+    /// Its whole log.
+    pub log: Vec<Entry>,
+    /// Its applied MetaStore map.
+    pub map: FileInfoMap,
+}
+
+/// One Raft replica of the MetaStore. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct RaftNode {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: NodeConfig,
+    state: Mutex<State>,
+    /// Per peer: the client (None for this server) and the wake-up of its
+    /// replication task.
+    peers: Vec<Option<Peer>>,
+}
+
+struct Peer {
+    client: RaftSurfstoreClient<Channel>,
+    wake: Notify,
+}
+
+struct State {
+    core: RaftCore,
+    crashed: bool,
+    map: FileMap,
+    /// Pending `UpdateFile` calls by log index: the term their entry was
+    /// proposed in and where to send the applied version.
+    waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<i32, NodeError>>)>,
+}
+
+impl RaftNode {
+    /// Creates the node and spawns one replication task per peer on the
+    /// current tokio runtime.
+    pub fn start(config: NodeConfig) -> Result<Self, grpc::AddrError> {
+        let mut peers = Vec::with_capacity(config.addrs.len());
+        for (id, addr) in config.addrs.iter().enumerate() {
+            peers.push(if id == config.id {
+                None
+            } else {
+                let client = RaftSurfstoreClient::new(grpc::channel(addr)?)
+                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+                Some(Peer {
+                    client,
+                    wake: Notify::new(),
+                })
+            });
+        }
+        let state = State {
+            core: RaftCore::new(config.id, config.addrs.len()),
+            crashed: false,
+            map: FileMap::default(),
+            waiters: BTreeMap::new(),
+        };
+        let node = RaftNode {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(state),
+                peers,
+            }),
+        };
+        for peer in node.peer_ids() {
+            tokio::spawn(node.clone().replicate(peer));
+        }
+        Ok(node)
+    }
+
+    /// The BlockStore address this cluster hands to clients.
+    pub fn block_store_addr(&self) -> &str {
+        &self.shared.config.block_store_addr
+    }
+
+    fn peer_ids(&self) -> impl Iterator<Item = ServerId> + use<> {
+        let me = self.shared.config.id;
+        (0..self.shared.config.addrs.len()).filter(move |&p| p != me)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves State consistent before it can
+        // panic, so a poisoned lock still guards usable state.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_replicators(&self) {
+        for peer in self.shared.peers.iter().flatten() {
+            peer.wake.notify_one();
+        }
+    }
+
+    /// The error for a call that needs a live leader, if this server is not one.
+    fn check_leader(&self, state: &State) -> Result<(), NodeError> {
+        if state.crashed {
+            Err(NodeError::Crashed)
+        } else if state.core.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader(&state.core))
+        }
+    }
+
+    fn not_leader(&self, core: &RaftCore) -> NodeError {
+        NodeError::NotLeader {
+            leader: core
+                .leader_hint()
+                .and_then(|l| self.shared.config.addrs.get(l).cloned()),
+        }
+    }
+
+    /// `SetLeader`: becomes leader of a new term (SPEC §5).
+    pub fn set_leader(&self) -> Result<(), NodeError> {
+        {
+            let mut state = self.state();
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            state.core.set_leader();
+            self.after_core_step(&mut state);
+        }
+        self.wake_replicators();
+        Ok(())
+    }
+
+    /// `UpdateFile` on the leader: appends, waits until the entry is
+    /// committed and applied, and returns the version the MetaStore rule
+    /// gave it (-1 if rejected). Blocks while no majority is reachable.
+    pub async fn update_file(&self, meta: FileMetaData) -> Result<i32, NodeError> {
+        let rx = {
+            let mut state = self.state();
+            self.check_leader(&state)?;
+            let term = state.core.term();
+            let index = state
+                .core
+                .propose(meta)
+                .map_err(|_| self.not_leader(&state.core))?;
+            let (tx, rx) = oneshot::channel();
+            state.waiters.insert(index, (term, tx));
+            self.after_core_step(&mut state);
+            rx
+        };
+        self.wake_replicators();
+        // A dropped sender means the node went away: report it as a crash.
+        rx.await.unwrap_or(Err(NodeError::Crashed))
+    }
+
+    /// `GetFileInfoMap` on the leader: confirms leadership with a majority
+    /// first (blocking while there is none), then answers from applied state.
+    pub async fn file_info_map(&self) -> Result<FileInfoMap, NodeError> {
+        self.confirm_leadership().await?;
+        let state = self.state();
+        self.check_leader(&state)?;
+        Ok(state.map.to_proto())
+    }
+
+    /// `GetBlockStoreAddr` on the leader, confirmed like a read.
+    pub async fn confirmed_block_store_addr(&self) -> Result<String, NodeError> {
+        self.confirm_leadership().await?;
+        Ok(self.shared.config.block_store_addr.clone())
+    }
+
+    /// Waits until a majority acknowledges this server as leader of its term.
+    async fn confirm_leadership(&self) -> Result<(), NodeError> {
+        loop {
+            self.check_leader(&self.state())?;
+            if self.round(false).await? {
+                return Ok(());
+            }
+            self.check_leader(&self.state())?;
+            tokio::time::sleep(RETRY_INTERVAL).await;
+        }
+    }
+
+    /// `SendHeartbeat`: one synchronous round that repairs every reachable
+    /// peer's log. Returns whether a majority (this server included)
+    /// acknowledged; a follower answers `false`.
+    pub async fn send_heartbeat(&self) -> Result<bool, NodeError> {
+        {
+            let state = self.state();
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            if !state.core.is_leader() {
+                return Ok(false);
+            }
+        }
+        self.round(true).await
+    }
+
+    /// Sends AppendEntries to every peer at once. With `repair`, keeps
+    /// sending to a peer until it holds the leader's whole log or fails.
+    /// Returns whether a majority acknowledged this server's leadership
+    /// (false if it stopped leading meanwhile).
+    async fn round(&self, repair: bool) -> Result<bool, NodeError> {
+        let rounds = self.peer_ids().map(|peer| self.exchange_until_done(peer, repair));
+        let acks = futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .filter(|&acked| acked)
+            .count();
+        let state = self.state();
+        match self.check_leader(&state) {
+            Ok(()) => Ok(is_majority(acks + 1, self.shared.config.addrs.len())),
+            // Deposed during the round (a newer term, or a majority that
+            // would not follow it): like any follower, no majority.
+            Err(NodeError::NotLeader { .. }) => Ok(false),
+            Err(crashed) => Err(crashed),
+        }
+    }
+
+    /// One peer's part of a round; true if the peer acknowledged leadership.
+    async fn exchange_until_done(&self, peer: ServerId, repair: bool) -> bool {
+        let mut acked = false;
+        loop {
+            match self.exchange(peer).await {
+                Some((ack, ReplicationStatus::SendMore)) if repair => acked |= ack,
+                Some((ack, _)) => return acked | ack,
+                None => return acked,
+            }
+        }
+    }
+
+    /// Sends `peer` what the core wants it to have and feeds the reply back.
+    /// Returns whether the reply acknowledged this leader, and the core's
+    /// verdict; `None` if nothing was sent or the call failed.
+    async fn exchange(&self, peer: ServerId) -> Option<(bool, ReplicationStatus)> {
+        let request = {
+            let state = self.state();
+            if state.crashed {
+                return None;
+            }
+            state.core.append_request(peer, MAX_BATCH_ENTRIES)?
+        };
+        let mut client = self.shared.peers[peer].as_ref()?.client.clone();
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(APPEND_TIMEOUT);
+        let reply = match client.append_entries(call).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                tracing::debug!(peer, %status, "AppendEntries failed");
+                return None;
+            }
+        };
+        let mut state = self.state();
+        if state.crashed {
+            return None;
+        }
+        let acked = state.core.acknowledges_leadership(&request, &reply);
+        let status = state.core.handle_append_response(peer, &request, &reply);
+        self.after_core_step(&mut state);
+        Some((acked, status))
+    }
+
+    /// The per-peer replication loop: sends new entries as soon as they are
+    /// proposed, heartbeats on the configured period, and while entries wait
+    /// for a commit retries a failed peer every [`RETRY_INTERVAL`], so a
+    /// blocked `UpdateFile` completes by itself once a majority is back.
+    async fn replicate(self, peer: ServerId) {
+        let Some(wake) = self.shared.peers[peer].as_ref().map(|p| &p.wake) else {
+            return;
+        };
+        let mut ticker = self.shared.config.heartbeat.map(|period| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut lagging = false;
+        loop {
+            let tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                if lagging {
+                    tokio::time::sleep(RETRY_INTERVAL).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = wake.notified() => {},
+                () = tick => {},
+                () = retry => {},
+            }
+            lagging = loop {
+                match self.exchange(peer).await {
+                    Some((_, ReplicationStatus::SendMore)) => continue,
+                    Some((_, ReplicationStatus::Matched | ReplicationStatus::NotLeader)) => {
+                        break false;
+                    }
+                    Some((_, ReplicationStatus::Ignored)) | None => break self.awaits_commit(),
+                }
+            };
+        }
+    }
+
+    /// Whether this server leads with entries not yet committed: then a
+    /// failed peer must be retried, or the pending `UpdateFile` calls would
+    /// wait for an explicit heartbeat. Otherwise lagging peers catch up on
+    /// the next heartbeat or proposal, as in the original.
+    fn awaits_commit(&self) -> bool {
+        let state = self.state();
+        let last_index = state.core.log().len() as LogIndex - 1;
+        !state.crashed && state.core.is_leader() && state.core.commit_index() < last_index
+    }
+
+    /// `AppendEntries` from a leader.
+    pub fn append_entries(&self, request: &AppendEntryInput) -> Result<AppendEntryOutput, NodeError> {
+        let mut state = self.state();
+        if state.crashed {
+            return Err(NodeError::Crashed);
+        }
+        let reply = state.core.handle_append_entries(request);
+        self.after_core_step(&mut state);
+        Ok(reply)
+    }
+
+    /// After any core step: apply what became committed, answer the waiters
+    /// whose entries were applied, and fail the rest if leadership was lost.
+    fn after_core_step(&self, state: &mut State) {
+        let ready = state.core.take_ready();
+        for (index, entry) in ready.committed {
+            let term = entry.term;
+            let version = state.map.apply(entry.meta);
+            if let Some((proposed_term, tx)) = state.waiters.remove(&index) {
+                let result = if proposed_term == term {
+                    Ok(version)
+                } else {
+                    Err(self.not_leader(&state.core))
+                };
+                // The caller may have given up (deadline); nothing to do then.
+                let _ = tx.send(result);
+            }
+        }
+        if !state.core.is_leader() && !state.waiters.is_empty() {
+            let error = self.not_leader(&state.core);
+            fail_waiters(state, &error);
+        }
+    }
+
+    /// `Crash`: enters the crashed state; pending calls fail.
+    pub fn crash(&self) {
+        let mut state = self.state();
+        state.crashed = true;
+        fail_waiters(&mut state, &NodeError::Crashed);
+    }
+
+    /// `Restore`: leaves the crashed state.
+    pub fn restore(&self) {
+        self.state().crashed = false;
+        self.wake_replicators();
+    }
+
+    /// `IsCrashed`.
+    pub fn is_crashed(&self) -> bool {
+        self.state().crashed
+    }
+
+    /// `GetInternalState`: works whether crashed or not.
+    pub fn internal_state(&self) -> InternalState {
+        let state = self.state();
+        InternalState {
+            is_leader: state.core.is_leader(),
+            term: state.core.term(),
+            log: state.core.log().to_vec(),
+            map: state.map.to_proto(),
+        }
+    }
+}
+
+fn fail_waiters(state: &mut State, error: &NodeError) {
+    for (_, (_, tx)) in std::mem::take(&mut state.waiters) {
+        let _ = tx.send(Err(error.clone()));
+    }
+}
