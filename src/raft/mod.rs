@@ -8,8 +8,10 @@
 
 pub mod core;
 mod log;
+pub mod node;
 mod progress;
 pub mod quorum;
+pub mod service;
 
 pub use self::core::{NotLeader, RaftCore, Ready, ReplicationStatus};
 

@@ -1,0 +1,90 @@
+//! `surfstore-raft-server`: one replica of the Raft-replicated MetaStore
+//! (SPEC §5, §7), listening on `MetaStoreAddrs[ID]` of the config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use surfstore::cli::{self, Fatal};
+use surfstore::config::{ClusterConfig, is_host_port};
+use surfstore::grpc;
+use surfstore::raft::node::{NodeConfig, RaftNode};
+use surfstore::raft::service::RaftService;
+
+/// Runs one server of a Raft-replicated SurfStore MetaStore.
+#[derive(Parser, Debug)]
+#[command(name = "surfstore-raft-server", version)]
+struct Args {
+    /// Cluster config (JSON or the older text format).
+    #[arg(short = 'f', long = "config")]
+    config: PathBuf,
+    /// This server's index in the config's MetaStoreAddrs.
+    #[arg(short = 'i', long = "id")]
+    id: usize,
+    /// BlockStore address handed to clients (default: BlockStoreAddrs[0]).
+    #[arg(short = 'b', long = "blockstore")]
+    block_store_addr: Option<String>,
+    /// Print debug logs to stderr.
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
+    /// A leader heartbeats on its own every this many milliseconds (0: never;
+    /// explicit SendHeartbeat calls still work).
+    #[arg(long = "heartbeat-ms", default_value_t = 100)]
+    heartbeat_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = cli::parse_args();
+    cli::init_logging(args.debug);
+    cli::exit_code("surfstore-raft-server", run(args).await)
+}
+
+async fn run(args: Args) -> Result<(), Fatal> {
+    let config = ClusterConfig::load(&args.config).map_err(Fatal::usage)?;
+    let Some(listen) = config.meta_addrs.get(args.id).cloned() else {
+        return Err(Fatal::usage(format!(
+            "-i {} is out of range: {} lists {} servers",
+            args.id,
+            args.config.display(),
+            config.meta_addrs.len()
+        )));
+    };
+    let block_store_addr = match args.block_store_addr.or_else(|| config.block_addrs.first().cloned()) {
+        Some(addr) if is_host_port(&addr) => addr,
+        Some(addr) => return Err(Fatal::usage(format!("BlockStore address {addr:?} is not host:port"))),
+        None => {
+            return Err(Fatal::usage(format!(
+                "{} lists no BlockStoreAddrs; pass -b BLOCKSTORE_ADDR",
+                args.config.display()
+            )));
+        }
+    };
+
+    let socket = grpc::resolve(&listen)
+        .await
+        .map_err(|e| Fatal::failure(format!("cannot resolve {listen}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(socket)
+        .await
+        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+
+    let node = RaftNode::start(NodeConfig {
+        id: args.id,
+        addrs: config.meta_addrs,
+        block_store_addr,
+        heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
+    })
+    .map_err(Fatal::usage)?;
+    let service = RaftService::new(node);
+    tracing::info!(id = args.id, %listen, "raft server serving");
+    grpc::server()
+        .add_service(service.raft_server())
+        .add_service(service.meta_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cli::shutdown_signal(),
+        )
+        .await
+        .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
+}

@@ -1,0 +1,159 @@
+//! The tonic face of a [`RaftNode`]: the `RaftSurfstore` service of SPEC §5,
+//! and the plain `MetaStore` service on the same node so clients written for
+//! a single MetaStore can talk to a Raft server too.
+
+use tonic::{Request, Response, Status};
+
+use super::node::{NodeError, RaftNode};
+use crate::grpc::MAX_MESSAGE_BYTES;
+use crate::proto::{
+    AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
+    RaftInternalState, Success, Version, meta_store_server, raft_surfstore_server,
+};
+
+/// Serves one node over gRPC.
+#[derive(Clone)]
+pub struct RaftService {
+    node: RaftNode,
+}
+
+impl RaftService {
+    /// A service answering for `node`.
+    pub fn new(node: RaftNode) -> Self {
+        Self { node }
+    }
+
+    /// The `RaftSurfstore` tonic server, with the project's message limits.
+    pub fn raft_server(&self) -> raft_surfstore_server::RaftSurfstoreServer<Self> {
+        raft_surfstore_server::RaftSurfstoreServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The `MetaStore` tonic server over the same node.
+    pub fn meta_server(&self) -> meta_store_server::MetaStoreServer<Self> {
+        meta_store_server::MetaStoreServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    async fn file_info_map(&self) -> Result<Response<FileInfoMap>, Status> {
+        Ok(Response::new(self.node.file_info_map().await?))
+    }
+
+    async fn update_file(&self, meta: FileMetaData) -> Result<Response<Version>, Status> {
+        let version = self.node.update_file(meta).await?;
+        Ok(Response::new(Version { version }))
+    }
+
+    async fn block_store_addr(&self) -> Result<Response<BlockStoreAddr>, Status> {
+        let addr = self.node.confirmed_block_store_addr().await?;
+        Ok(Response::new(BlockStoreAddr { addr }))
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Self {
+        match error {
+            NodeError::Crashed => Status::unavailable(error.to_string()),
+            NodeError::NotLeader { .. } => Status::failed_precondition(error.to_string()),
+        }
+    }
+}
+
+fn success(flag: bool) -> Response<Success> {
+    Response::new(Success { flag })
+}
+
+#[tonic::async_trait]
+impl raft_surfstore_server::RaftSurfstore for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<AppendEntryInput>,
+    ) -> Result<Response<AppendEntryOutput>, Status> {
+        Ok(Response::new(self.node.append_entries(request.get_ref())?))
+    }
+
+    async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
+        self.node.set_leader()?;
+        Ok(success(true))
+    }
+
+    async fn send_heartbeat(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
+        Ok(success(self.node.send_heartbeat().await?))
+    }
+
+    async fn get_file_info_map(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<FileInfoMap>, Status> {
+        self.file_info_map().await
+    }
+
+    async fn update_file(
+        &self,
+        request: Request<FileMetaData>,
+    ) -> Result<Response<Version>, Status> {
+        self.update_file(request.into_inner()).await
+    }
+
+    async fn get_block_store_addr(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<BlockStoreAddr>, Status> {
+        self.block_store_addr().await
+    }
+
+    async fn get_internal_state(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<RaftInternalState>, Status> {
+        let state = self.node.internal_state();
+        Ok(Response::new(RaftInternalState {
+            is_leader: state.is_leader,
+            term: state.term,
+            log: state.log.into_iter().map(Into::into).collect(),
+            meta_map: Some(state.map),
+        }))
+    }
+
+    async fn is_crashed(&self, _request: Request<()>) -> Result<Response<CrashedState>, Status> {
+        Ok(Response::new(CrashedState {
+            is_crashed: self.node.is_crashed(),
+        }))
+    }
+
+    async fn restore(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
+        self.node.restore();
+        Ok(success(true))
+    }
+
+    async fn crash(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
+        self.node.crash();
+        Ok(success(true))
+    }
+}
+
+#[tonic::async_trait]
+impl meta_store_server::MetaStore for RaftService {
+    async fn get_file_info_map(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<FileInfoMap>, Status> {
+        self.file_info_map().await
+    }
+
+    async fn update_file(
+        &self,
+        request: Request<FileMetaData>,
+    ) -> Result<Response<Version>, Status> {
+        self.update_file(request.into_inner()).await
+    }
+
+    async fn get_block_store_addr(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<BlockStoreAddr>, Status> {
+        self.block_store_addr().await
+    }
+}
