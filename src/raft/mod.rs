@@ -6,6 +6,8 @@
 //! what it says must be durable, sends what it says to send, and applies what
 //! it says is committed to a [`crate::meta_store::FileMap`].
 
+pub mod storage;
+
 use crate::proto::{FileMetaData, UpdateOperation};
 
 /// A Raft term. Every server starts at term 0.
