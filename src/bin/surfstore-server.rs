@@ -72,7 +72,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
         (_, addr) => addr.unwrap_or_default(),
     };
 
-    if args.data_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+    if args
+        .data_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
         return Err(Fatal::usage("--data-dir needs a directory"));
     }
     let data_dir = args.data_dir.as_deref();
@@ -123,5 +127,8 @@ fn file_map(data_dir: Option<&Path>) -> Result<JournaledMap, Fatal> {
 }
 
 fn unusable(dir: &Path, error: impl std::fmt::Display) -> Fatal {
-    Fatal::failure(format!("cannot use data directory {}: {error}", dir.display()))
+    Fatal::failure(format!(
+        "cannot use data directory {}: {error}",
+        dir.display()
+    ))
 }

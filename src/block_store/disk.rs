@@ -126,8 +126,8 @@ impl BlockBackend for DiskBlocks {
         }
         let path = self.path_of(hash)?;
         let tmp_dir = self.root.join(TMP_DIR);
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&tmp_dir).map_err(StorageError::io("create a file in", &tmp_dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(StorageError::io("create a file in", &tmp_dir))?;
         tmp.write_all(&data)
             .and_then(|()| tmp.as_file().sync_data())
             .map_err(StorageError::io("write", tmp.path()))?;
@@ -195,7 +195,10 @@ mod tests {
 
         assert_eq!(store.get(&hash).unwrap(), None);
         assert!(!store.has(&hash).unwrap());
-        assert_eq!(fs::read(dir.path().join(CORRUPT_DIR).join(&hash)).unwrap(), bytes);
+        assert_eq!(
+            fs::read(dir.path().join(CORRUPT_DIR).join(&hash)).unwrap(),
+            bytes
+        );
         store.put(&hash, data.clone()).unwrap();
         assert_eq!(store.get(&hash).unwrap(), Some(data));
     }

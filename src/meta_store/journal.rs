@@ -119,7 +119,10 @@ mod tests {
         let mut store = JournaledMap::open(dir.path()).unwrap();
         store.update(meta("a", 1, &["h1"])).unwrap();
         let len = journal_len(dir.path());
-        assert_eq!(store.update(meta("a", 1, &["h2"])).unwrap(), REJECTED_VERSION);
+        assert_eq!(
+            store.update(meta("a", 1, &["h2"])).unwrap(),
+            REJECTED_VERSION
+        );
         assert_eq!(store.update(meta("new", 2, &[])).unwrap(), REJECTED_VERSION);
         assert_eq!(journal_len(dir.path()), len);
     }

@@ -34,7 +34,6 @@ impl MetaStoreService {
             .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
     }
-
 }
 
 fn lock(map: &Mutex<JournaledMap>) -> MutexGuard<'_, JournaledMap> {

@@ -159,7 +159,11 @@ impl RaftStorage for FileStorage {
         let record = SaveRecord {
             log_from: log_changes.then_some(from as u64),
             entries: if log_changes {
-                log[from..].iter().cloned().map(UpdateOperation::from).collect()
+                log[from..]
+                    .iter()
+                    .cloned()
+                    .map(UpdateOperation::from)
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -292,7 +296,9 @@ mod tests {
         let loaded = reopen(&dir.path().join("raft"));
         assert_eq!(loaded, (HardState::default(), vec![]));
         assert_eq!(MemoryStorage.load().unwrap(), loaded);
-        MemoryStorage.save(&hard(1, 0), &[entry(1, "a")], Some(0)).unwrap();
+        MemoryStorage
+            .save(&hard(1, 0), &[entry(1, "a")], Some(0))
+            .unwrap();
         assert_eq!(MemoryStorage.load().unwrap(), loaded);
     }
 
@@ -377,7 +383,11 @@ mod tests {
         let full = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
         for cut in [saved as usize + 3, full.len() - 1] {
             std::fs::write(dir.path().join(LOG_FILE), &full[..cut]).unwrap();
-            assert_eq!(reopen(dir.path()), (hard(1, -1), first.clone()), "cut {cut}");
+            assert_eq!(
+                reopen(dir.path()),
+                (hard(1, -1), first.clone()),
+                "cut {cut}"
+            );
             assert_eq!(file_len(dir.path()), saved);
         }
     }
@@ -401,7 +411,9 @@ mod tests {
     fn corruption_in_the_middle_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut storage = FileStorage::open(dir.path()).unwrap();
-        storage.save(&hard(1, -1), &[entry(1, "a")], Some(0)).unwrap();
+        storage
+            .save(&hard(1, -1), &[entry(1, "a")], Some(0))
+            .unwrap();
         storage.save(&hard(1, 0), &[entry(1, "a")], None).unwrap();
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -442,7 +454,9 @@ mod tests {
         let log = vec![entry(1, "a")];
         let start = std::time::Instant::now();
         for commit in 0..ROUNDS {
-            storage.save(&hard(1, i64::from(commit)), &log, None).unwrap();
+            storage
+                .save(&hard(1, i64::from(commit)), &log, None)
+                .unwrap();
         }
         let in_log = start.elapsed() / ROUNDS;
 

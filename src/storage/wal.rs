@@ -176,6 +176,9 @@ fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// What a replay calls with each intact record's offset and payload.
+type Visitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StorageError> + 'a;
+
 /// Where the intact records of a log end, and how long the file is.
 struct Scan {
     end: u64,
@@ -187,10 +190,13 @@ struct Scan {
 fn scan(
     file: &File,
     path: &Path,
-    visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    visit: &mut Visitor<'_>,
 ) -> Result<Scan, StorageError> {
     let read_err = StorageError::io("read", path);
-    let file_len = file.metadata().map_err(StorageError::io("stat", path))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(StorageError::io("stat", path))?
+        .len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
     if let Err(e) = reader.seek(SeekFrom::Start(0)) {
         return Err(read_err(e));
@@ -412,7 +418,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vec![b"a".to_vec()]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), full.len() as u64 - 1);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            full.len() as u64 - 1
+        );
     }
 
     #[test]

@@ -1,0 +1,249 @@
+//! `surfstore-server --data-dir` from the outside (SPEC §7): what it
+//! acknowledged survives SIGKILL, and damaged files are caught.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Server, bin, run, start_server};
+use surfstore::grpc::{MAX_MESSAGE_BYTES, channel};
+use surfstore::hash::{hash_block, tombstone};
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::meta_store_client::MetaStoreClient;
+use surfstore::proto::{Block, BlockHash, BlockHashes, FileInfoMap, FileMetaData};
+use tonic::transport::Channel;
+
+struct Clients {
+    blocks: BlockStoreClient<Channel>,
+    meta: MetaStoreClient<Channel>,
+}
+
+fn connect(server: &Server) -> Clients {
+    let ch = channel(&server.addr).unwrap();
+    Clients {
+        blocks: BlockStoreClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        meta: MetaStoreClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    }
+}
+
+fn start_durable(dir: &Path) -> Server {
+    start_server("both", &["--data-dir", dir.to_str().unwrap()])
+}
+
+fn meta(name: &str, version: i32, hashes: Vec<String>) -> FileMetaData {
+    FileMetaData {
+        filename: name.into(),
+        version,
+        block_hash_list: hashes,
+    }
+}
+
+/// Deterministic, distinct block contents.
+fn block_data(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect()
+}
+
+impl Clients {
+    async fn put(&mut self, data: &[u8]) -> String {
+        let reply = self
+            .blocks
+            .put_block(Block {
+                block_data: data.to_vec().into(),
+                block_size: data.len() as i32,
+            })
+            .await
+            .unwrap();
+        assert!(reply.into_inner().flag);
+        hash_block(data)
+    }
+
+    async fn get(&mut self, hash: &str) -> Result<Vec<u8>, tonic::Status> {
+        let block = self
+            .blocks
+            .get_block(BlockHash { hash: hash.into() })
+            .await?
+            .into_inner();
+        Ok(block.block_data.to_vec())
+    }
+
+    async fn has(&mut self, hashes: &[String]) -> Vec<String> {
+        self.blocks
+            .has_blocks(BlockHashes {
+                hashes: hashes.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hashes
+    }
+
+    async fn update(&mut self, m: FileMetaData) -> i32 {
+        self.meta.update_file(m).await.unwrap().into_inner().version
+    }
+
+    async fn map(&mut self) -> FileInfoMap {
+        self.meta.get_file_info_map(()).await.unwrap().into_inner()
+    }
+}
+
+fn block_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join("blocks").join(&hash[..2]).join(hash)
+}
+
+#[tokio::test]
+async fn acknowledged_blocks_and_updates_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let mut c = connect(&server);
+
+    let sizes = [0, 1, 4096, 4096, 100_000, 1 << 20];
+    let mut blocks = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = block_data(i, len);
+        blocks.push((c.put(&data).await, data));
+    }
+    let hashes: Vec<String> = blocks.iter().map(|(h, _)| h.clone()).collect();
+    assert_eq!(c.update(meta("a.txt", 1, hashes[..2].to_vec())).await, 1);
+    assert_eq!(c.update(meta("a.txt", 2, hashes[2..4].to_vec())).await, 2);
+    assert_eq!(c.update(meta("b.bin", 1, hashes[4..].to_vec())).await, 1);
+    assert_eq!(c.update(meta("empty", 1, vec![])).await, 1);
+    assert_eq!(c.update(meta("gone", 1, hashes[..1].to_vec())).await, 1);
+    assert_eq!(c.update(meta("gone", 2, tombstone())).await, 2);
+    assert_eq!(c.update(meta("a.txt", 2, vec![])).await, -1);
+    let before = c.map().await;
+    assert_eq!(before.file_info_map.len(), 4);
+
+    server.proc.kill();
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+
+    for (hash, data) in &blocks {
+        assert_eq!(&c.get(hash).await.unwrap(), data, "block {hash}");
+    }
+    assert_eq!(c.has(&hashes).await, hashes);
+    assert_eq!(c.map().await, before);
+    let addr = c.meta.get_block_store_addr(()).await.unwrap().into_inner();
+    assert_eq!(addr.addr, format!("localhost:{}", server.port));
+    // The version rule continues from the recovered map.
+    assert_eq!(c.update(meta("a.txt", 2, vec![])).await, -1);
+    assert_eq!(c.update(meta("a.txt", 3, vec![])).await, 3);
+}
+
+#[tokio::test]
+async fn a_corrupt_block_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    let good = c.put(&block_data(1, 4096)).await;
+    let data = block_data(2, 4096);
+    let bad = c.put(&data).await;
+
+    let path = block_path(dir.path(), &bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = c.get(&bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert_eq!(
+        c.has(&[good.clone(), bad.clone()]).await,
+        vec![good.clone()]
+    );
+    assert_eq!(c.get(&good).await.unwrap(), block_data(1, 4096));
+    // Uploading it again repairs it.
+    c.put(&data).await;
+    assert_eq!(c.get(&bad).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_journal_cut_mid_record_loads_without_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let mut c = connect(&server);
+    assert_eq!(c.update(meta("kept", 1, vec![])).await, 1);
+    let kept = c.map().await;
+    assert_eq!(c.update(meta("torn", 1, tombstone())).await, 1);
+    server.proc.kill();
+
+    let journal = dir.path().join("meta").join("updates.wal");
+    let bytes = std::fs::read(&journal).unwrap();
+    std::fs::write(&journal, &bytes[..bytes.len() - 3]).unwrap();
+
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    assert_eq!(c.map().await, kept);
+    assert_eq!(c.update(meta("torn", 1, vec![])).await, 1);
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    for service in ["both", "block", "meta"] {
+        let out = run(
+            &bin("surfstore-server"),
+            &[
+                "-s",
+                service,
+                "-p",
+                "0",
+                "-l",
+                "--data-dir",
+                file.to_str().unwrap(),
+                "localhost:1",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{service}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not-a-dir"), "{service}: {stderr}");
+    }
+    let out = run(&bin("surfstore-server"), &["-s", "both", "--data-dir"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+/// Not a test: throughput with and without `--data-dir`. Run with
+/// `cargo test --release --test durability_plain -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_throughput() {
+    const OPS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    for durable in [false, true] {
+        let server = if durable {
+            start_durable(dir.path())
+        } else {
+            start_server("both", &[])
+        };
+        let mut c = connect(&server);
+        for (label, len, ops) in [("4 KiB", 4096, OPS), ("4 MiB", 4 << 20, OPS / 10)] {
+            let blocks: Vec<Vec<u8>> = (0..ops).map(|i| block_data(i + len, len)).collect();
+            let rate = per_second(ops, async {
+                for data in &blocks {
+                    c.put(data).await;
+                }
+            })
+            .await;
+            println!("durable={durable} PutBlock {label}: {rate:.0}/s");
+        }
+        let rate = per_second(OPS, async {
+            for i in 0..OPS {
+                let m = meta(
+                    &format!("f{}", i % 50),
+                    (i / 50 + 1) as i32,
+                    vec![hash_block(b"x")],
+                );
+                assert!(c.update(m).await > 0);
+            }
+        })
+        .await;
+        println!("durable={durable} UpdateFile: {rate:.0}/s");
+    }
+}
+
+async fn per_second(ops: usize, work: impl std::future::Future<Output = ()>) -> f64 {
+    let start = Instant::now();
+    work.await;
+    ops as f64 / start.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
+}
