@@ -218,10 +218,15 @@ async fn measure_throughput() {
         };
         let mut c = connect(&server);
         for (label, len, ops) in [("4 KiB", 4096, OPS), ("4 MiB", 4 << 20, OPS / 10)] {
-            let blocks: Vec<Vec<u8>> = (0..ops).map(|i| block_data(i + len, len)).collect();
+            let blocks: Vec<Block> = (0..ops)
+                .map(|i| Block {
+                    block_data: block_data(i + len, len).into(),
+                    block_size: len as i32,
+                })
+                .collect();
             let rate = per_second(ops, async {
-                for data in &blocks {
-                    c.put(data).await;
+                for block in &blocks {
+                    c.blocks.put_block(block.clone()).await.unwrap();
                 }
             })
             .await;

@@ -133,10 +133,7 @@ impl BlockBackend for DiskBlocks {
             .map_err(StorageError::io("write", tmp.path()))?;
         tmp.persist(&path)
             .map_err(|e| StorageError::io("rename a block into", &path)(e.error))?;
-        match path.parent() {
-            Some(dir) => sync_dir(dir)?,
-            None => sync_dir(&self.root)?,
-        }
+        sync_dir(path.parent().unwrap_or(&self.root))?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@
 //!   suffixes are rare and small (only uncommitted entries are ever
 //!   overwritten), so the file is not compacted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
 
@@ -121,11 +121,6 @@ impl FileStorage {
             loaded: Some(state),
         })
     }
-
-    /// The log file.
-    pub fn path(&self) -> &Path {
-        self.wal.path()
-    }
 }
 
 impl RaftStorage for FileStorage {
@@ -133,7 +128,7 @@ impl RaftStorage for FileStorage {
         if let Some(state) = self.loaded.take() {
             return Ok(state);
         }
-        let path: PathBuf = self.wal.path().to_path_buf();
+        let path = self.wal.path().to_path_buf();
         let mut state = (HardState::default(), Vec::new());
         Wal::read(&path, |offset, payload| {
             replay(&path, offset, payload, &mut state)

@@ -130,11 +130,6 @@ impl Wal {
         &self.path
     }
 
-    /// The size in bytes of the intact records written so far.
-    pub fn len_bytes(&self) -> u64 {
-        self.end
-    }
-
     fn check_usable(&self) -> Result<(), StorageError> {
         if self.poisoned {
             Err(StorageError::Poisoned {
@@ -187,11 +182,7 @@ struct Scan {
 
 /// Reads records from the start of `file`, handing each intact one to
 /// `visit`, and stops at the end of the file or at a torn tail.
-fn scan(
-    file: &File,
-    path: &Path,
-    visit: &mut Visitor<'_>,
-) -> Result<Scan, StorageError> {
+fn scan(file: &File, path: &Path, visit: &mut Visitor<'_>) -> Result<Scan, StorageError> {
     let read_err = StorageError::io("read", path);
     let file_len = file
         .metadata()
