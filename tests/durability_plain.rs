@@ -4,11 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Server, bin, run, start_server};
 use surfstore::grpc::{MAX_MESSAGE_BYTES, channel};
 use surfstore::hash::{hash_block, tombstone};
+use surfstore::meta_store::JOURNAL_FILE;
 use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{Block, BlockHash, BlockHashes, FileInfoMap, FileMetaData};
@@ -130,6 +133,65 @@ async fn acknowledged_blocks_and_updates_survive_sigkill() {
     assert_eq!(c.update(meta("a.txt", 3, vec![])).await, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_killed_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let c = connect(&server);
+
+    let acked_version = Arc::new(AtomicI32::new(0));
+    let mut meta_client = c.meta.clone();
+    let acked = Arc::clone(&acked_version);
+    let updates = tokio::spawn(async move {
+        for version in 1.. {
+            match meta_client.update_file(meta("f", version, vec![])).await {
+                Ok(reply) => assert_eq!(reply.into_inner().version, version),
+                Err(_) => break,
+            }
+            acked.store(version, Ordering::SeqCst);
+        }
+    });
+    let acked_blocks = Arc::new(Mutex::new(Vec::new()));
+    let mut block_client = c.blocks.clone();
+    let acked = Arc::clone(&acked_blocks);
+    let puts = tokio::spawn(async move {
+        for i in 0.. {
+            let data = block_data(i, 4096 + i % 100);
+            let block = Block {
+                block_size: data.len() as i32,
+                block_data: data.clone().into(),
+            };
+            if block_client.put_block(block).await.is_err() {
+                break;
+            }
+            acked.lock().unwrap().push(data);
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_version.load(Ordering::SeqCst) < 30 || acked_blocks.lock().unwrap().len() < 30 {
+        assert!(Instant::now() < deadline, "the server made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.proc.kill();
+    updates.await.unwrap();
+    puts.await.unwrap();
+
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    let acked = acked_version.load(Ordering::SeqCst);
+    let stored = c.map().await.file_info_map["f"].version;
+    // The update in flight at the kill may or may not have been stored.
+    assert!(
+        stored == acked || stored == acked + 1,
+        "acked {acked}, stored {stored}"
+    );
+    let blocks = acked_blocks.lock().unwrap().clone();
+    for data in &blocks {
+        assert_eq!(&c.get(&hash_block(data)).await.unwrap(), data);
+    }
+}
+
 #[tokio::test]
 async fn a_corrupt_block_file_is_not_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +228,7 @@ async fn a_journal_cut_mid_record_loads_without_that_record() {
     assert_eq!(c.update(meta("torn", 1, tombstone())).await, 1);
     server.proc.kill();
 
-    let journal = dir.path().join("meta").join("updates.wal");
+    let journal = dir.path().join("meta").join(JOURNAL_FILE);
     let bytes = std::fs::read(&journal).unwrap();
     std::fs::write(&journal, &bytes[..bytes.len() - 3]).unwrap();
 
