@@ -10,6 +10,7 @@
 //! * [`proto`]: the wire contract, generated from `proto/surfstore.proto`.
 //! * [`hash`], [`config`], [`grpc`]: shared building blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
+//! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
 //! * [`cli`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
 
@@ -22,3 +23,4 @@ pub mod hash;
 pub mod meta_store;
 pub mod proto;
 pub mod raft;
+pub mod storage;

@@ -1,15 +1,18 @@
 //! `surfstore-server`: runs a non-replicated MetaStore, a BlockStore, or both
-//! on one port (SPEC §7).
+//! on one port (SPEC §7). With `--data-dir DIR` blocks live in `DIR/blocks`
+//! and the MetaStore's journal in `DIR/meta`, and every reply is sent only
+//! after what it acknowledges is on disk.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use surfstore::block_store::{BlockStoreService, MemoryBlocks};
+use surfstore::block_store::{BlockBackend, BlockStoreService, DiskBlocks, MemoryBlocks};
 use surfstore::cli::{self, Fatal};
 use surfstore::config::is_host_port;
 use surfstore::grpc;
-use surfstore::meta_store::MetaStoreService;
+use surfstore::meta_store::{JournaledMap, MetaStoreService};
 
 /// Which services the server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -38,6 +41,10 @@ struct Args {
     /// Print debug logs to stderr.
     #[arg(short = 'd', long = "debug")]
     debug: bool,
+    /// Keep blocks and the file map in DIR so they survive a restart or a
+    /// crash; without it everything lives in memory.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// The BlockStore address (host:port) the MetaStore hands to clients.
     /// Required with `-s meta`; with `-s both` it defaults to this server.
     #[arg(value_name = "BLOCKSTORE_ADDR")]
@@ -65,19 +72,31 @@ async fn run(args: Args) -> Result<(), Fatal> {
         (_, addr) => addr.unwrap_or_default(),
     };
 
+    if args
+        .data_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        return Err(Fatal::usage("--data-dir needs a directory"));
+    }
+    let data_dir = args.data_dir.as_deref();
+    let blocks = matches!(args.service, Service::Block | Service::Both)
+        .then(|| block_backend(data_dir))
+        .transpose()?;
+    let meta = matches!(args.service, Service::Meta | Service::Both)
+        .then(|| file_map(data_dir))
+        .transpose()?;
+
     let listen = grpc::listen_addr(args.port, args.localhost_only);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
 
-    let mut router = grpc::server().add_optional_service(
-        matches!(args.service, Service::Block | Service::Both)
-            .then(|| BlockStoreService::new(Arc::new(MemoryBlocks::default())).into_server()),
-    );
-    router = router.add_optional_service(
-        matches!(args.service, Service::Meta | Service::Both)
-            .then(|| MetaStoreService::new(block_store_addr.clone()).into_server()),
-    );
+    let router = grpc::server()
+        .add_optional_service(blocks.map(|b| BlockStoreService::new(b).into_server()))
+        .add_optional_service(
+            meta.map(|m| MetaStoreService::with_map(block_store_addr.clone(), m).into_server()),
+        );
     tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
     router
         .serve_with_incoming_shutdown(
@@ -86,4 +105,30 @@ async fn run(args: Args) -> Result<(), Fatal> {
         )
         .await
         .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
+}
+
+/// The BlockStore's backend: files under `DIR/blocks`, or memory.
+fn block_backend(data_dir: Option<&Path>) -> Result<Arc<dyn BlockBackend>, Fatal> {
+    match data_dir {
+        None => Ok(Arc::new(MemoryBlocks::default())),
+        Some(dir) => match DiskBlocks::open(&dir.join("blocks")) {
+            Ok(blocks) => Ok(Arc::new(blocks)),
+            Err(e) => Err(unusable(dir, e)),
+        },
+    }
+}
+
+/// The MetaStore's map: replayed from `DIR/meta`, or empty in memory.
+fn file_map(data_dir: Option<&Path>) -> Result<JournaledMap, Fatal> {
+    match data_dir {
+        None => Ok(JournaledMap::in_memory()),
+        Some(dir) => JournaledMap::open(&dir.join("meta")).map_err(|e| unusable(dir, e)),
+    }
+}
+
+fn unusable(dir: &Path, error: impl std::fmt::Display) -> Fatal {
+    Fatal::failure(format!(
+        "cannot use data directory {}: {error}",
+        dir.display()
+    ))
 }

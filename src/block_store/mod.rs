@@ -4,9 +4,11 @@
 //! keeps the bytes in a [`BlockBackend`]. Backends only store and fetch: the
 //! service computes hashes and enforces the protocol's rules.
 
+mod disk;
 mod memory;
 mod service;
 
+pub use disk::DiskBlocks;
 pub use memory::MemoryBlocks;
 pub use service::BlockStoreService;
 
@@ -18,6 +20,9 @@ pub enum BlockStoreError {
     /// The storage medium failed.
     #[error("block storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A file or directory of an on-disk store could not be used.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Where a BlockStore keeps its blocks. Keys are valid block hashes (the

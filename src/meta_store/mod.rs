@@ -2,11 +2,14 @@
 //! rule (SPEC §4).
 //!
 //! [`FileMap`] is the state machine every MetaStore applies updates to, the
-//! plain server and each Raft replica alike; [`MetaStoreService`] is the
-//! non-replicated gRPC service around one.
+//! plain server and each Raft replica alike; [`JournaledMap`] adds the
+//! plain server's optional write-ahead journal (`--data-dir`), and
+//! [`MetaStoreService`] is the non-replicated gRPC service around one.
 
+mod journal;
 mod service;
 
+pub use journal::{JOURNAL_FILE, JournaledMap};
 pub use service::MetaStoreService;
 
 use std::collections::HashMap;
@@ -28,13 +31,19 @@ impl FileMap {
     /// unknown file). Returns the new version, or [`REJECTED_VERSION`] and
     /// leaves the map unchanged.
     pub fn apply(&mut self, meta: FileMetaData) -> i32 {
-        let current = self.files.get(&meta.filename).map_or(0, |m| m.version);
-        if current.checked_add(1) != Some(meta.version) {
+        if !self.accepts(&meta) {
             return REJECTED_VERSION;
         }
         let version = meta.version;
         self.files.insert(meta.filename.clone(), meta);
         version
+    }
+
+    /// Whether [`FileMap::apply`] would accept `meta`, without applying it:
+    /// lets a caller make an update durable before it becomes visible.
+    pub fn accepts(&self, meta: &FileMetaData) -> bool {
+        let current = self.files.get(&meta.filename).map_or(0, |m| m.version);
+        current.checked_add(1) == Some(meta.version)
     }
 
     /// The metadata of `name`, if known.

@@ -1,23 +1,29 @@
-//! The tonic `MetaStore` service: one in-memory [`FileMap`], no replication.
+//! The tonic `MetaStore` service: one [`JournaledMap`], no replication.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tonic::{Request, Response, Status};
 
-use super::FileMap;
+use super::JournaledMap;
 use crate::proto::{BlockStoreAddr, FileInfoMap, FileMetaData, Version, meta_store_server};
 
 /// Serves `GetFileInfoMap`, `UpdateFile` and `GetBlockStoreAddr`.
 pub struct MetaStoreService {
-    map: Mutex<FileMap>,
+    map: Arc<Mutex<JournaledMap>>,
     block_store_addr: String,
 }
 
 impl MetaStoreService {
-    /// A service with an empty map that points clients at `block_store_addr`.
+    /// A service with an empty in-memory map that points clients at
+    /// `block_store_addr`.
     pub fn new(block_store_addr: String) -> Self {
+        Self::with_map(block_store_addr, JournaledMap::in_memory())
+    }
+
+    /// A service serving `map` (e.g. one opened from `--data-dir`).
+    pub fn with_map(block_store_addr: String, map: JournaledMap) -> Self {
         Self {
-            map: Mutex::new(FileMap::default()),
+            map: Arc::new(Mutex::new(map)),
             block_store_addr,
         }
     }
@@ -28,12 +34,12 @@ impl MetaStoreService {
             .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
     }
+}
 
-    fn map(&self) -> std::sync::MutexGuard<'_, FileMap> {
-        // FileMap::apply never leaves the map half-updated, so a poisoned
-        // lock still guards a consistent map.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock(map: &Mutex<JournaledMap>) -> MutexGuard<'_, JournaledMap> {
+    // An update changes the map only after its journal write succeeded, in
+    // one step, so a poisoned lock still guards a consistent map.
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[tonic::async_trait]
@@ -42,7 +48,7 @@ impl meta_store_server::MetaStore for MetaStoreService {
         &self,
         _request: Request<()>,
     ) -> Result<Response<FileInfoMap>, Status> {
-        Ok(Response::new(self.map().to_proto()))
+        Ok(Response::new(lock(&self.map).map().to_proto()))
     }
 
     async fn update_file(
@@ -51,7 +57,15 @@ impl meta_store_server::MetaStore for MetaStoreService {
     ) -> Result<Response<Version>, Status> {
         let meta = request.into_inner();
         let name = meta.filename.clone();
-        let version = self.map().apply(meta);
+        let map = Arc::clone(&self.map);
+        // The journal's fsync blocks, so it runs on the blocking pool.
+        let version = tokio::task::spawn_blocking(move || lock(&map).update(meta))
+            .await
+            .map_err(|e| Status::internal(format!("update task failed: {e}")))?
+            .map_err(|e| {
+                tracing::error!(file = %name, error = %e, "UpdateFile not stored");
+                Status::internal(format!("update of {name:?} could not be stored: {e}"))
+            })?;
         tracing::debug!(file = %name, version, "UpdateFile");
         Ok(Response::new(Version { version }))
     }

@@ -12,6 +12,7 @@ pub mod node;
 mod progress;
 pub mod quorum;
 pub mod service;
+pub mod storage;
 
 pub use self::core::{NotLeader, RaftCore, Ready, ReplicationStatus};
 

@@ -1,0 +1,473 @@
+//! What a Raft server must not forget: its [`HardState`] (term, vote, commit
+//! index) and its log, behind the [`RaftStorage`] trait.
+//!
+//! The node calls [`RaftStorage::save`] with the core's state before it
+//! sends any reply or message that depends on it, and [`RaftStorage::load`]
+//! once at start. [`MemoryStorage`] keeps nothing (the original, in-memory
+//! behaviour); [`FileStorage`] keeps everything in one [`Wal`] under
+//! `--data-dir`.
+//!
+//! # On-disk format and why
+//!
+//! Every `save` that changes anything appends exactly **one** WAL record
+//! holding "cut the log to `k` entries, then append these, then the hard
+//! state is this" (each part optional), followed by one fdatasync. Replay
+//! folds the records in order.
+//!
+//! * **Atomic.** A record is all-or-nothing after a crash, so a save that
+//!   both drops a conflicting suffix and adopts a new term can never be half
+//!   done. Cutting the file physically (ftruncate, then append) could not
+//!   promise that: a crash between the two would leave the log cut but the
+//!   later hard-state records gone with it, silently reverting the term.
+//! * **One fsync per save.** A hard state in its own file, replaced
+//!   atomically (write temp, fsync, rename, fsync directory), costs two more
+//!   fsyncs whenever it changes, and the commit index changes with nearly
+//!   every update. Measured on the development machine (ext4 on a virtio
+//!   disk; `cargo test --release --lib raft::storage -- --ignored
+//!   --nocapture`): a hard-state save in the log takes 0.08–0.10 ms, an
+//!   entry-record append plus an atomic replace of a hard-state file
+//!   0.5–0.8 ms, five to nine times the cost on the path every UpdateFile
+//!   waits for.
+//! * **Cost.** Dropped entries stay in the file as dead bytes. Conflicting
+//!   suffixes are rare and small (only uncommitted entries are ever
+//!   overwritten), so the file is not compacted.
+
+use std::path::Path;
+
+use prost::Message;
+
+use super::{Entry, HardState, LogIndex};
+use crate::proto::UpdateOperation;
+pub use crate::storage::StorageError;
+use crate::storage::{Wal, create_dir_durable};
+
+/// Durable home of a Raft server's hard state and log.
+pub trait RaftStorage: Send {
+    /// The state saved so far: what a server starts from. Empty storage
+    /// yields `HardState::default()` and an empty log.
+    fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError>;
+
+    /// Makes `hard` and `log` durable before returning. `log_changed_from`
+    /// is the first index whose entry may differ from what was saved before
+    /// (after a conflict was cut, or where new entries start); stored
+    /// entries from there on are replaced by `log[from..]`, and entries
+    /// before it are trusted to be unchanged. `None` means the log did not
+    /// change except perhaps by appending. A call that changes nothing does
+    /// no I/O.
+    fn save(
+        &mut self,
+        hard: &HardState,
+        log: &[Entry],
+        log_changed_from: Option<LogIndex>,
+    ) -> Result<(), StorageError>;
+}
+
+/// Keeps nothing: a server without `--data-dir` starts empty every time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryStorage;
+
+impl RaftStorage for MemoryStorage {
+    fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+        Ok((HardState::default(), Vec::new()))
+    }
+
+    fn save(
+        &mut self,
+        _hard: &HardState,
+        _log: &[Entry],
+        _log_changed_from: Option<LogIndex>,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// The name of the log file [`FileStorage`] keeps in its directory.
+pub const LOG_FILE: &str = "raft.wal";
+
+/// Hard state and log in one write-ahead log file, `DIR/raft.wal` (see the
+/// module documentation for the format).
+#[derive(Debug)]
+pub struct FileStorage {
+    wal: Wal,
+    /// The hard state as last made durable.
+    hard: HardState,
+    /// How many log entries are durable.
+    stored_len: usize,
+    /// What was replayed at open, handed out by the first `load`.
+    loaded: Option<(HardState, Vec<Entry>)>,
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the storage in `dir`, replaying its log.
+    /// An interrupted last save is dropped; damage anywhere else is an error.
+    pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
+        create_dir_durable(dir)?;
+        let path = dir.join(LOG_FILE);
+        let mut state = (HardState::default(), Vec::new());
+        let wal = Wal::open(&path, |offset, payload| {
+            replay(&path, offset, payload, &mut state)
+        })?;
+        tracing::info!(
+            path = %path.display(),
+            term = state.0.term,
+            commit = state.0.commit,
+            entries = state.1.len(),
+            "loaded Raft state"
+        );
+        Ok(FileStorage {
+            wal,
+            hard: state.0,
+            stored_len: state.1.len(),
+            loaded: Some(state),
+        })
+    }
+}
+
+impl RaftStorage for FileStorage {
+    fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+        if let Some(state) = self.loaded.take() {
+            return Ok(state);
+        }
+        let path = self.wal.path().to_path_buf();
+        let mut state = (HardState::default(), Vec::new());
+        Wal::read(&path, |offset, payload| {
+            replay(&path, offset, payload, &mut state)
+        })?;
+        Ok(state)
+    }
+
+    fn save(
+        &mut self,
+        hard: &HardState,
+        log: &[Entry],
+        log_changed_from: Option<LogIndex>,
+    ) -> Result<(), StorageError> {
+        // A negative hint means "everything may have changed". Clamping to
+        // what is stored also covers a caller that skipped a save.
+        let hinted = log_changed_from.map_or(self.stored_len, |k| usize::try_from(k).unwrap_or(0));
+        let from = hinted.min(self.stored_len).min(log.len());
+        let log_changes = from < self.stored_len || from < log.len();
+        let hard_changes = *hard != self.hard;
+        if !log_changes && !hard_changes {
+            return Ok(());
+        }
+        let record = SaveRecord {
+            log_from: log_changes.then_some(from as u64),
+            entries: if log_changes {
+                log[from..]
+                    .iter()
+                    .cloned()
+                    .map(UpdateOperation::from)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            hard: hard_changes.then(|| HardRecord::from(hard)),
+        };
+        self.wal.append(&record.encode_to_vec())?;
+        self.wal.sync()?;
+        self.hard = *hard;
+        self.stored_len = log.len();
+        Ok(())
+    }
+}
+
+/// One save: cut the log to `log_from` entries and append `entries` (when
+/// `log_from` is set), then adopt `hard` (when set).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SaveRecord {
+    #[prost(uint64, optional, tag = "1")]
+    log_from: Option<u64>,
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<UpdateOperation>,
+    #[prost(message, optional, tag = "3")]
+    hard: Option<HardRecord>,
+}
+
+/// [`HardState`] as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HardRecord {
+    #[prost(int64, tag = "1")]
+    term: i64,
+    #[prost(uint64, optional, tag = "2")]
+    voted_for: Option<u64>,
+    #[prost(int64, tag = "3")]
+    commit: i64,
+}
+
+impl From<&HardState> for HardRecord {
+    fn from(hard: &HardState) -> Self {
+        HardRecord {
+            term: hard.term,
+            voted_for: hard.voted_for.map(|id| id as u64),
+            commit: hard.commit,
+        }
+    }
+}
+
+/// Folds one stored record into the replayed state, checking that it fits.
+fn replay(
+    path: &Path,
+    offset: u64,
+    payload: &[u8],
+    (hard, log): &mut (HardState, Vec<Entry>),
+) -> Result<(), StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    let record = SaveRecord::decode(payload)
+        .map_err(|e| corrupt(format!("undecodable Raft record: {e}")))?;
+    match record.log_from {
+        Some(from) => {
+            let from = usize::try_from(from)
+                .ok()
+                .filter(|&from| from <= log.len())
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "record rewrites the log from index {from} but only {} entries precede it",
+                        log.len()
+                    ))
+                })?;
+            log.truncate(from);
+            log.extend(record.entries.into_iter().map(Entry::from));
+        }
+        None if !record.entries.is_empty() => {
+            return Err(corrupt("record has entries but no position".into()));
+        }
+        None => {}
+    }
+    if let Some(stored) = record.hard {
+        let voted_for = stored
+            .voted_for
+            .map(usize::try_from)
+            .transpose()
+            .map_err(|_| corrupt(format!("vote {:?} is not a server id", stored.voted_for)))?;
+        *hard = HardState {
+            term: stored.term,
+            voted_for,
+            commit: stored.commit,
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::FileMetaData;
+
+    fn entry(term: i64, name: &str) -> Entry {
+        Entry {
+            term,
+            meta: FileMetaData {
+                filename: name.into(),
+                version: 1,
+                block_hash_list: vec![crate::hash::hash_block(name.as_bytes())],
+            },
+        }
+    }
+
+    fn hard(term: i64, commit: i64) -> HardState {
+        HardState {
+            term,
+            voted_for: Some(2),
+            commit,
+        }
+    }
+
+    fn reopen(dir: &Path) -> (HardState, Vec<Entry>) {
+        FileStorage::open(dir).unwrap().load().unwrap()
+    }
+
+    fn file_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(LOG_FILE)).unwrap().len()
+    }
+
+    #[test]
+    fn empty_storage_loads_the_initial_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = reopen(&dir.path().join("raft"));
+        assert_eq!(loaded, (HardState::default(), vec![]));
+        assert_eq!(MemoryStorage.load().unwrap(), loaded);
+        MemoryStorage
+            .save(&hard(1, 0), &[entry(1, "a")], Some(0))
+            .unwrap();
+        assert_eq!(MemoryStorage.load().unwrap(), loaded);
+    }
+
+    #[test]
+    fn round_trip_and_appends_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = vec![entry(1, "a"), entry(1, "b")];
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage.save(&hard(1, -1), &log, Some(0)).unwrap();
+        log.push(entry(1, "c"));
+        storage.save(&hard(1, 1), &log, Some(2)).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(1, 1), log.clone()));
+
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.load().unwrap(), (hard(1, 1), log.clone()));
+        log.push(entry(2, "d"));
+        let no_vote = HardState {
+            voted_for: None,
+            ..hard(2, 3)
+        };
+        storage.save(&no_vote, &log, Some(3)).unwrap();
+        // A second load reads what is on disk now.
+        assert_eq!(storage.load().unwrap(), (no_vote, log.clone()));
+        assert_eq!(reopen(dir.path()), (no_vote, log));
+    }
+
+    #[test]
+    fn a_conflicting_suffix_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        let old: Vec<Entry> = ["a", "b", "c", "d", "e"].map(|n| entry(1, n)).to_vec();
+        storage.save(&hard(1, 1), &old, None).unwrap();
+        let mut new = old[..2].to_vec();
+        new.extend([entry(2, "x"), entry(2, "y")]);
+        storage.save(&hard(2, 1), &new, Some(2)).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(2, 1), new.clone()));
+
+        // Cutting without appending, then appending on top after a reopen.
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage.save(&hard(2, 1), &new[..1], Some(1)).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(2, 1), new[..1].to_vec()));
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        let last = [new[0].clone(), entry(3, "z")];
+        storage.save(&hard(3, 1), &last, Some(1)).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(3, 1), last.to_vec()));
+    }
+
+    #[test]
+    fn a_hint_past_what_was_saved_still_saves_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        let log = vec![entry(1, "a"), entry(1, "b")];
+        storage.save(&hard(1, -1), &log, Some(5)).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(1, -1), log));
+    }
+
+    #[test]
+    fn saving_nothing_new_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        let log = vec![entry(1, "a")];
+        storage.save(&hard(1, 0), &log, Some(0)).unwrap();
+        let len = file_len(dir.path());
+        storage.save(&hard(1, 0), &log, None).unwrap();
+        storage.save(&hard(1, 0), &log, Some(1)).unwrap();
+        assert_eq!(file_len(dir.path()), len);
+        // Only the hard state changed: a small record, no entries rewritten.
+        storage.save(&hard(1, 1), &log, None).unwrap();
+        assert!(file_len(dir.path()) - len < 40);
+        assert_eq!(reopen(dir.path()), (hard(1, 1), log));
+    }
+
+    #[test]
+    fn a_save_cut_in_the_middle_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = vec![entry(1, "a")];
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage.save(&hard(1, -1), &first, Some(0)).unwrap();
+        let saved = file_len(dir.path());
+        let second = vec![entry(2, "x"), entry(2, "y")];
+        storage.save(&hard(2, 0), &second, Some(0)).unwrap();
+        let full = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        for cut in [saved as usize + 3, full.len() - 1] {
+            std::fs::write(dir.path().join(LOG_FILE), &full[..cut]).unwrap();
+            assert_eq!(
+                reopen(dir.path()),
+                (hard(1, -1), first.clone()),
+                "cut {cut}"
+            );
+            assert_eq!(file_len(dir.path()), saved);
+        }
+    }
+
+    #[test]
+    fn a_garbage_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = vec![entry(1, "a"), entry(1, "b")];
+        FileStorage::open(dir.path())
+            .unwrap()
+            .save(&hard(1, 1), &log, Some(0))
+            .unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0x17, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(reopen(dir.path()), (hard(1, 1), log));
+    }
+
+    #[test]
+    fn corruption_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage
+            .save(&hard(1, -1), &[entry(1, "a")], Some(0))
+            .unwrap();
+        storage.save(&hard(1, 0), &[entry(1, "a")], None).unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let err = FileStorage::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Corrupt { path: p, offset: 0, .. } if *p == path),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_well_framed_record_that_does_not_fit_the_log_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mut wal = Wal::open(&path, |_, _| Ok(())).unwrap();
+        let bad = SaveRecord {
+            log_from: Some(3),
+            entries: vec![entry(1, "a").into()],
+            hard: None,
+        };
+        wal.append(&bad.encode_to_vec()).unwrap();
+        wal.sync().unwrap();
+        let err = FileStorage::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("index 3"), "{err}");
+    }
+
+    /// Not a test: measures what the module documentation quotes. Run with
+    /// `cargo test --release --lib raft::storage -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_fsync_cost_of_hard_state_layouts() {
+        use std::io::Write;
+        const ROUNDS: u32 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        let log = vec![entry(1, "a")];
+        let start = std::time::Instant::now();
+        for commit in 0..ROUNDS {
+            storage
+                .save(&hard(1, i64::from(commit)), &log, None)
+                .unwrap();
+        }
+        let in_log = start.elapsed() / ROUNDS;
+
+        let mut wal = Wal::open(&dir.path().join("entries.wal"), |_, _| Ok(())).unwrap();
+        let state_path = dir.path().join("hardstate");
+        let start = std::time::Instant::now();
+        for commit in 0..ROUNDS {
+            wal.append(&[0u8; 40]).unwrap();
+            wal.sync().unwrap();
+            let mut tmp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+            tmp.write_all(&commit.to_le_bytes()).unwrap();
+            tmp.as_file().sync_all().unwrap();
+            tmp.persist(&state_path).unwrap();
+            crate::storage::sync_dir(dir.path()).unwrap();
+        }
+        let separate = start.elapsed() / ROUNDS;
+        println!("hard state in the log: {in_log:?}/save; in its own file: {separate:?}/save");
+    }
+}

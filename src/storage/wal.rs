@@ -1,0 +1,426 @@
+//! An append-only file of checksummed records: the write-ahead log under the
+//! plain MetaStore's map and the Raft log.
+//!
+//! Each record is framed as
+//!
+//! ```text
+//! [len: u32 LE][crc: u32 LE][payload: len bytes]
+//! ```
+//!
+//! where `crc` is the CRC-32 (IEEE) of the four length bytes followed by the
+//! payload. Covering the length means a damaged length field is caught, and a
+//! zero-filled header (len 0, crc 0) never passes as an empty record.
+//!
+//! A record is the unit of atomicity: after a crash each one is either wholly
+//! there or absent. A process killed in the middle of an append leaves a
+//! prefix of the frame at the end of the file; a machine that loses power may
+//! leave zeros there instead. Both are recognised when the log is opened and
+//! cut off, since nothing depending on them was acknowledged. A bad record
+//! followed by good data cannot come from an interrupted append, so it is
+//! reported as [`StorageError::Corrupt`] rather than dropped.
+//!
+//! One limitation of any length-prefixed log: a length damaged so that it
+//! points past the end of the file looks exactly like a torn tail, and what
+//! follows it is cut off.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{StorageError, sync_dir};
+
+/// Bytes of framing before each payload.
+const HEADER_BYTES: u64 = 8;
+
+/// The largest payload the 32-bit length field can describe.
+pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
+
+/// An open write-ahead log, positioned after its last intact record.
+#[derive(Debug)]
+pub struct Wal {
+    path: PathBuf,
+    file: File,
+    /// Where the next record goes: the end of the last intact record.
+    end: u64,
+    /// Set when a write or fsync failed: the file's contents past the last
+    /// sync are then unknown, so appending more could build on lost data.
+    poisoned: bool,
+}
+
+impl Wal {
+    /// Opens the log at `path`, creating it (durably) if missing, and calls
+    /// `visit(offset, payload)` for every intact record in order. A torn or
+    /// zero-filled tail is truncated away (with a warning); corruption before
+    /// the tail, or an error from `visit`, fails the open.
+    pub fn open(
+        path: &Path,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<Wal, StorageError> {
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(StorageError::io("open", path))?;
+        if !existed {
+            sync_dir(parent_dir(path))?;
+        }
+        let scan = scan(&file, path, &mut visit)?;
+        if scan.end < scan.file_len {
+            tracing::warn!(
+                path = %path.display(),
+                offset = scan.end,
+                dropped_bytes = scan.file_len - scan.end,
+                "truncating an incomplete record at the end of the log (interrupted write)"
+            );
+            file.set_len(scan.end)
+                .and_then(|()| file.sync_all())
+                .map_err(StorageError::io("truncate torn tail of", path))?;
+        }
+        Ok(Wal {
+            path: path.to_path_buf(),
+            file,
+            end: scan.end,
+            poisoned: false,
+        })
+    }
+
+    /// Calls `visit(offset, payload)` for every intact record of the log at
+    /// `path` without changing the file; a torn tail is skipped.
+    pub fn read(
+        path: &Path,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let file = File::open(path).map_err(StorageError::io("open", path))?;
+        scan(&file, path, &mut visit).map(|_| ())
+    }
+
+    /// Appends one record. It is written but not yet durable: call
+    /// [`Wal::sync`] before acknowledging anything that depends on it.
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let len = u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge {
+            path: self.path.clone(),
+            len: payload.len(),
+        })?;
+        let len_bytes = len.to_le_bytes();
+        let mut frame = Vec::with_capacity(payload.len() + HEADER_BYTES as usize);
+        frame.extend_from_slice(&len_bytes);
+        frame.extend_from_slice(&checksum(&len_bytes, payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let written = (&self.file)
+            .seek(SeekFrom::Start(self.end))
+            .and_then(|_| (&self.file).write_all(&frame));
+        self.poison_on_error(written, "append to")?;
+        self.end += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every appended record durable (fdatasync).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let synced = self.file.sync_data();
+        self.poison_on_error(synced, "fsync")
+    }
+
+    /// The file this log lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned {
+                path: self.path.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poison_on_error(
+        &mut self,
+        result: io::Result<()>,
+        op: &'static str,
+    ) -> Result<(), StorageError> {
+        result.map_err(|source| {
+            self.poisoned = true;
+            StorageError::Io {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// The directory holding `path`, for fsyncing its entry.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(len_bytes);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// What a replay calls with each intact record's offset and payload.
+type Visitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StorageError> + 'a;
+
+/// Where the intact records of a log end, and how long the file is.
+struct Scan {
+    end: u64,
+    file_len: u64,
+}
+
+/// Reads records from the start of `file`, handing each intact one to
+/// `visit`, and stops at the end of the file or at a torn tail.
+fn scan(file: &File, path: &Path, visit: &mut Visitor<'_>) -> Result<Scan, StorageError> {
+    let read_err = StorageError::io("read", path);
+    let file_len = file
+        .metadata()
+        .map_err(StorageError::io("stat", path))?
+        .len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    if let Err(e) = reader.seek(SeekFrom::Start(0)) {
+        return Err(read_err(e));
+    }
+    let mut offset = 0;
+    let mut payload = Vec::new();
+    loop {
+        let remaining = file_len - offset;
+        if remaining == 0 {
+            return Ok(Scan {
+                end: offset,
+                file_len,
+            });
+        }
+        let torn = Scan {
+            end: offset,
+            file_len,
+        };
+        if remaining < HEADER_BYTES {
+            return Ok(torn);
+        }
+        let mut header = [0u8; HEADER_BYTES as usize];
+        if let Err(e) = reader.read_exact(&mut header) {
+            return Err(read_err(e));
+        }
+        let len_bytes = [header[0], header[1], header[2], header[3]];
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let len = u64::from(u32::from_le_bytes(len_bytes));
+        if HEADER_BYTES + len > remaining {
+            return Ok(torn);
+        }
+        // `len` is bounded by the file's size here, so this cannot be asked
+        // to allocate more than the file holds.
+        payload.resize(len as usize, 0);
+        if let Err(e) = reader.read_exact(&mut payload) {
+            return Err(read_err(e));
+        }
+        if checksum(&len_bytes, &payload) != crc {
+            let is_last = HEADER_BYTES + len == remaining;
+            if is_last || rest_is_zero(&header, &payload, &mut reader).map_err(read_err)? {
+                return Ok(torn);
+            }
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset,
+                reason: "checksum mismatch with more records after it".into(),
+            });
+        }
+        visit(offset, &payload)?;
+        offset += HEADER_BYTES + len;
+    }
+}
+
+/// Whether a bad record and everything after it are zero bytes: what a file
+/// extended by a write whose data never reached the disk looks like.
+fn rest_is_zero(header: &[u8], payload: &[u8], reader: &mut impl Read) -> io::Result<bool> {
+    if header.iter().chain(payload).any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(path: &Path) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        Wal::open(path, |offset, payload| {
+            out.push((offset, payload.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn payloads(path: &Path) -> Vec<Vec<u8>> {
+        records(path).unwrap().into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn write_log(path: &Path, items: &[&[u8]]) {
+        let mut wal = Wal::open(path, |_, _| Ok(())).unwrap();
+        for item in items {
+            wal.append(item).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+
+    #[test]
+    fn round_trip_and_reopen_appends_after_existing_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"one", b"", b"three"]);
+        write_log(&path, &[b"four"]);
+        let recs = records(&path).unwrap();
+        let expected: Vec<&[u8]> = vec![b"one", b"", b"three", b"four"];
+        assert_eq!(
+            recs.iter().map(|(_, p)| p.as_slice()).collect::<Vec<_>>(),
+            expected
+        );
+        // Offsets are where each frame starts.
+        assert_eq!(
+            recs.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            vec![0, 11, 19, 32]
+        );
+    }
+
+    #[test]
+    fn a_log_cut_anywhere_in_its_last_record_loses_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"first", b"second record"]);
+        let full = std::fs::read(&path).unwrap();
+        let last_start = 8 + 5;
+        for cut in last_start..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            assert_eq!(payloads(&path), vec![b"first".to_vec()], "cut at {cut}");
+            // The tail was truncated, so a new record lands right after.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start as u64);
+            write_log(&path, &[b"again"]);
+            assert_eq!(payloads(&path), vec![b"first".to_vec(), b"again".to_vec()]);
+        }
+    }
+
+    #[test]
+    fn garbage_or_zeros_at_the_tail_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"kept"]);
+        let good = std::fs::read(&path).unwrap();
+        let tails: [&[u8]; 4] = [
+            &[0xff; 3],
+            &[0; 8],
+            &[0; 4096],
+            // A whole frame whose checksum is wrong, last in the file.
+            &[3, 0, 0, 0, 1, 2, 3, 4, b'b', b'a', b'd'],
+        ];
+        for tail in tails {
+            std::fs::write(&path, [good.as_slice(), tail].concat()).unwrap();
+            assert_eq!(payloads(&path), vec![b"kept".to_vec()], "tail {tail:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), good);
+        }
+    }
+
+    #[test]
+    fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"first", b"second", b"third"]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = 8 + 5;
+        bytes[second + 8] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        match records(&path) {
+            Err(StorageError::Corrupt {
+                path: p, offset, ..
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(offset, second as u64);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let message = records(&path).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("offset 13"), "{message}");
+        // The file is left as it was for the operator to inspect.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_length_is_caught_by_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"abcdef", b"ghijkl", b"mnopqr"]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] = 5; // one byte shorter than written
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            records(&path),
+            Err(StorageError::Corrupt { offset: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn errors_from_the_visitor_fail_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"x"]);
+        let err = Wal::open(&path, |offset, _| {
+            Err(StorageError::Corrupt {
+                path: path.clone(),
+                offset,
+                reason: "undecodable".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("undecodable"));
+    }
+
+    #[test]
+    fn read_leaves_a_torn_tail_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        write_log(&path, &[b"a", b"b"]);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 1]).unwrap();
+        let mut seen = Vec::new();
+        Wal::read(&path, |_, p| {
+            seen.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![b"a".to_vec()]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            full.len() as u64 - 1
+        );
+    }
+
+    #[test]
+    fn open_fails_with_the_path_when_the_directory_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("log");
+        let err = Wal::open(&path, |_, _| Ok(())).unwrap_err();
+        assert!(matches!(err, StorageError::Io { op: "open", .. }));
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

@@ -1,0 +1,316 @@
+//! `surfstore-server --data-dir` from the outside (SPEC §7): what it
+//! acknowledged survives SIGKILL, and damaged files are caught.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Server, bin, run, start_server};
+use surfstore::grpc::{MAX_MESSAGE_BYTES, channel};
+use surfstore::hash::{hash_block, tombstone};
+use surfstore::meta_store::JOURNAL_FILE;
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::meta_store_client::MetaStoreClient;
+use surfstore::proto::{Block, BlockHash, BlockHashes, FileInfoMap, FileMetaData};
+use tonic::transport::Channel;
+
+struct Clients {
+    blocks: BlockStoreClient<Channel>,
+    meta: MetaStoreClient<Channel>,
+}
+
+fn connect(server: &Server) -> Clients {
+    let ch = channel(&server.addr).unwrap();
+    Clients {
+        blocks: BlockStoreClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        meta: MetaStoreClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    }
+}
+
+fn start_durable(dir: &Path) -> Server {
+    start_server("both", &["--data-dir", dir.to_str().unwrap()])
+}
+
+fn meta(name: &str, version: i32, hashes: Vec<String>) -> FileMetaData {
+    FileMetaData {
+        filename: name.into(),
+        version,
+        block_hash_list: hashes,
+    }
+}
+
+/// Deterministic, distinct block contents.
+fn block_data(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect()
+}
+
+impl Clients {
+    async fn put(&mut self, data: &[u8]) -> String {
+        let reply = self
+            .blocks
+            .put_block(Block {
+                block_data: data.to_vec().into(),
+                block_size: data.len() as i32,
+            })
+            .await
+            .unwrap();
+        assert!(reply.into_inner().flag);
+        hash_block(data)
+    }
+
+    async fn get(&mut self, hash: &str) -> Result<Vec<u8>, tonic::Status> {
+        let block = self
+            .blocks
+            .get_block(BlockHash { hash: hash.into() })
+            .await?
+            .into_inner();
+        Ok(block.block_data.to_vec())
+    }
+
+    async fn has(&mut self, hashes: &[String]) -> Vec<String> {
+        self.blocks
+            .has_blocks(BlockHashes {
+                hashes: hashes.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hashes
+    }
+
+    async fn update(&mut self, m: FileMetaData) -> i32 {
+        self.meta.update_file(m).await.unwrap().into_inner().version
+    }
+
+    async fn map(&mut self) -> FileInfoMap {
+        self.meta.get_file_info_map(()).await.unwrap().into_inner()
+    }
+}
+
+fn block_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join("blocks").join(&hash[..2]).join(hash)
+}
+
+#[tokio::test]
+async fn acknowledged_blocks_and_updates_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let mut c = connect(&server);
+
+    let sizes = [0, 1, 4096, 4096, 100_000, 1 << 20];
+    let mut blocks = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = block_data(i, len);
+        blocks.push((c.put(&data).await, data));
+    }
+    let hashes: Vec<String> = blocks.iter().map(|(h, _)| h.clone()).collect();
+    assert_eq!(c.update(meta("a.txt", 1, hashes[..2].to_vec())).await, 1);
+    assert_eq!(c.update(meta("a.txt", 2, hashes[2..4].to_vec())).await, 2);
+    assert_eq!(c.update(meta("b.bin", 1, hashes[4..].to_vec())).await, 1);
+    assert_eq!(c.update(meta("empty", 1, vec![])).await, 1);
+    assert_eq!(c.update(meta("gone", 1, hashes[..1].to_vec())).await, 1);
+    assert_eq!(c.update(meta("gone", 2, tombstone())).await, 2);
+    assert_eq!(c.update(meta("a.txt", 2, vec![])).await, -1);
+    let before = c.map().await;
+    assert_eq!(before.file_info_map.len(), 4);
+
+    server.proc.kill();
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+
+    for (hash, data) in &blocks {
+        assert_eq!(&c.get(hash).await.unwrap(), data, "block {hash}");
+    }
+    assert_eq!(c.has(&hashes).await, hashes);
+    assert_eq!(c.map().await, before);
+    let addr = c.meta.get_block_store_addr(()).await.unwrap().into_inner();
+    assert_eq!(addr.addr, format!("localhost:{}", server.port));
+    // The version rule continues from the recovered map.
+    assert_eq!(c.update(meta("a.txt", 2, vec![])).await, -1);
+    assert_eq!(c.update(meta("a.txt", 3, vec![])).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_killed_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let c = connect(&server);
+
+    let acked_version = Arc::new(AtomicI32::new(0));
+    let mut meta_client = c.meta.clone();
+    let acked = Arc::clone(&acked_version);
+    let updates = tokio::spawn(async move {
+        for version in 1.. {
+            match meta_client.update_file(meta("f", version, vec![])).await {
+                Ok(reply) => assert_eq!(reply.into_inner().version, version),
+                Err(_) => break,
+            }
+            acked.store(version, Ordering::SeqCst);
+        }
+    });
+    let acked_blocks = Arc::new(Mutex::new(Vec::new()));
+    let mut block_client = c.blocks.clone();
+    let acked = Arc::clone(&acked_blocks);
+    let puts = tokio::spawn(async move {
+        for i in 0.. {
+            let data = block_data(i, 4096 + i % 100);
+            let block = Block {
+                block_size: data.len() as i32,
+                block_data: data.clone().into(),
+            };
+            if block_client.put_block(block).await.is_err() {
+                break;
+            }
+            acked.lock().unwrap().push(data);
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_version.load(Ordering::SeqCst) < 30 || acked_blocks.lock().unwrap().len() < 30 {
+        assert!(Instant::now() < deadline, "the server made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.proc.kill();
+    updates.await.unwrap();
+    puts.await.unwrap();
+
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    let acked = acked_version.load(Ordering::SeqCst);
+    let stored = c.map().await.file_info_map["f"].version;
+    // The update in flight at the kill may or may not have been stored.
+    assert!(
+        stored == acked || stored == acked + 1,
+        "acked {acked}, stored {stored}"
+    );
+    let blocks = acked_blocks.lock().unwrap().clone();
+    for data in &blocks {
+        assert_eq!(&c.get(&hash_block(data)).await.unwrap(), data);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_block_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    let good = c.put(&block_data(1, 4096)).await;
+    let data = block_data(2, 4096);
+    let bad = c.put(&data).await;
+
+    let path = block_path(dir.path(), &bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = c.get(&bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert_eq!(
+        c.has(&[good.clone(), bad.clone()]).await,
+        vec![good.clone()]
+    );
+    assert_eq!(c.get(&good).await.unwrap(), block_data(1, 4096));
+    // Uploading it again repairs it.
+    c.put(&data).await;
+    assert_eq!(c.get(&bad).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_journal_cut_mid_record_loads_without_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let mut c = connect(&server);
+    assert_eq!(c.update(meta("kept", 1, vec![])).await, 1);
+    let kept = c.map().await;
+    assert_eq!(c.update(meta("torn", 1, tombstone())).await, 1);
+    server.proc.kill();
+
+    let journal = dir.path().join("meta").join(JOURNAL_FILE);
+    let bytes = std::fs::read(&journal).unwrap();
+    std::fs::write(&journal, &bytes[..bytes.len() - 3]).unwrap();
+
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    assert_eq!(c.map().await, kept);
+    assert_eq!(c.update(meta("torn", 1, vec![])).await, 1);
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    for service in ["both", "block", "meta"] {
+        let out = run(
+            &bin("surfstore-server"),
+            &[
+                "-s",
+                service,
+                "-p",
+                "0",
+                "-l",
+                "--data-dir",
+                file.to_str().unwrap(),
+                "localhost:1",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{service}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not-a-dir"), "{service}: {stderr}");
+    }
+    let out = run(&bin("surfstore-server"), &["-s", "both", "--data-dir"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+/// Not a test: throughput with and without `--data-dir`. Run with
+/// `cargo test --release --test durability_plain -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_throughput() {
+    const OPS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    for durable in [false, true] {
+        let server = if durable {
+            start_durable(dir.path())
+        } else {
+            start_server("both", &[])
+        };
+        let mut c = connect(&server);
+        for (label, len, ops) in [("4 KiB", 4096, OPS), ("4 MiB", 4 << 20, OPS / 10)] {
+            let blocks: Vec<Block> = (0..ops)
+                .map(|i| Block {
+                    block_data: block_data(i + len, len).into(),
+                    block_size: len as i32,
+                })
+                .collect();
+            let rate = per_second(ops, async {
+                for block in &blocks {
+                    c.blocks.put_block(block.clone()).await.unwrap();
+                }
+            })
+            .await;
+            println!("durable={durable} PutBlock {label}: {rate:.0}/s");
+        }
+        let rate = per_second(OPS, async {
+            for i in 0..OPS {
+                let m = meta(
+                    &format!("f{}", i % 50),
+                    (i / 50 + 1) as i32,
+                    vec![hash_block(b"x")],
+                );
+                assert!(c.update(m).await > 0);
+            }
+        })
+        .await;
+        println!("durable={durable} UpdateFile: {rate:.0}/s");
+    }
+}
+
+async fn per_second(ops: usize, work: impl std::future::Future<Output = ()>) -> f64 {
+    let start = Instant::now();
+    work.await;
+    ops as f64 / start.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
+}
