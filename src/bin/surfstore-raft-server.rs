@@ -9,8 +9,9 @@ use clap::Parser;
 use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc;
-use surfstore::raft::node::{NodeConfig, RaftNode};
+use surfstore::raft::node::{NodeConfig, RaftNode, StartError};
 use surfstore::raft::service::RaftService;
+use surfstore::raft::storage::{FileStorage, MemoryStorage, RaftStorage};
 
 /// Runs one server of a Raft-replicated SurfStore MetaStore.
 #[derive(Parser, Debug)]
@@ -28,6 +29,10 @@ struct Args {
     /// Print debug logs to stderr.
     #[arg(short = 'd', long = "debug")]
     debug: bool,
+    /// Keep term, vote and log in DIR so a killed server restarts with
+    /// everything it acknowledged (default: in memory only).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// A leader heartbeats on its own every this many milliseconds (0: never;
     /// explicit SendHeartbeat calls still work).
     #[arg(long = "heartbeat-ms", default_value_t = 100)]
@@ -51,9 +56,16 @@ async fn run(args: Args) -> Result<(), Fatal> {
             config.meta_addrs.len()
         )));
     };
-    let block_store_addr = match args.block_store_addr.or_else(|| config.block_addrs.first().cloned()) {
+    let block_store_addr = match args
+        .block_store_addr
+        .or_else(|| config.block_addrs.first().cloned())
+    {
         Some(addr) if is_host_port(&addr) => addr,
-        Some(addr) => return Err(Fatal::usage(format!("BlockStore address {addr:?} is not host:port"))),
+        Some(addr) => {
+            return Err(Fatal::usage(format!(
+                "BlockStore address {addr:?} is not host:port"
+            )));
+        }
         None => {
             return Err(Fatal::usage(format!(
                 "{} lists no BlockStoreAddrs; pass -b BLOCKSTORE_ADDR",
@@ -69,13 +81,25 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
 
-    let node = RaftNode::start(NodeConfig {
-        id: args.id,
-        addrs: config.meta_addrs,
-        block_store_addr,
-        heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
-    })
-    .map_err(Fatal::usage)?;
+    let storage: Box<dyn RaftStorage> = match &args.data_dir {
+        Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| {
+            Fatal::failure(format!("cannot use data directory {}: {e}", dir.display()))
+        })?),
+        None => Box::new(MemoryStorage),
+    };
+    let node = RaftNode::start(
+        NodeConfig {
+            id: args.id,
+            addrs: config.meta_addrs,
+            block_store_addr,
+            heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
+        },
+        storage,
+    )
+    .map_err(|e| match e {
+        StartError::Addr(e) => Fatal::usage(e),
+        StartError::Storage(e) => Fatal::failure(e),
+    })?;
     let service = RaftService::new(node);
     tracing::info!(id = args.id, %listen, "raft server serving");
     grpc::server()

@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use super::core::{RaftCore, ReplicationStatus};
 use super::quorum::is_majority;
+use super::storage::{RaftStorage, StorageError};
 use super::{Entry, LogIndex, ServerId, Term};
 use crate::grpc;
 use crate::meta_store::FileMap;
@@ -46,6 +47,17 @@ pub enum NodeError {
         /// The leader's address, if known.
         leader: Option<String>,
     },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A peer address cannot be used.
+    #[error(transparent)]
+    Addr(#[from] grpc::AddrError),
+    /// The saved state could not be loaded.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// How a node is set up.
@@ -97,15 +109,24 @@ struct State {
     core: RaftCore,
     crashed: bool,
     map: FileMap,
+    storage: Box<dyn RaftStorage>,
+    /// How many log entries `storage` holds: the core withholds the
+    /// proposals of an unconfirmed leader, so this can trail the log.
+    durable_len: usize,
     /// Pending `UpdateFile` calls by log index: the term their entry was
     /// proposed in and where to send the applied version.
     waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<i32, NodeError>>)>,
 }
 
 impl RaftNode {
-    /// Creates the node and spawns one replication task per peer on the
+    /// Creates the node from what `storage` holds (replaying its committed
+    /// prefix into the map) and spawns one replication task per peer on the
     /// current tokio runtime.
-    pub fn start(config: NodeConfig) -> Result<Self, grpc::AddrError> {
+    pub fn start(
+        config: NodeConfig,
+        mut storage: Box<dyn RaftStorage>,
+    ) -> Result<Self, StartError> {
+        let (hard, log) = storage.load()?;
         let mut peers = Vec::with_capacity(config.addrs.len());
         for (id, addr) in config.addrs.iter().enumerate() {
             peers.push(if id == config.id {
@@ -120,10 +141,19 @@ impl RaftNode {
                 })
             });
         }
+        let durable_len = log.len();
+        tracing::info!(
+            term = hard.term,
+            commit = hard.commit,
+            entries = durable_len,
+            "loaded raft state"
+        );
         let state = State {
-            core: RaftCore::new(config.id, config.addrs.len()),
+            core: RaftCore::restore(config.id, config.addrs.len(), hard, log),
             crashed: false,
             map: FileMap::default(),
+            storage,
+            durable_len,
             waiters: BTreeMap::new(),
         };
         let node = RaftNode {
@@ -133,6 +163,7 @@ impl RaftNode {
                 peers,
             }),
         };
+        node.after_core_step(&mut node.state());
         for peer in node.peer_ids() {
             tokio::spawn(node.clone().replicate(peer));
         }
@@ -264,7 +295,9 @@ impl RaftNode {
     /// Returns whether a majority acknowledged this server's leadership
     /// (false if it stopped leading meanwhile).
     async fn round(&self, repair: bool) -> Result<bool, NodeError> {
-        let rounds = self.peer_ids().map(|peer| self.exchange_until_done(peer, repair));
+        let rounds = self
+            .peer_ids()
+            .map(|peer| self.exchange_until_done(peer, repair));
         let acks = futures::future::join_all(rounds)
             .await
             .into_iter()
@@ -381,7 +414,10 @@ impl RaftNode {
     }
 
     /// `AppendEntries` from a leader.
-    pub fn append_entries(&self, request: &AppendEntryInput) -> Result<AppendEntryOutput, NodeError> {
+    pub fn append_entries(
+        &self,
+        request: &AppendEntryInput,
+    ) -> Result<AppendEntryOutput, NodeError> {
         let mut state = self.state();
         if state.crashed {
             return Err(NodeError::Crashed);
@@ -395,6 +431,22 @@ impl RaftNode {
     /// whose entries were applied, and fail the rest if leadership was lost.
     fn after_core_step(&self, state: &mut State) {
         let ready = state.core.take_ready();
+        if ready.hard_state.is_some() || ready.log_changed_from.is_some() {
+            if let Some(from) = ready.log_changed_from {
+                state.durable_len = usize::try_from(from).unwrap_or(0) + ready.entries.len();
+            }
+            let durable = &state.core.log()[..state.durable_len];
+            if let Err(error) =
+                state
+                    .storage
+                    .save(&state.core.hard_state(), durable, ready.log_changed_from)
+            {
+                // Nothing that depends on this step may leave the process:
+                // stop here, as etcd does when its WAL fails.
+                tracing::error!(%error, "cannot persist raft state; stopping");
+                std::process::exit(1);
+            }
+        }
         for (index, entry) in ready.committed {
             let term = entry.term;
             let version = state.map.apply(entry.meta);
