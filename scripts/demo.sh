@@ -27,7 +27,7 @@ A="$WORK/alice" B="$WORK/bob"
 mkdir -p "$A/photos/2026" "$B"
 echo "hello from alice" > "$A/hello.txt"
 : > "$A/empty.txt"
-head -c 300000 /dev/urandom > "$A/photos/2026/beach.jpg"
+head -c 20000 /dev/urandom > "$A/photos/2026/beach.jpg"
 say "alice's directory"
 (cd "$A" && find . -type f | sort)
 
