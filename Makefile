@@ -4,7 +4,7 @@ BIN := target/debug
 CONFIG ?= example_config.json
 IDX ?= 0
 
-.PHONY: build test demo run-both run-blockstore run-metastore run-raft
+.PHONY: build test demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
 
 build:
 	$(CARGO) build --release --bins
@@ -17,6 +17,18 @@ test:
 demo:
 	$(CARGO) build --bins
 	scripts/demo.sh
+
+# A sync, a leader crash, a new leader, and a second client that still gets
+# the files.
+demo-raft:
+	$(CARGO) build --bins
+	scripts/demo-raft.sh
+
+# The BlockStore and the three Raft servers of example_config.json, server 0
+# leader, in the foreground (Ctrl-C stops them).
+run-cluster:
+	$(CARGO) build --bins
+	scripts/run-cluster.sh
 
 run-both:
 	$(CARGO) run --bin surfstore-server -- -s both -p 8081 -l localhost:8081

@@ -2,26 +2,14 @@
 # `make demo`: one server, two clients, one round trip, everything cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/debug}
+. scripts/lib.sh
 PORT=${DEMO_PORT:-18081}
 WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-say() { printf '\n== %s\n' "$*"; }
+trap 'stop_all; rm -rf "$WORK"' EXIT
 
 say "starting surfstore-server -s both on localhost:$PORT"
-"$BIN/surfstore-server" -s both -p "$PORT" -l "localhost:$PORT" &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server failed to start (port $PORT busy? set DEMO_PORT)"; exit 1; }
-    sleep 0.1
-done
+start surfstore-server -s both -p "$PORT" -l "localhost:$PORT"
+wait_port "localhost:$PORT"
 
 A="$WORK/alice" B="$WORK/bob"
 mkdir -p "$A/photos/2026" "$B"

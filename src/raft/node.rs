@@ -447,6 +447,12 @@ impl RaftNode {
                 std::process::exit(1);
             }
         }
+        if !ready.committed.is_empty() && state.core.is_leader() {
+            // Tell followers the new commit index now rather than at the next
+            // heartbeat: until they know it, a new leader could not serve
+            // these entries (it may only commit entries of its own term).
+            self.wake_replicators();
+        }
         for (index, entry) in ready.committed {
             let term = entry.term;
             let version = state.map.apply(entry.meta);
