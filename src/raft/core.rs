@@ -142,9 +142,7 @@ impl RaftCore {
 
     /// Whether this server leads its term and a majority follows it.
     pub fn is_confirmed_leader(&self) -> bool {
-        self.leader
-            .as_ref()
-            .is_some_and(|t| t.standing() == Standing::Confirmed)
+        self.leader.as_ref().is_some_and(Tracker::is_confirmed)
     }
 
     /// The leader of the current term as far as this server knows: itself
@@ -376,9 +374,7 @@ impl RaftCore {
     /// otherwise.
     fn unsent_start(&self) -> usize {
         match &self.leader {
-            Some(t) if t.standing() != Standing::Confirmed => {
-                self.log.tail_start_of_term(self.term)
-            }
+            Some(t) if !t.is_confirmed() => self.log.tail_start_of_term(self.term),
             _ => self.log.len(),
         }
     }
@@ -403,7 +399,7 @@ impl RaftCore {
         let Some(tracker) = self.leader.take() else {
             return;
         };
-        if tracker.standing() != Standing::Confirmed {
+        if !tracker.is_confirmed() {
             self.log.truncate(self.log.tail_start_of_term(self.term));
             self.voted_for = None;
         }
