@@ -1033,6 +1033,46 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_never_panic() {
+        let extremes = [i64::MIN, -2, -1, 0, 1, i64::MAX];
+        let senders = [None, Some(0), Some(-1), Some(i64::MAX)];
+        let mut follower = follower(1, 3, 1, vec![entry(1, "a")]);
+        let mut leader = follower.clone();
+        leader.set_leader();
+        for x in extremes {
+            for y in extremes {
+                for sender in senders {
+                    let req = AppendEntryInput {
+                        term: 1,
+                        prev_log_index: x,
+                        prev_log_term: y,
+                        entries: vec![entry(1, "b").into()],
+                        leader_commit: y,
+                        leader_id: sender,
+                        last_log_index: y,
+                        last_log_term: x,
+                    };
+                    follower.handle_append_entries(&req);
+                    follower.take_ready();
+                    let resp = AppendEntryOutput {
+                        server_id: x,
+                        term: y.clamp(0, 2),
+                        success: x > 0,
+                        matched_index: y,
+                        leader_id: Some(1),
+                    };
+                    if let Some(own) = leader.append_request(0, 5) {
+                        leader.handle_append_response(0, &own, &resp);
+                    }
+                    leader.handle_append_response(2, &req, &resp);
+                    leader.take_ready();
+                }
+            }
+        }
+        assert!(follower.commit_index() <= follower.log.last_index());
+    }
+
+    #[test]
     fn acknowledgement_needs_same_term_and_this_leader() {
         let mut l = RaftCore::new(0, 3);
         l.set_leader();

@@ -49,7 +49,7 @@ impl Progress {
         if prev_index != self.next - 1 || prev_index <= self.matched {
             return false;
         }
-        self.next = prev_index.min(hint + 1).max(self.matched + 1);
+        self.next = prev_index.min(hint.saturating_add(1)).max(self.matched + 1);
         true
     }
 }
