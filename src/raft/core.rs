@@ -44,7 +44,10 @@ pub struct NotLeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicationStatus {
     /// The peer holds everything the leader may send it now: the whole log
-    /// once confirmed, the entries of earlier terms before that.
+    /// once confirmed, the entries of earlier terms before that. A peer that
+    /// matched before a later reply confirmed the leader still lacks the
+    /// leader's own proposals: [`RaftCore::peer_progress`] shows which peers
+    /// are behind [`RaftCore::log`].
     Matched,
     /// Send to this peer again now: `nextIndex` backed off, or there is more
     /// to send.
