@@ -44,7 +44,10 @@ pub struct NotLeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicationStatus {
     /// The peer holds everything the leader may send it now: the whole log
-    /// once confirmed, the entries of earlier terms before that.
+    /// once confirmed, the entries of earlier terms before that. A peer that
+    /// matched before a later reply confirmed the leader still lacks the
+    /// leader's own proposals: [`RaftCore::peer_progress`] shows which peers
+    /// are behind [`RaftCore::log`].
     Matched,
     /// Send to this peer again now: `nextIndex` backed off, or there is more
     /// to send.
@@ -142,9 +145,7 @@ impl RaftCore {
 
     /// Whether this server leads its term and a majority follows it.
     pub fn is_confirmed_leader(&self) -> bool {
-        self.leader
-            .as_ref()
-            .is_some_and(|t| t.standing() == Standing::Confirmed)
+        self.leader.as_ref().is_some_and(Tracker::is_confirmed)
     }
 
     /// The leader of the current term as far as this server knows: itself
@@ -376,9 +377,7 @@ impl RaftCore {
     /// otherwise.
     fn unsent_start(&self) -> usize {
         match &self.leader {
-            Some(t) if t.standing() != Standing::Confirmed => {
-                self.log.tail_start_of_term(self.term)
-            }
+            Some(t) if !t.is_confirmed() => self.log.tail_start_of_term(self.term),
             _ => self.log.len(),
         }
     }
@@ -403,7 +402,7 @@ impl RaftCore {
         let Some(tracker) = self.leader.take() else {
             return;
         };
-        if tracker.standing() != Standing::Confirmed {
+        if !tracker.is_confirmed() {
             self.log.truncate(self.log.tail_start_of_term(self.term));
             self.voted_for = None;
         }
@@ -1034,6 +1033,46 @@ mod tests {
         let mut core = RaftCore::restore(1, 3, hard, log);
         assert_eq!(core.commit_index(), 1);
         assert_eq!(core.take_ready().hard_state.map(|h| h.commit), Some(1));
+    }
+
+    #[test]
+    fn hostile_values_never_panic() {
+        let extremes = [i64::MIN, -2, -1, 0, 1, i64::MAX];
+        let senders = [None, Some(0), Some(-1), Some(i64::MAX)];
+        let mut follower = follower(1, 3, 1, vec![entry(1, "a")]);
+        let mut leader = follower.clone();
+        leader.set_leader();
+        for x in extremes {
+            for y in extremes {
+                for sender in senders {
+                    let req = AppendEntryInput {
+                        term: 1,
+                        prev_log_index: x,
+                        prev_log_term: y,
+                        entries: vec![entry(1, "b").into()],
+                        leader_commit: y,
+                        leader_id: sender,
+                        last_log_index: y,
+                        last_log_term: x,
+                    };
+                    follower.handle_append_entries(&req);
+                    follower.take_ready();
+                    let resp = AppendEntryOutput {
+                        server_id: x,
+                        term: y.clamp(0, 2),
+                        success: x > 0,
+                        matched_index: y,
+                        leader_id: Some(1),
+                    };
+                    if let Some(own) = leader.append_request(0, 5) {
+                        leader.handle_append_response(0, &own, &resp);
+                    }
+                    leader.handle_append_response(2, &req, &resp);
+                    leader.take_ready();
+                }
+            }
+        }
+        assert!(follower.commit_index() <= follower.log.last_index());
     }
 
     #[test]

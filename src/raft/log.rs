@@ -144,7 +144,7 @@ impl RaftLog {
     ) -> Result<LogIndex, Rejection> {
         let prev_matches = prev_index == -1 || self.term_at(prev_index) == Some(prev_term);
         if prev_index < -1 || !prev_matches {
-            let hint = (prev_index - 1).min(self.last_index()).max(-1);
+            let hint = prev_index.saturating_sub(1).min(self.last_index()).max(-1);
             return Err(Rejection::Mismatch { hint });
         }
         let start = index_after(prev_index);

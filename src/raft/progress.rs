@@ -49,7 +49,7 @@ impl Progress {
         if prev_index != self.next - 1 || prev_index <= self.matched {
             return false;
         }
-        self.next = prev_index.min(hint + 1).max(self.matched + 1);
+        self.next = prev_index.min(hint.saturating_add(1)).max(self.matched + 1);
         true
     }
 }
@@ -71,6 +71,8 @@ pub(crate) enum Standing {
 pub(crate) struct Tracker {
     id: ServerId,
     peers: Vec<Progress>,
+    /// Cached: whether a majority acknowledged (final once true).
+    confirmed: bool,
 }
 
 impl Tracker {
@@ -86,7 +88,18 @@ impl Tracker {
             cluster_size.max(id + 1)
         ];
         peers[id].stance = Stance::Ack;
-        Self { id, peers }
+        let mut tracker = Self {
+            id,
+            peers,
+            confirmed: false,
+        };
+        tracker.confirmed = tracker.standing() == Standing::Confirmed;
+        tracker
+    }
+
+    /// Whether a majority (the leader included) follows this leader.
+    pub(crate) fn is_confirmed(&self) -> bool {
+        self.confirmed
     }
 
     /// The progress of `peer` (`None` for the leader itself or an unknown id).
@@ -112,11 +125,13 @@ impl Tracker {
         {
             progress.stance = if follows { Stance::Ack } else { Stance::Deny };
         }
-        self.standing()
+        let standing = self.standing();
+        self.confirmed = standing == Standing::Confirmed;
+        standing
     }
 
     /// Where the leader stands given the stances recorded so far.
-    pub(crate) fn standing(&self) -> Standing {
+    fn standing(&self) -> Standing {
         let size = self.peers.len();
         let count = |stance| self.peers.iter().filter(|p| p.stance == stance).count();
         if quorum::is_majority(count(Stance::Ack), size) {
@@ -184,7 +199,6 @@ mod tests {
     #[test]
     fn stances_decide_confirmation_and_rejection() {
         let mut t = Tracker::new(0, 3, 0);
-        assert_eq!(t.standing(), Standing::Pending);
         assert_eq!(t.record_stance(1, false), Standing::Pending);
         assert_eq!(t.record_stance(2, true), Standing::Confirmed);
 
@@ -198,7 +212,9 @@ mod tests {
             "an acknowledgement is final for the term"
         );
 
-        assert_eq!(Tracker::new(0, 1, 0).standing(), Standing::Confirmed);
+        assert!(t.is_confirmed());
+        assert!(Tracker::new(0, 1, 0).is_confirmed());
+        assert!(!Tracker::new(0, 3, 0).is_confirmed());
         assert_eq!(t.record_stance(0, false), Standing::Confirmed);
     }
 

@@ -1,0 +1,490 @@
+//! A cluster of pure Raft cores wired together in memory, with the checks
+//! the safety properties are made of. It plays the driver's part: after
+//! every call into a core it "persists" the Ready to a simulated disk at
+//! once (as the node must before replying) and applies committed entries to
+//! a `FileMap`; and it records what the whole cluster has ever shown
+//! (confirmed leaders, committed entries) so that [`Cluster::check`] can
+//! compare every server against history after each step.
+
+use std::collections::HashMap;
+
+use surfstore::meta_store::FileMap;
+use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
+use surfstore::raft::quorum::is_majority;
+use surfstore::raft::{
+    Entry, HardState, LogIndex, NotLeader, RaftCore, Ready, ReplicationStatus, ServerId, Term,
+};
+
+/// Entries per request in synchronous rounds: small, so repairs take
+/// several exchanges.
+const ROUND_BATCH: usize = 3;
+
+/// What survives a restart of one server.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    pub hard: HardState,
+    pub log: Vec<Entry>,
+    /// Proposal number of each entry of `log` (see [`History::proposals`]).
+    ids: Vec<usize>,
+}
+
+/// One simulated server: its core, chaos state, durable state and
+/// applied state machine.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub core: RaftCore,
+    pub crashed: bool,
+    pub disk: Disk,
+    pub map: FileMap,
+    /// Result of applying each committed index (`UpdateFile`'s answer).
+    pub results: Vec<i32>,
+    /// Proposal number of each applied entry.
+    applied: Vec<usize>,
+    /// A call into the core since the last check: it must be checked again.
+    touched: bool,
+    /// Durable entries below this were already checked for their origin.
+    origin_checked: usize,
+}
+
+impl Server {
+    fn new(id: ServerId, size: usize) -> Self {
+        Self {
+            core: RaftCore::new(id, size),
+            crashed: false,
+            disk: Disk::default(),
+            map: FileMap::default(),
+            results: Vec::new(),
+            applied: Vec::new(),
+            touched: false,
+            origin_checked: 0,
+        }
+    }
+}
+
+/// Everything the cluster has ever shown.
+#[derive(Debug, Default)]
+struct History {
+    /// Every proposal: its term and the server that made it.
+    proposals: Vec<(Entry, ServerId)>,
+    /// Proposal number by entry key.
+    by_key: HashMap<String, usize>,
+    /// The leader confirmed in each term.
+    confirmed: HashMap<Term, ServerId>,
+    /// The only server whose proposals of a term appear in shared logs.
+    term_owner: HashMap<Term, ServerId>,
+    /// Proposal number of every index any server has seen committed.
+    committed: Vec<usize>,
+    /// The term in which each of them was committed: that of the first
+    /// server to apply it, which is the leader that committed it.
+    commit_terms: Vec<Term>,
+    /// `maps[i]`: the state after applying `committed[..=i]`.
+    maps: Vec<FileMap>,
+    /// Length of `committed` at the last check.
+    checked_len: usize,
+}
+
+/// Identifies an entry by content; proposals in random schedules are unique.
+fn key(entry: &Entry) -> String {
+    let m = &entry.meta;
+    format!(
+        "{}/{}/{}/{}",
+        entry.term,
+        m.filename,
+        m.version,
+        m.block_hash_list.join(" ")
+    )
+}
+
+/// `Err` with a formatted message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// A cluster of `RaftCore`s with simulated disks and state machines.
+#[derive(Debug)]
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    history: History,
+}
+
+impl Cluster {
+    /// `size` fresh servers.
+    pub fn new(size: usize) -> Self {
+        Self {
+            servers: (0..size).map(|id| Server::new(id, size)).collect(),
+            history: History::default(),
+        }
+    }
+
+    /// Number of servers.
+    pub fn size(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Server `id`'s core.
+    pub fn core(&self, id: ServerId) -> &RaftCore {
+        &self.servers[id].core
+    }
+
+    /// `SetLeader` on `id` (the service refuses it while crashed).
+    pub fn set_leader(&mut self, id: ServerId) {
+        if !self.servers[id].crashed {
+            self.servers[id].core.set_leader();
+            self.settle(id);
+        }
+    }
+
+    /// Chaos `Crash`: the server keeps its state but takes part in nothing.
+    pub fn crash(&mut self, id: ServerId) {
+        self.servers[id].crashed = true;
+    }
+
+    /// Chaos `Restore`.
+    pub fn restore(&mut self, id: ServerId) {
+        self.servers[id].crashed = false;
+    }
+
+    /// A process restart: everything not on disk is lost, and the core is
+    /// rebuilt from the disk and replays its committed prefix.
+    pub fn restart(&mut self, id: ServerId) {
+        let size = self.size();
+        let server = &mut self.servers[id];
+        server.core = RaftCore::restore(id, size, server.disk.hard, server.disk.log.clone());
+        server.map = FileMap::default();
+        server.results.clear();
+        server.applied.clear();
+        self.settle(id);
+    }
+
+    /// `UpdateFile`'s first half on `id`: the proposal (the caller then
+    /// replicates and waits for the commit). Records who proposed what.
+    pub fn propose(&mut self, id: ServerId, meta: FileMetaData) -> Result<LogIndex, NotLeader> {
+        if self.servers[id].crashed {
+            return Err(NotLeader { leader_hint: None });
+        }
+        let core = &mut self.servers[id].core;
+        let term = core.term();
+        let index = core.propose(meta.clone())?;
+        let entry = Entry { term, meta };
+        let number = self.history.proposals.len();
+        let fresh = self.history.by_key.insert(key(&entry), number).is_none();
+        assert!(fresh, "proposals must be distinguishable: {entry:?} again");
+        self.history.proposals.push((entry, id));
+        self.settle(id);
+        Ok(index)
+    }
+
+    /// The request `leader` would send `peer` now, if it can send.
+    pub fn request(
+        &self,
+        leader: ServerId,
+        peer: ServerId,
+        max: usize,
+    ) -> Option<AppendEntryInput> {
+        let server = &self.servers[leader];
+        (!server.crashed)
+            .then(|| server.core.append_request(peer, max))
+            .flatten()
+    }
+
+    /// Delivers a request to `to`; its reply, unless `to` is crashed.
+    pub fn deliver_request(
+        &mut self,
+        to: ServerId,
+        req: &AppendEntryInput,
+    ) -> Option<AppendEntryOutput> {
+        if self.servers[to].crashed {
+            return None;
+        }
+        let resp = self.servers[to].core.handle_append_entries(req);
+        self.settle(to);
+        Some(resp)
+    }
+
+    /// Delivers `peer`'s reply to `leader`, unless `leader` is crashed.
+    pub fn deliver_response(
+        &mut self,
+        leader: ServerId,
+        peer: ServerId,
+        req: &AppendEntryInput,
+        resp: &AppendEntryOutput,
+    ) -> Option<ReplicationStatus> {
+        if self.servers[leader].crashed {
+            return None;
+        }
+        let status = self.servers[leader]
+            .core
+            .handle_append_response(peer, req, resp);
+        self.settle(leader);
+        Some(status)
+    }
+
+    /// One synchronous `SendHeartbeat` round from `leader`, as the node runs
+    /// it: every live peer is repaired until it matches (or the leader is
+    /// deposed). Returns the `flag`: a majority, the leader included,
+    /// acknowledged it.
+    pub fn heartbeat(&mut self, leader: ServerId) -> bool {
+        let mut acks = 1;
+        for peer in (0..self.size()).filter(|&p| p != leader) {
+            let mut acked = false;
+            // Each exchange moves nextIndex or matchIndex; this bounds a
+            // correct repair with room to spare.
+            let bound = self.servers[leader].core.log().len() + 4;
+            for _ in 0..bound {
+                let Some(req) = self.request(leader, peer, ROUND_BATCH) else {
+                    break;
+                };
+                let Some(resp) = self.deliver_request(peer, &req) else {
+                    break;
+                };
+                acked |= self.servers[leader]
+                    .core
+                    .acknowledges_leadership(&req, &resp);
+                if self.deliver_response(leader, peer, &req, &resp)
+                    != Some(ReplicationStatus::SendMore)
+                {
+                    break;
+                }
+            }
+            acks += usize::from(acked);
+        }
+        self.servers[leader].core.is_leader() && is_majority(acks, self.size())
+    }
+
+    /// `UpdateFile` as the leader serves it when everyone answers: propose,
+    /// then heartbeat rounds until committed. The applied result, or `None`
+    /// when it did not commit within `rounds` rounds.
+    pub fn update_file(
+        &mut self,
+        leader: ServerId,
+        meta: FileMetaData,
+        rounds: usize,
+    ) -> Option<i32> {
+        let index = self.propose(leader, meta).ok()?;
+        for _ in 0..rounds {
+            if let Some(&result) = self.servers[leader]
+                .results
+                .get(usize::try_from(index).ok()?)
+            {
+                return Some(result);
+            }
+            self.heartbeat(leader);
+        }
+        self.servers[leader]
+            .results
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+
+    /// Takes server `id`'s Ready: writes it to the disk and applies the
+    /// committed entries, recording them in history.
+    fn settle(&mut self, id: ServerId) {
+        let ready = self.servers[id].core.take_ready();
+        let Ready {
+            hard_state,
+            log_changed_from,
+            entries,
+            committed,
+        } = ready;
+        let server = &mut self.servers[id];
+        server.touched = true;
+        let term = server.core.term();
+        if let Some(from) = log_changed_from {
+            let from = usize::try_from(from).expect("log_changed_from >= 0");
+            assert!(
+                from <= server.disk.log.len(),
+                "server {id}: write past the durable log end"
+            );
+            server.disk.log.truncate(from);
+            server.disk.ids.truncate(from);
+            for entry in entries {
+                let number = self.history.by_key.get(&key(&entry)).copied();
+                server.disk.ids.push(number.unwrap_or(usize::MAX));
+                server.disk.log.push(entry);
+            }
+            server.origin_checked = server.origin_checked.min(from);
+        } else {
+            assert!(
+                entries.is_empty(),
+                "server {id}: entries without a position"
+            );
+        }
+        if let Some(hard) = hard_state {
+            server.disk.hard = hard;
+        }
+        for (index, entry) in committed {
+            let at = usize::try_from(index).expect("committed index >= 0");
+            assert_eq!(
+                at,
+                server.results.len(),
+                "server {id}: applied out of order"
+            );
+            let number = self.history.by_key.get(&key(&entry)).copied();
+            server.applied.push(number.unwrap_or(usize::MAX));
+            server.results.push(server.map.apply(entry.meta.clone()));
+            let history = &mut self.history;
+            if at == history.committed.len() {
+                let mut map = history.maps.last().cloned().unwrap_or_default();
+                map.apply(entry.meta);
+                history.committed.push(number.unwrap_or(usize::MAX));
+                history.commit_terms.push(term);
+                history.maps.push(map);
+            }
+        }
+    }
+
+    /// Checks every safety invariant against the current state and history.
+    /// A server nobody called since the last check is skipped: its state is
+    /// unchanged and the history it was compared with only ever grows
+    /// (except for leader completeness, rechecked whenever history grows).
+    pub fn check(&mut self) -> Result<(), String> {
+        let grown = std::mem::replace(&mut self.history.checked_len, self.history.committed.len())
+            != self.history.committed.len();
+        for id in 0..self.size() {
+            if grown || self.servers[id].touched {
+                self.check_leadership(id)?;
+            }
+        }
+        for id in 0..self.size() {
+            if std::mem::take(&mut self.servers[id].touched) {
+                self.check_shared_log(id)?;
+                self.check_committed(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At most one confirmed leader per term, and it holds every entry
+    /// committed in an earlier term (leader completeness).
+    fn check_leadership(&mut self, id: ServerId) -> Result<(), String> {
+        let core = &self.servers[id].core;
+        if !core.is_confirmed_leader() {
+            return Ok(());
+        }
+        let owner = *self.history.confirmed.entry(core.term()).or_insert(id);
+        ensure!(
+            owner == id,
+            "two confirmed leaders in term {}: {owner} and {id}",
+            core.term()
+        );
+        let ids = &self.servers[id].disk.ids;
+        let earlier = self
+            .history
+            .commit_terms
+            .partition_point(|&t| t < core.term());
+        let committed = &self.history.committed[..earlier];
+        ensure!(
+            ids.len() >= committed.len() && ids[..committed.len()] == committed[..],
+            "leader {id} of term {} lacks committed entries: log {ids:?}, committed {committed:?}",
+            core.term()
+        );
+        Ok(())
+    }
+
+    /// The durable log is the core's log minus an unconfirmed leader's
+    /// proposals; each entry is an unaltered proposal; a term's entries come
+    /// from one server; and log matching holds against every other server.
+    fn check_shared_log(&mut self, id: ServerId) -> Result<(), String> {
+        let server = &self.servers[id];
+        let core = &server.core;
+        let shared = if core.is_leader() && !core.is_confirmed_leader() {
+            let own = core
+                .log()
+                .iter()
+                .rev()
+                .take_while(|e| e.term == core.term())
+                .count();
+            &core.log()[..core.log().len() - own]
+        } else {
+            core.log()
+        };
+        ensure!(
+            server.disk.log == shared,
+            "server {id}: durable log {:?} differs from the core's {:?}",
+            server.disk.log,
+            core.log()
+        );
+        for (at, &number) in server
+            .disk
+            .ids
+            .iter()
+            .enumerate()
+            .skip(server.origin_checked)
+        {
+            ensure!(
+                number != usize::MAX,
+                "server {id}: entry {at} was never proposed"
+            );
+            let term = self.history.proposals[number].0.term;
+            let creator = self.history.proposals[number].1;
+            let owner = *self.history.term_owner.entry(term).or_insert(creator);
+            ensure!(
+                owner == creator,
+                "entries of term {term} from two servers: {owner} and {creator} (server {id}, index {at})"
+            );
+        }
+        for other in (0..self.size()).filter(|&o| o != id) {
+            log_matching(id, &self.servers[id].disk, other, &self.servers[other].disk)?;
+        }
+        self.servers[id].origin_checked = self.servers[id].disk.ids.len();
+        Ok(())
+    }
+
+    /// Everything applied is exactly the committed history, the log agrees
+    /// with it up to the commit index, and the map is its replay.
+    fn check_committed(&self, id: ServerId) -> Result<(), String> {
+        let server = &self.servers[id];
+        let commit = server.core.commit_index();
+        let applied = server.results.len();
+        ensure!(
+            LogIndex::try_from(applied).ok() == Some(commit + 1),
+            "server {id}: applied {applied} entries, commit index {commit}"
+        );
+        ensure!(
+            server.disk.hard.commit == commit,
+            "server {id}: durable commit {} != {commit}",
+            server.disk.hard.commit
+        );
+        let history = &self.history.committed;
+        ensure!(
+            server.applied[..] == history[..applied],
+            "server {id}: applied {:?}, but history committed {history:?}",
+            server.applied
+        );
+        ensure!(
+            server.disk.ids.len() >= applied && server.disk.ids[..applied] == history[..applied],
+            "server {id}: committed prefix {:?} differs from history {:?}",
+            &server.disk.ids[..applied.min(server.disk.ids.len())],
+            history
+        );
+        let expected = applied.checked_sub(1).map(|last| &self.history.maps[last]);
+        ensure!(
+            expected.map_or(server.map.is_empty(), |m| *m == server.map),
+            "server {id}: applied map {:?} is not the replay {expected:?}",
+            server.map
+        );
+        Ok(())
+    }
+}
+
+/// Log matching between two durable logs: where they hold entries of the
+/// same term at an index, they are identical up to and including it.
+fn log_matching(a: ServerId, da: &Disk, b: ServerId, db: &Disk) -> Result<(), String> {
+    let same = |i: usize| da.ids[i] == db.ids[i] && da.log[i].term == db.log[i].term;
+    let common = da.ids.len().min(db.ids.len());
+    let Some(diverge) = (0..common).find(|&i| !same(i)) else {
+        return Ok(());
+    };
+    let violation = (diverge..common).find(|&i| da.log[i].term == db.log[i].term);
+    ensure!(
+        violation.is_none(),
+        "log matching: servers {a} and {b} differ at {diverge} but share term at {violation:?}:\n{:?}\n{:?}",
+        da.log,
+        db.log
+    );
+    Ok(())
+}
