@@ -351,7 +351,12 @@ impl RaftNode {
             return None;
         }
         let acked = state.core.acknowledges_leadership(&request, &reply);
-        let status = state.core.handle_append_response(peer, &request, &reply);
+        let mut status = state.core.handle_append_response(peer, &request, &reply);
+        if status == ReplicationStatus::Matched && !holds_whole_log(&state.core, peer) {
+            // It matched all an unconfirmed leader could send; the leader
+            // has been confirmed since, so its own proposals go out now.
+            status = ReplicationStatus::SendMore;
+        }
         self.after_core_step(&mut state);
         Some((acked, status))
     }
@@ -500,6 +505,16 @@ impl RaftNode {
             map: state.map.to_proto(),
         }
     }
+}
+
+/// Whether `peer` holds the leader's whole log (or the leader may not send
+/// more yet, being unconfirmed).
+fn holds_whole_log(core: &RaftCore, peer: ServerId) -> bool {
+    let last_index = core.log().len() as LogIndex - 1;
+    !core.is_confirmed_leader()
+        || core
+            .peer_progress(peer)
+            .is_some_and(|(_, matched)| matched >= last_index)
 }
 
 fn fail_waiters(state: &mut State, error: &NodeError) {
