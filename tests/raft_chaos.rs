@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Cluster, MANUAL_HEARTBEATS, bin, eventually, file_meta, run_with_timeout, start_cluster,
+    Cluster, MANUAL_HEARTBEATS, assert_status, bin, eventually, file_meta, run_with_timeout,
+    start_cluster,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
@@ -80,22 +81,6 @@ async fn assert_all(
     for i in 0..cluster.addrs.len() {
         assert_state(cluster, i, i == leader, term, log, map).await;
     }
-}
-
-/// Asserts `result` is the error SPEC §3 fixes: `code` and `needle`.
-fn assert_status<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    needle: &str,
-    what: &str,
-) {
-    let status = result.expect_err(what);
-    assert_eq!(status.code(), code, "{what}: {status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{what}: {:?} does not contain {needle:?}",
-        status.message()
-    );
 }
 
 /// Starts `UpdateFile(meta)` on server `i` in the background.

@@ -436,3 +436,21 @@ pub fn sync_ok(dir: &Path, addr: &str, block_size: usize) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts `result` is an error with `code` whose message contains `needle`
+/// (SPEC §3 fixes some messages exactly and asks the rest to say what is
+/// wrong).
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+    what: &str,
+) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), code, "{what}: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{what}: {:?} does not contain {needle:?}",
+        status.message()
+    );
+}
