@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -136,17 +137,22 @@ pub struct Server {
 /// retrying on another port if the chosen one was taken meanwhile.
 pub fn start_server(service: &str, extra: &[&str]) -> Server {
     for _ in 0..5 {
-        let port = free_ports(1)[0];
-        let port_arg = port.to_string();
-        let mut args = vec!["-s", service, "-p", &port_arg, "-l"];
-        args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&bin("surfstore-server"), &args);
-        let addr = format!("127.0.0.1:{port}");
-        if wait_listening(&mut proc, &addr) {
-            return Server { addr, port, proc };
+        if let Some(server) = start_server_on(service, free_ports(1)[0], extra) {
+            return server;
         }
     }
     panic!("could not start surfstore-server -s {service}");
+}
+
+/// Starts `surfstore-server -s <service> -p <port> -l [extra...]` and polls
+/// until it listens; `None` if it exited first (the port was taken).
+pub fn start_server_on(service: &str, port: u16, extra: &[&str]) -> Option<Server> {
+    let port_arg = port.to_string();
+    let mut args = vec!["-s", service, "-p", &port_arg, "-l"];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&bin("surfstore-server"), &args);
+    let addr = format!("127.0.0.1:{port}");
+    wait_listening(&mut proc, &addr).then_some(Server { addr, port, proc })
 }
 
 /// Runs a binary to completion and returns its output (status, stdout, stderr).
@@ -251,10 +257,16 @@ pub struct Cluster {
     pub block: Server,
     /// One connected client per server, in config order.
     pub clients: Vec<RaftSurfstoreClient<Channel>>,
-    // Held only to be killed on drop.
-    _procs: Vec<Proc>,
-    // Declared last: removed after the processes that use it are gone.
+    /// What every server was started with after `-f CONFIG -i ID`, so that a
+    /// restart starts it the same way.
+    extra: Vec<String>,
+    /// Server `i`'s `--data-dir`; empty when the cluster keeps no state.
+    data_dirs: Vec<PathBuf>,
+    procs: Vec<Proc>,
+    // Declared after the processes: removed once they are gone.
     _dir: tempfile::TempDir,
+    /// The BlockStore's `--data-dir`, when it has one.
+    block_dir: Option<tempfile::TempDir>,
 }
 
 /// Starts a cluster of `n` Raft servers, each with `extra` appended to
@@ -263,7 +275,20 @@ pub struct Cluster {
 /// cluster is started again on fresh ports. Must be called inside a tokio
 /// runtime (the clients' channels live on it).
 pub async fn start_cluster(n: usize, extra: &[&str]) -> Cluster {
-    let block = start_server("block", &[]);
+    launch_cluster(n, extra, false).await
+}
+
+/// Like [`start_cluster`], but every process keeps its state in a
+/// `--data-dir` of its own (the BlockStore too), so that a server killed
+/// with [`Cluster::kill`] comes back with it from [`Cluster::restart`].
+pub async fn start_durable_cluster(n: usize, extra: &[&str]) -> Cluster {
+    launch_cluster(n, extra, true).await
+}
+
+async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
+    let block_dir = durable.then(|| tempfile::tempdir().expect("tempdir for the BlockStore"));
+    let block = start_server("block", &block_args(block_dir.as_ref()));
+    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
     for _ in 0..5 {
         let dir = tempfile::tempdir().expect("tempdir for the cluster");
         let addrs: Vec<String> = free_ports(n)
@@ -276,14 +301,15 @@ pub async fn start_cluster(n: usize, extra: &[&str]) -> Cluster {
             "BlockStoreAddrs": [block.addr],
         });
         std::fs::write(&config, json.to_string()).expect("write cluster config");
-        let config_arg = config.to_str().expect("utf-8 temp path").to_string();
+        let data_dirs: Vec<PathBuf> = if durable {
+            (0..n)
+                .map(|id| dir.path().join(format!("raft-{id}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut procs: Vec<Proc> = (0..n)
-            .map(|id| {
-                let id = id.to_string();
-                let mut args = vec!["-f", config_arg.as_str(), "-i", id.as_str()];
-                args.extend_from_slice(extra);
-                Proc::spawn(&bin("surfstore-raft-server"), &args)
-            })
+            .map(|id| spawn_raft_server(&config, id, data_dirs.get(id), &extra))
             .collect();
         let clients: Vec<_> = addrs.iter().map(|a| raft_client(a)).collect();
         if all_ready(&mut procs, &clients).await {
@@ -292,12 +318,45 @@ pub async fn start_cluster(n: usize, extra: &[&str]) -> Cluster {
                 config,
                 block,
                 clients,
-                _procs: procs,
+                extra,
+                data_dirs,
+                procs,
                 _dir: dir,
+                block_dir,
             };
         }
     }
     panic!("could not start a {n}-server cluster");
+}
+
+/// `surfstore-server -s block` arguments beyond the port: a data directory
+/// when there is one.
+fn block_args(data_dir: Option<&tempfile::TempDir>) -> Vec<&str> {
+    match data_dir {
+        Some(dir) => vec!["--data-dir", utf8(dir.path())],
+        None => Vec::new(),
+    }
+}
+
+/// `surfstore-raft-server -f CONFIG -i ID [--data-dir DIR] extra...`.
+fn spawn_raft_server(
+    config: &Path,
+    id: usize,
+    data_dir: Option<&PathBuf>,
+    extra: &[String],
+) -> Proc {
+    let id = id.to_string();
+    let mut args = vec!["-f", utf8(config), "-i", &id];
+    if let Some(dir) = data_dir {
+        args.extend(["--data-dir", utf8(dir)]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    Proc::spawn(&bin("surfstore-raft-server"), &args)
+}
+
+/// A temporary path as a command-line argument.
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("test directories have UTF-8 paths")
 }
 
 /// Whether every server answers a RaftSurfstore call (not merely some
@@ -335,10 +394,73 @@ pub async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -
         .unwrap_or_else(|_| panic!("{what} did not return within {RPC_DEADLINE:?}"))
 }
 
+/// How often a restart is tried again when the server exits at once: the
+/// port it must reuse can be held for a moment by another process's
+/// outgoing connection.
+const RESTART_ATTEMPTS: usize = 10;
+
 impl Cluster {
     /// A clone of server `i`'s client (clones share one connection).
     pub fn client(&self, i: usize) -> RaftSurfstoreClient<Channel> {
         self.clients[i].clone()
+    }
+
+    /// Server `i`'s `--data-dir` (a cluster from [`start_durable_cluster`]).
+    pub fn data_dir(&self, i: usize) -> &Path {
+        self.data_dirs
+            .get(i)
+            .unwrap_or_else(|| panic!("server {i} has no data directory"))
+    }
+
+    /// Kills server `i` with SIGKILL and waits until it is gone.
+    pub fn kill(&mut self, i: usize) {
+        self.procs[i].kill();
+    }
+
+    /// Starts server `i` again, with the same arguments, port and data
+    /// directory, and polls until it answers `IsCrashed`.
+    pub async fn restart(&mut self, i: usize) {
+        for _ in 0..RESTART_ATTEMPTS {
+            let mut proc = spawn_raft_server(&self.config, i, self.data_dirs.get(i), &self.extra);
+            let ready = all_ready(
+                std::slice::from_mut(&mut proc),
+                std::slice::from_ref(&self.clients[i]),
+            )
+            .await;
+            self.procs[i] = proc;
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server {i} did not start again on {}", self.addrs[i]);
+    }
+
+    /// Kills the BlockStore with SIGKILL and waits until it is gone.
+    pub fn kill_block(&mut self) {
+        self.block.proc.kill();
+    }
+
+    /// Starts the BlockStore again on the same port and data directory and
+    /// polls until it listens.
+    pub async fn restart_block(&mut self) {
+        let args = block_args(self.block_dir.as_ref());
+        for _ in 0..RESTART_ATTEMPTS {
+            if let Some(server) = start_server_on("block", self.block.port, &args) {
+                self.block = server;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the BlockStore did not start again on {}", self.block.addr);
+    }
+
+    /// Runs `surfstore-client -f CONFIG dir block_size` to completion (at
+    /// most a minute) and returns its output.
+    pub fn sync(&self, dir: &Path, block_size: usize) -> Output {
+        let block_size = block_size.to_string();
+        let args = ["-f", utf8(&self.config), utf8(dir), &block_size];
+        run_with_timeout(&bin("surfstore-client"), &args, Duration::from_secs(60)).0
     }
 
     /// `SetLeader` on server `i`; panics on error.
@@ -417,10 +539,9 @@ pub async fn eventually<T>(
 
 /// Runs `surfstore-client META_ADDR DIR BLOCKSIZE` once, to completion.
 pub fn sync(dir: &Path, addr: &str, block_size: usize) -> Output {
-    let dir = dir.to_str().expect("test directories have UTF-8 paths");
     run(
         &bin("surfstore-client"),
-        &[addr, dir, &block_size.to_string()],
+        &[addr, utf8(dir), &block_size.to_string()],
     )
 }
 
@@ -453,4 +574,25 @@ pub fn assert_status<T: std::fmt::Debug>(
         "{what}: {:?} does not contain {needle:?}",
         status.message()
     );
+}
+
+/// Every regular file below `dir` but `index.txt`, by path relative to
+/// `dir`, with its bytes: what a sync must reproduce byte for byte.
+pub fn synced_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("read a synced directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("below root").to_path_buf();
+                if rel != Path::new("index.txt") {
+                    out.insert(rel, std::fs::read(&path).expect("read a synced file"));
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
