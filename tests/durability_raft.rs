@@ -236,7 +236,7 @@ fn write_files(dir: &Path) {
 }
 
 fn assert_synced(cluster: &Cluster, dir: &Path, what: &str) {
-    let out = cluster.sync(dir, BLOCK_SIZE);
+    let (out, _) = cluster.sync(dir, BLOCK_SIZE);
     assert!(
         out.status.success(),
         "{what} failed ({:?}): {}",

@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Cluster, MANUAL_HEARTBEATS, assert_status, bin, eventually, file_meta, run_with_timeout,
-    start_cluster,
+    Cluster, MANUAL_HEARTBEATS, assert_status, eventually, file_meta, snapshot, start_cluster,
+    synced_files,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
@@ -503,39 +503,33 @@ async fn a_crashed_servers_internal_state_is_still_readable() {
 
 #[tokio::test]
 async fn set_leader_on_a_stale_server_loses_no_committed_data() {
-    // Our documented extension: followers only follow a leader whose log is
-    // at least as up-to-date as theirs, so a SetLeader on a server that
-    // missed committed entries cannot make the others drop them.
-    let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+    // Our documented extension: a server follows, per term, only the first
+    // leader whose log is at least as up-to-date as its own, so SetLeader on
+    // a server that missed committed entries cannot make the others drop
+    // them. A SIGKILL and restart without --data-dir makes server 2 stale
+    // with no message in flight that could repair it behind the test's back.
+    let mut cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
     let a = file_meta("a", 1, &[&hash_block(b"a")]);
     let b = file_meta("b", 1, &[&hash_block(b"b")]);
     lead(&cluster, 0).await;
     assert_eq!(cluster.update(0, a.clone()).await.unwrap(), 1);
-    assert!(cluster.heartbeat(0).await);
-    cluster.crash(2).await;
+    cluster.kill(2);
     assert_eq!(cluster.update(0, b.clone()).await.unwrap(), 1);
-    // The old leader goes down before server 2 comes back, so nothing can
-    // repair server 2 behind the test's back.
-    cluster.crash(0).await;
-    cluster.restore(2).await;
-    assert_state(&cluster, 2, false, 1, &[op(1, &a)], &[&a]).await;
+    assert!(cluster.heartbeat(0).await);
+    cluster.restart(2).await;
+    assert_state(&cluster, 2, false, 0, &[], &[]).await;
 
+    // Server 2 claims term 1 too; the others already follow server 0 in it.
     cluster.set_leader(2).await;
     assert!(
         !cluster.heartbeat(2).await,
         "a majority followed a leader that lacks committed entries"
     );
-    // Server 1 adopts the newer term but keeps every committed entry.
-    assert_state(&cluster, 1, false, 2, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
-    let stale = cluster.state(2).await;
-    assert_eq!(
-        stale.log,
-        [op(1, &a)],
-        "server 2 gained entries from nowhere"
-    );
+    assert_state(&cluster, 0, true, 1, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
+    assert_state(&cluster, 1, false, 1, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
+    assert_state(&cluster, 2, false, 1, &[], &[]).await;
 
-    // An up-to-date leader of the same term wins server 2 over and repairs it.
-    cluster.restore(0).await;
+    // A new term from the up-to-date server repairs server 2.
     lead(&cluster, 0).await;
     assert_all(&cluster, 0, 2, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
 }
@@ -717,32 +711,12 @@ async fn automatic_heartbeats_make_an_old_leader_step_down() {
 // ---- with the real client -------------------------------------------------
 
 /// Block size the client tests sync with: small, so files span blocks.
-const BLOCK_SIZE: &str = "1024";
+const BLOCK_SIZE: usize = 1024;
 
-/// Every regular file below `dir` (index.txt included) with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// Runs `surfstore-client -f CONFIG dir BLOCK_SIZE`; returns (success,
-/// stderr, how long it took).
+/// Runs the client on `dir` through the cluster; returns (success, stderr,
+/// how long it took).
 fn sync(cluster: &Cluster, dir: &Path) -> (bool, String, Duration) {
-    let config = cluster.config.to_str().unwrap();
-    let args = ["-f", config, dir.to_str().unwrap(), BLOCK_SIZE];
-    let (out, took) = run_with_timeout(&bin("surfstore-client"), &args, Duration::from_secs(60));
+    let (out, took) = cluster.sync(dir, BLOCK_SIZE);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.success(), stderr, took)
 }
@@ -753,14 +727,6 @@ fn write_files(dir: &Path) {
     std::fs::write(dir.join("long.bin"), long).unwrap();
     std::fs::write(dir.join("short.txt"), "hello, surfstore\n").unwrap();
     std::fs::write(dir.join("empty"), "").unwrap();
-}
-
-/// The synced files of a snapshot: everything but index.txt.
-fn synced_files(snap: &BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, Vec<u8>> {
-    snap.iter()
-        .filter(|(p, _)| *p != Path::new("index.txt"))
-        .map(|(p, d)| (p.clone(), d.clone()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -779,10 +745,7 @@ async fn client_syncs_across_a_leader_failover() {
     lead(&cluster, 1).await;
     let (ok, stderr, _) = sync(&cluster, b.path());
     assert!(ok, "sync after failover: {stderr}");
-    assert_eq!(
-        synced_files(&snapshot(b.path())),
-        synced_files(&snapshot(a.path()))
-    );
+    assert_eq!(synced_files(b.path()), synced_files(a.path()));
     let index = std::fs::read_to_string(b.path().join("index.txt")).unwrap();
     for name in ["long.bin", "short.txt", "empty"] {
         assert!(

@@ -456,11 +456,11 @@ impl Cluster {
     }
 
     /// Runs `surfstore-client -f CONFIG dir block_size` to completion (at
-    /// most a minute) and returns its output.
-    pub fn sync(&self, dir: &Path, block_size: usize) -> Output {
+    /// most a minute); returns its output and how long it ran.
+    pub fn sync(&self, dir: &Path, block_size: usize) -> (Output, Duration) {
         let block_size = block_size.to_string();
         let args = ["-f", utf8(&self.config), utf8(dir), &block_size];
-        run_with_timeout(&bin("surfstore-client"), &args, Duration::from_secs(60)).0
+        run_with_timeout(&bin("surfstore-client"), &args, Duration::from_secs(60))
     }
 
     /// `SetLeader` on server `i`; panics on error.
@@ -576,9 +576,9 @@ pub fn assert_status<T: std::fmt::Debug>(
     );
 }
 
-/// Every regular file below `dir` but `index.txt`, by path relative to
-/// `dir`, with its bytes: what a sync must reproduce byte for byte.
-pub fn synced_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every regular file below `dir` (index.txt included), by path relative to
+/// `dir`, with its bytes: to show a directory did not change at all.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).expect("read a synced directory") {
             let path = entry.expect("directory entry").path();
@@ -586,13 +586,19 @@ pub fn synced_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 walk(root, &path, out);
             } else {
                 let rel = path.strip_prefix(root).expect("below root").to_path_buf();
-                if rel != Path::new("index.txt") {
-                    out.insert(rel, std::fs::read(&path).expect("read a synced file"));
-                }
+                out.insert(rel, std::fs::read(&path).expect("read a synced file"));
             }
         }
     }
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
+}
+
+/// Every regular file below `dir` but `index.txt`, with its bytes: what a
+/// sync must reproduce byte for byte.
+pub fn synced_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = snapshot(dir);
+    files.remove(Path::new("index.txt"));
+    files
 }
