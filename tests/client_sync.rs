@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::{Server, bin, run, start_server, sync, sync_ok};
+use common::{
+    Server, bin, counts, index_text, pseudo_random, run, runtime, serve, start_server, sync,
+    sync_ok, tree, write,
+};
 use surfstore::hash::hash_block;
 use surfstore::meta_store::FileMap;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -50,14 +53,6 @@ fn split() -> Deployment {
         block: block.addr.clone(),
         _servers: vec![block, meta],
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn remote_map(addr: &str) -> HashMap<String, FileMetaData> {
@@ -99,61 +94,6 @@ fn put_block(addr: &str, data: &[u8]) {
         };
         assert!(client.put_block(block).await.unwrap().into_inner().flag);
     });
-}
-
-/// Every file below `dir` but index.txt: name with `/` separators → bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let name = format!("{prefix}{}", entry.file_name().to_str().unwrap());
-            if entry.file_type().unwrap().is_dir() {
-                walk(&entry.path(), &format!("{name}/"), out);
-            } else if name != "index.txt" {
-                out.insert(name, fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, "", &mut out);
-    out
-}
-
-/// The numbers of the summary line: [uploaded, downloaded, deleted, conflicts].
-fn counts(stdout: &str) -> [usize; 4] {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("synced: "))
-        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-    let numbers: Vec<usize> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    numbers[..4].try_into().unwrap()
-}
-
-/// Deterministic bytes that do not repeat block-wise.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) {
-    let path = dir.join(name);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
-}
-
-fn index_text(dir: &Path) -> String {
-    fs::read_to_string(dir.join("index.txt")).unwrap()
 }
 
 fn create_modify_delete(deployment: &Deployment) {
@@ -418,16 +358,6 @@ fn remote_names_escaping_the_base_directory_are_refused() {
         index_text(&b)
     );
     assert_eq!(index_text(&b).lines().count(), 1);
-}
-
-/// Serves `router` on a free loopback port inside `rt`; returns the address.
-fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-    addr
 }
 
 /// A BlockStore that answers every GetBlock with the wrong bytes.
