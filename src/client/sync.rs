@@ -18,7 +18,10 @@
 //! at most [`blocks_in_flight`] blocks (read but not yet sent, or fetched but
 //! not yet written).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -421,8 +424,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes the remote file into a temporary file block by block, checking
-    /// each block's hash, then puts it in place (see [`Self::replace`]).
+    /// Writes the remote file into a temporary file block by block, then
+    /// puts it in place (see [`Self::replace`]). Each block comes from the
+    /// cheapest place that has it (see [`sources`]); every fetched or
+    /// locally read block is checked against its hash.
     async fn download(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
         if let Some(bad) = remote.hashes.iter().find(|h| !is_valid_hash(h)) {
             return Err(FileError::BadHash(bad.clone()));
@@ -435,30 +440,59 @@ impl Run<'_> {
         })
         .await??;
         let tmp_path = tmp.path().to_path_buf();
-        let write_error = |source| DiskError::Io {
+        let io_error = |source| DiskError::Io {
             path: tmp_path.clone(),
             source,
         };
         if !remote.hashes.is_empty() {
+            let local = self.scan.files.get(name).map(Vec::as_slice);
+            let plan = sources(&remote.hashes, local);
             let blocks = self.blocks().await?;
-            let mut out = tmp.as_file().try_clone().map_err(write_error)?;
+            let target = &target;
             // Permits are taken one by one in block order, so the block the
             // file waits for next always holds one.
-            let fetched = stream::iter(&remote.hashes)
-                .then(|hash| async move { (self.reserve_block().await, hash) })
-                .map(|(held, hash)| async move {
-                    Ok::<_, FileError>((held, self.fetch_block(blocks, hash).await?))
+            let arriving = stream::iter(plan.into_iter().zip(&remote.hashes))
+                .then(|item| async move { (self.reserve_block().await, item) })
+                .map(|(held, (source, hash))| async move {
+                    let data = match source {
+                        Source::Earlier(j) => Err(j),
+                        Source::Local(position) => {
+                            match self.read_local(target, position, hash).await? {
+                                Some(data) => Ok(data),
+                                None => Ok(self.fetch_block(blocks, hash).await?),
+                            }
+                        }
+                        Source::Fetch => Ok(self.fetch_block(blocks, hash).await?),
+                    };
+                    Ok::<_, FileError>((held, data))
                 })
                 .buffered(blocks_in_flight(self.options.block_size));
-            let mut fetched = std::pin::pin!(fetched);
-            while let Some(next) = fetched.next().await {
+            let mut arriving = std::pin::pin!(arriving);
+            let mut out = tmp.as_file().try_clone().map_err(io_error)?;
+            // Offset and length of each block written so far.
+            let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
+            let mut offset = 0;
+            while let Some(next) = arriving.next().await {
                 let (held, data) = next?;
-                out = spawn_blocking(move || {
-                    use std::io::Write;
-                    out.write_all(&data).map(|()| out)
+                // An earlier block is written by now: blocks arrive in order.
+                let data = data.map_err(|j| written[j]);
+                let copied = data.is_err();
+                let (file, len) = spawn_blocking(move || {
+                    let data = match data {
+                        Ok(data) => data,
+                        Err((at, len)) => Bytes::from(read_at(&out, at, len)?),
+                    };
+                    out.write_all(&data)?;
+                    Ok::<_, std::io::Error>((out, data.len()))
                 })
                 .await?
-                .map_err(write_error)?;
+                .map_err(io_error)?;
+                out = file;
+                if copied {
+                    self.options.progress.transfer().inc(len as u64);
+                }
+                written.push((offset, len));
+                offset += len as u64;
                 drop(held);
             }
         }
@@ -469,6 +503,28 @@ impl Run<'_> {
             disk::commit(tmp, &target).map(|()| dir)
         })
         .await
+    }
+
+    /// Block `position` of the local file at `path` if it still hashes to
+    /// `hash`; `None` if it does not (the file changed), so the caller
+    /// fetches it instead.
+    async fn read_local(
+        &self,
+        path: &Path,
+        position: usize,
+        hash: &str,
+    ) -> Result<Option<Bytes>, FileError> {
+        let (path, hash) = (path.to_path_buf(), hash.to_string());
+        let block_size = self.options.block_size;
+        let data = spawn_blocking(move || {
+            let data = scan::read_block_at(&path, position, block_size).ok()?;
+            (hash_block(&data) == hash).then(|| Bytes::from(data))
+        })
+        .await?;
+        if let Some(data) = &data {
+            self.options.progress.transfer().inc(data.len() as u64);
+        }
+        Ok(data)
     }
 
     async fn delete(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
@@ -543,5 +599,95 @@ impl Run<'_> {
                 actual,
             })
         }
+    }
+}
+
+/// Where the bytes of one block of a download come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The BlockStore.
+    Fetch,
+    /// This block of the local file being replaced has the same hash.
+    Local(usize),
+    /// This earlier block of the same download has the same hash.
+    Earlier(usize),
+}
+
+/// Where each block of a download comes from: a block seen earlier in the
+/// same file is copied from what was already written (sparse files, disk
+/// images), a block the local file already holds is read from it (a file
+/// changed in a few places), anything else is fetched.
+fn sources(remote: &[String], local: Option<&[String]>) -> Vec<Source> {
+    let mut local_at: HashMap<&str, usize> = HashMap::new();
+    for (position, hash) in local.unwrap_or_default().iter().enumerate() {
+        local_at.entry(hash).or_insert(position);
+    }
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    remote
+        .iter()
+        .enumerate()
+        .map(|(i, hash)| match first_at.entry(hash) {
+            Slot::Occupied(first) => Source::Earlier(*first.get()),
+            Slot::Vacant(slot) => {
+                slot.insert(i);
+                local_at
+                    .get(hash.as_str())
+                    .map_or(Source::Fetch, |&p| Source::Local(p))
+            }
+        })
+        .collect()
+}
+
+/// Reads `len` bytes at `offset` of `file`.
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; len];
+    reader.read_exact(&mut buf)?;
+    // Writing goes on at the end.
+    reader.seek(SeekFrom::End(0))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_and_local_blocks_are_not_fetched() {
+        let h = |s: &str| hash_block(s.as_bytes());
+        let (a, b, c, z) = (h("a"), h("b"), h("c"), h("zero"));
+        let remote = vec![
+            z.clone(),
+            a.clone(),
+            z.clone(),
+            b.clone(),
+            z.clone(),
+            c.clone(),
+            a.clone(),
+        ];
+        let local = vec![c.clone(), b.clone(), b.clone()];
+        assert_eq!(
+            sources(&remote, Some(&local)),
+            [
+                Source::Fetch,
+                Source::Fetch,
+                Source::Earlier(0),
+                Source::Local(1),
+                Source::Earlier(0),
+                Source::Local(0),
+                Source::Earlier(1),
+            ]
+        );
+        assert_eq!(sources(&[a.clone()], None), [Source::Fetch]);
+    }
+
+    #[test]
+    fn the_budget_is_32_mib_of_blocks() {
+        assert_eq!(blocks_in_flight(4 << 20), 8);
+        assert_eq!(blocks_in_flight(1 << 20), 32);
+        assert_eq!(blocks_in_flight(1024), MAX_BLOCKS_IN_FLIGHT);
+        assert_eq!(blocks_in_flight(128 << 20), 1);
+        assert_eq!(blocks_in_flight(0), MAX_BLOCKS_IN_FLIGHT);
     }
 }
