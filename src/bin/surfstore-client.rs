@@ -48,14 +48,39 @@ struct Args {
     positional: Vec<String>,
 }
 
+/// Keeps the client's memory bounded under glibc. Blocks are allocated and
+/// freed by the hundred; after the first large free, glibc raises its mmap
+/// threshold so later blocks come from heaps that keep freed memory, and the
+/// peak grew to ~125 MiB for a 4 GiB upload at 4 MiB blocks against ~43 MiB
+/// with the threshold pinned at glibc's own default of 128 KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_large_allocations_returnable() {
+    const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only tunes the allocator, and runs before any other
+    // thread exists. On failure (0) glibc keeps its defaults, which work.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Other allocators return large blocks to the system by themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_allocations_returnable() {}
+
 /// Where the MetaStore is.
 enum Source {
     Addr(String),
     Cluster(ClusterConfig),
 }
 
+fn main() -> ExitCode {
+    // Before the runtime starts its threads.
+    keep_large_allocations_returnable();
+    client_main()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn client_main() -> ExitCode {
     let args: Args = cli::parse_args();
     // Bars would only flicker between debug lines.
     let progress = if args.quiet || args.debug {
