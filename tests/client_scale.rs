@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,7 +85,7 @@ fn a_1_gib_sparse_file_syncs_in_1_mib_blocks() {
     assert_eq!(down.downloaded, 1, "{down:?}");
     // Repeated zero blocks are copied from what was already written.
     assert_eq!(down.received, "33.0 MiB");
-    assert!(same_contents(&image, &b.join(name)));
+    assert_eq!(index_text(a), index_text(b));
 
     // One new block in a hole: one block each way.
     write_at(&image, 500 * MIB as u64, &pseudo_random(MIB, 99));
@@ -105,7 +106,7 @@ fn a_1_gib_sparse_file_syncs_in_1_mib_blocks() {
 #[derive(Clone, Default)]
 struct FlakyBlocks {
     blocks: Arc<Mutex<HashMap<String, Bytes>>>,
-    /// GetBlock of these never answers.
+    /// GetBlock of these waits until they are taken out.
     hang: Arc<Mutex<HashSet<String>>>,
     /// GetBlock of these fails with UNAVAILABLE.
     fail: Arc<Mutex<HashSet<String>>>,
@@ -117,8 +118,8 @@ struct FlakyBlocks {
 impl block_store_server::BlockStore for FlakyBlocks {
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         let hash = r.into_inner().hash;
-        if self.hang.lock().unwrap().contains(&hash) {
-            std::future::pending::<()>().await;
+        while self.hang.lock().unwrap().contains(&hash) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.fail.lock().unwrap().contains(&hash) {
             return Err(Status::unavailable("connection reset by peer"));
@@ -276,34 +277,49 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+impl Interrupted {
+    /// Starts B's client with the big file's blocks from the 5th on held
+    /// back, and returns once the small changes are on disk and the big
+    /// download is stuck mid-file. `exited` tells whether the client has
+    /// ended (it must not have).
+    fn stuck_mid_download(&self, mut exited: impl FnMut() -> bool) {
+        *self.blocks.hang.lock().unwrap() = self.big_v2_blocks_from(4);
+        self.blocks.served.store(0, Ordering::SeqCst);
+        let b = self.b.path();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let small_done = fs::read(b.join("docs/a.txt")).unwrap() == b"a v2"
+                && b.join("new/c.txt").exists()
+                && !b.join("top.txt").exists();
+            if small_done
+                && self.blocks.served.load(Ordering::SeqCst) >= 4
+                && !temp_files(&b.join("big")).is_empty()
+            {
+                return;
+            }
+            assert!(!exited(), "the client finished on its own");
+            assert!(Instant::now() < deadline, "the download never got stuck");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn client_args(&self) -> [String; 3] {
+        [
+            self.meta.clone(),
+            self.b.path().to_str().unwrap().to_string(),
+            BLOCK.to_string(),
+        ]
+    }
+}
+
 #[test]
 fn a_client_killed_mid_download_leaves_old_or_new_files_and_the_next_run_completes() {
     let setup = interrupted_setup();
-    // The first 4 blocks of the new big file arrive; the rest never do.
-    *setup.blocks.hang.lock().unwrap() = setup.big_v2_blocks_from(4);
-    setup.blocks.served.store(0, Ordering::SeqCst);
     let b = setup.b.path();
-    let mut client = Proc::spawn(
-        &bin("surfstore-client"),
-        &[&setup.meta, b.to_str().unwrap(), &BLOCK.to_string()],
-    );
-    // Wait until the small changes are on disk and the big download is
-    // stuck mid-file, then kill the client.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let small_done = fs::read(b.join("docs/a.txt")).unwrap() == b"a v2"
-            && b.join("new/c.txt").exists()
-            && !b.join("top.txt").exists();
-        if small_done
-            && setup.blocks.served.load(Ordering::SeqCst) >= 4
-            && !temp_files(&b.join("big")).is_empty()
-        {
-            break;
-        }
-        assert!(!client.has_exited(), "the client finished on its own");
-        assert!(Instant::now() < deadline, "the download never got stuck");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let args = setup.client_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = Proc::spawn(&bin("surfstore-client"), &args);
+    setup.stuck_mid_download(|| client.has_exited());
     client.kill();
 
     assert_eq!(fs::read(b.join("big/data.bin")).unwrap(), setup.big_v1);
@@ -328,4 +344,49 @@ fn a_blockstore_dropping_out_mid_download_stops_the_run_consistently() {
     assert!(temp_files(setup.b.path()).is_empty());
     setup.assert_old_or_new();
     setup.assert_next_run_completes();
+}
+
+#[test]
+fn a_local_edit_during_a_download_is_never_overwritten() {
+    let setup = interrupted_setup();
+    let b = setup.b.path();
+    let client = Command::new(bin("surfstore-client"))
+        .args(setup.client_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Arc::new(Mutex::new(client));
+    setup.stuck_mid_download(|| {
+        let mut client = client.lock().unwrap();
+        !matches!(client.try_wait(), Ok(None))
+    });
+    write(b, "big/data.bin", "edited while the download ran");
+    setup.blocks.hang.lock().unwrap().clear();
+    let client = Arc::into_inner(client).unwrap().into_inner().unwrap();
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("changed while it was being synced"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read(b.join("big/data.bin")).unwrap(),
+        b"edited while the download ran"
+    );
+    assert!(temp_files(b).is_empty());
+    // Still recorded as version 1: the edit is a conflict the server wins
+    // next run; with --keep-conflicts the edit survives as a copy.
+    let out = common::sync_with(b, &setup.meta, BLOCK, &["--keep-conflicts"]);
+    let s = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((s.downloaded, s.conflicts, s.kept), (1, 1, 1), "{s:?}");
+    assert_eq!(fs::read(b.join("big/data.bin")).unwrap(), setup.big_v2);
+    let copies: Vec<Vec<u8>> = tree(b)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("big/data.bin.conflict-"))
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(copies, [b"edited while the download ran".to_vec()]);
 }

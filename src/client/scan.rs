@@ -86,8 +86,8 @@ impl Stamp {
         }
     }
 
-    /// The file's length in bytes.
-    pub fn len(&self) -> u64 {
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
         self.len
     }
 }

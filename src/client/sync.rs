@@ -378,7 +378,7 @@ impl Run<'_> {
         self.blocks_on_server
             .fetch_add(on_server as u64, Ordering::Relaxed);
         tracing::debug!(file = ?name, blocks = hashes.len(), missing = missing.len(), "uploading");
-        let len = self.scan.stamps.get(name).map_or(0, Stamp::len);
+        let len = self.scan.stamps.get(name).map_or(0, Stamp::size);
         let block_size = self.options.block_size as u64;
         self.options.progress.transfer().inc_length(
             missing
@@ -679,7 +679,7 @@ mod tests {
                 Source::Earlier(1),
             ]
         );
-        assert_eq!(sources(&[a.clone()], None), [Source::Fetch]);
+        assert_eq!(sources(std::slice::from_ref(&a), None), [Source::Fetch]);
     }
 
     #[test]
