@@ -543,11 +543,7 @@ async fn set_leader_on_a_stale_server_loses_no_committed_data() {
     // Server 1 adopts the newer term but keeps every committed entry.
     assert_state(&cluster, 1, false, 2, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
     let stale = cluster.state(2).await;
-    assert_eq!(
-        stale.log,
-        [op(1, &a)],
-        "server 2 gained entries from nowhere"
-    );
+    assert_eq!(stale.log, [op(1, &a)], "server 2 gained entries from nowhere");
 
     // An up-to-date leader of the same term wins server 2 over and repairs it.
     cluster.restore(0).await;
