@@ -31,6 +31,15 @@ pub fn parse_args<T: clap::Parser>() -> T {
 /// Sends `tracing` output to stderr: debug level with `-d`, otherwise only
 /// warnings and errors. `RUST_LOG` overrides both.
 pub fn init_logging(debug: bool) {
+    init_logging_to(debug, std::io::stderr);
+}
+
+/// Like [`init_logging`], but writes through `writer` (e.g. one that keeps
+/// log lines from tearing progress bars on stderr).
+pub fn init_logging_to<W>(debug: bool, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let default = if debug {
         "debug,h2=info,hyper=info,tower=info"
     } else {
@@ -40,7 +49,7 @@ pub fn init_logging(debug: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{bin, free_ports, run, start_server, sync};
+use common::{bin, free_ports, run, start_server, sync, sync_with};
 
 fn client(args: &[&str]) -> Output {
     run(&bin("surfstore-client"), args)
@@ -211,19 +211,63 @@ fn a_malformed_index_is_reported_with_its_line() {
 }
 
 #[test]
-fn prints_one_summary_line_and_help_exits_0() {
+fn without_a_terminal_prints_only_the_summary_line_and_help_exits_0() {
     let server = start_server("both", &[]);
     let base = tempfile::tempdir().unwrap();
     fs::write(base.path().join("f"), "x").unwrap();
+    fs::write(base.path().join("g"), "x").unwrap();
     let out = sync(base.path(), &server.addr, 1024);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "synced: 1 uploaded, 0 downloaded, 0 deleted, 0 conflicts\n"
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (secs, rest) = stdout
+        .strip_prefix("synced in ")
+        .and_then(|s| s.split_once("s: "))
+        .unwrap_or_else(|| panic!("{stdout:?}"));
+    assert!(secs.parse::<f64>().is_ok(), "{stdout:?}");
+    // Two files of one identical block: the second finds it on the server
+    // or sends it too, depending on which goes first; the total is fixed.
+    assert!(
+        rest == "2 uploaded, 0 downloaded, 0 deleted, 0 conflicts; sent 1 B, received 0 B, 1 blocks already on server\n"
+            || rest
+                == "2 uploaded, 0 downloaded, 0 deleted, 0 conflicts; sent 2 B, received 0 B, 0 blocks already on server\n",
+        "{stdout:?}"
     );
+    // No progress bar (or anything else) on a stderr that is not a terminal.
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 
     let help = client(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&help.stdout).contains("BLOCKSIZE"));
+    let usage = String::from_utf8_lossy(&help.stdout);
+    for flag in ["BLOCKSIZE", "--quiet", "--keep-conflicts"] {
+        assert!(usage.contains(flag), "{flag} not in {usage}");
+    }
+}
+
+#[test]
+fn quiet_prints_nothing_on_success_and_still_reports_errors() {
+    let server = start_server("both", &[]);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::create_dir(a.path().join("d")).unwrap();
+    fs::write(a.path().join("d/f"), "x").unwrap();
+    for dir in [a.path(), b.path()] {
+        let out = sync_with(dir, &server.addr, 1024, &["-q"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    }
+    assert_eq!(fs::read(b.path().join("d/f")).unwrap(), b"x");
+
+    let unreachable = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let out = sync_with(a.path(), &unreachable, 1024, &["--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("cannot reach the MetaStore"),
+        "{}",
+        stderr(&out)
+    );
 }

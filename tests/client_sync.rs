@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::{Server, bin, run, start_server, sync, sync_ok};
+use common::{
+    Server, bin, counts, index_text, pseudo_random, run, runtime, serve, start_server, sync,
+    sync_ok, tree, write,
+};
 use surfstore::hash::hash_block;
 use surfstore::meta_store::FileMap;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -50,14 +53,6 @@ fn split() -> Deployment {
         block: block.addr.clone(),
         _servers: vec![block, meta],
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn remote_map(addr: &str) -> HashMap<String, FileMetaData> {
@@ -99,61 +94,6 @@ fn put_block(addr: &str, data: &[u8]) {
         };
         assert!(client.put_block(block).await.unwrap().into_inner().flag);
     });
-}
-
-/// Every file below `dir` but index.txt: name with `/` separators → bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let name = format!("{prefix}{}", entry.file_name().to_str().unwrap());
-            if entry.file_type().unwrap().is_dir() {
-                walk(&entry.path(), &format!("{name}/"), out);
-            } else if name != "index.txt" {
-                out.insert(name, fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, "", &mut out);
-    out
-}
-
-/// The numbers of the summary line: [uploaded, downloaded, deleted, conflicts].
-fn counts(stdout: &str) -> [usize; 4] {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("synced: "))
-        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-    let numbers: Vec<usize> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    numbers[..4].try_into().unwrap()
-}
-
-/// Deterministic bytes that do not repeat block-wise.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) {
-    let path = dir.join(name);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
-}
-
-fn index_text(dir: &Path) -> String {
-    fs::read_to_string(dir.join("index.txt")).unwrap()
 }
 
 fn create_modify_delete(deployment: &Deployment) {
@@ -418,16 +358,6 @@ fn remote_names_escaping_the_base_directory_are_refused() {
         index_text(&b)
     );
     assert_eq!(index_text(&b).lines().count(), 1);
-}
-
-/// Serves `router` on a free loopback port inside `rt`; returns the address.
-fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-    addr
 }
 
 /// A BlockStore that answers every GetBlock with the wrong bytes.
@@ -715,4 +645,134 @@ fn a_config_naming_a_plain_server_falls_back_to_the_metastore_service() {
     assert_eq!(remote_map(&d.meta)["f"].version, 1);
     sync_ok(b.path(), &d.meta, 1024);
     assert_eq!(tree(b.path()), tree(a.path()));
+}
+
+/// The conflict copies below `dir` as (name without its stamp, contents).
+fn conflict_copies(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter_map(|(name, data)| {
+            let (original, stamp) = name.split_once(".conflict-")?;
+            // YYYYMMDD-HHMMSS
+            assert_eq!(stamp.len(), 15, "{name}");
+            assert!(
+                stamp.chars().enumerate().all(|(i, c)| if i == 8 {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit()
+                }),
+                "{name}"
+            );
+            Some((original.to_string(), data))
+        })
+        .collect()
+}
+
+#[test]
+fn keep_conflicts_saves_the_losing_local_version_which_syncs_next_run() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "f.txt", "base");
+    write(a, "d/g.txt", "base");
+    write(a, "untouched", "same everywhere");
+    sync_ok(a, addr, 1024);
+    sync_ok(b, addr, 1024);
+
+    write(a, "f.txt", "from A");
+    fs::remove_file(a.join("d/g.txt")).unwrap();
+    sync_ok(a, addr, 1024);
+    write(b, "f.txt", "from B, which loses");
+    write(b, "d/g.txt", "B's edit of a file A deleted");
+
+    let out = common::sync_with(b, addr, 1024, &["--keep-conflicts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((s.downloaded, s.deleted, s.conflicts, s.kept), (1, 1, 2, 2));
+    // The server won, and B's versions are kept beside the files.
+    assert_eq!(fs::read(b.join("f.txt")).unwrap(), b"from A");
+    assert!(!b.join("d/g.txt").exists());
+    assert_eq!(
+        conflict_copies(b),
+        [
+            (
+                "d/g.txt".to_string(),
+                b"B's edit of a file A deleted".to_vec()
+            ),
+            ("f.txt".to_string(), b"from B, which loses".to_vec()),
+        ]
+    );
+
+    // The copies are ordinary files: the next run uploads them, and A gets
+    // them.
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [2, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [0, 2, 0, 0]);
+    assert_eq!(tree(a), tree(b));
+    assert_eq!(conflict_copies(a).len(), 2);
+
+    // Without a conflict, the flag changes nothing.
+    let out = common::sync_with(b, addr, 1024, &["--keep-conflicts"]);
+    assert_eq!(counts(&String::from_utf8_lossy(&out.stdout)), [0, 0, 0, 0]);
+}
+
+#[test]
+fn files_move_between_folders_of_a_deep_tree() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    let payload = pseudo_random(10_000, 7);
+    write(a, "l1/l2/l3/l4/deep.bin", &payload);
+    write(a, "l1/l2/sibling.txt", "s");
+    write(a, "other/x.txt", "x");
+    sync_ok(a, addr, 1024);
+    sync_ok(b, addr, 1024);
+    assert_eq!(tree(b), tree(a));
+
+    // Move the deep file to another folder and delete a whole folder.
+    fs::create_dir_all(a.join("moved/here")).unwrap();
+    fs::rename(
+        a.join("l1/l2/l3/l4/deep.bin"),
+        a.join("moved/here/deep.bin"),
+    )
+    .unwrap();
+    fs::remove_dir_all(a.join("other")).unwrap();
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [3, 0, 0, 0]);
+    let s = common::summary(&sync_ok(a, addr, 1024));
+    assert_eq!((s.uploaded, s.sent.as_str()), (0, "0 B"));
+
+    let s = common::summary(&sync_ok(b, addr, 1024));
+    assert_eq!((s.downloaded, s.deleted), (1, 2));
+    assert_eq!(tree(b), tree(a));
+    // Emptied folders are gone, the one still holding a file stays.
+    assert!(!b.join("l1/l2/l3").exists());
+    assert!(!b.join("other").exists());
+    assert!(b.join("l1/l2/sibling.txt").is_file());
+    assert_eq!(fs::read(b.join("moved/here/deep.bin")).unwrap(), payload);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_are_skipped_with_a_warning_and_never_followed() {
+    let d = both();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret", "do not sync");
+    let a = tempfile::tempdir().unwrap();
+    write(a.path(), "real.txt", "r");
+    std::os::unix::fs::symlink(outside.path(), a.path().join("dirlink")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), a.path().join("filelink")).unwrap();
+    let out = sync(a.path(), &d.meta, 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("skipping symlink").count(), 2, "{stderr}");
+    let mut names: Vec<String> = remote_map(&d.meta).into_keys().collect();
+    names.sort();
+    assert_eq!(names, ["real.txt"]);
+    assert_eq!(
+        fs::read(outside.path().join("secret")).unwrap(),
+        b"do not sync"
+    );
 }

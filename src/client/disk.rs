@@ -11,10 +11,15 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use tempfile::NamedTempFile;
 
+use super::conflict;
 use super::names::{TEMP_PREFIX, to_path};
+
+/// How many numbered conflict-copy names are tried before giving up.
+const CONFLICT_NAME_ATTEMPTS: u32 = 100;
 
 /// Why a change to the base directory could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +174,63 @@ pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError
     Ok(Some(changed))
 }
 
+/// Keeps the file `name` below `base` as a conflict copy (see
+/// [`conflict`]) before the server's version replaces or deletes it, and
+/// returns the copy's name. The copy is a hard link, so it is made at once
+/// whatever the size and holds exactly the bytes that lose; where hard links
+/// are not supported the file is copied (temporary file and rename, like any
+/// write). An existing file is never overwritten by a copy.
+pub fn keep_conflict_copy(base: &Path, name: &str, at: SystemTime) -> Result<String, DiskError> {
+    let path = to_path(base, name);
+    for attempt in 0..CONFLICT_NAME_ATTEMPTS {
+        let copy = conflict::copy_name(name, at, attempt);
+        let copy_path = to_path(base, &copy);
+        let made = match fs::hard_link(&path, &copy_path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot hard-link; copying");
+                copy_file(&path, &copy_path)?
+            }
+        };
+        if made {
+            return Ok(copy);
+        }
+    }
+    Err(DiskError::Io {
+        path,
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "every conflict-copy name for this file and second is taken",
+        ),
+    })
+}
+
+/// Copies `from` to the new file `to`; `false` if `to` already exists.
+fn copy_file(from: &Path, to: &Path) -> Result<bool, DiskError> {
+    let mut tmp = temp_beside(to)?;
+    let mut source = File::open(from).map_err(io_error(from))?;
+    io::copy(&mut source, &mut tmp).map_err(io_error(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_error(tmp.path()))?;
+    match tmp.persist_noclobber(to) {
+        Ok(_) => Ok(true),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_error(to)(e.error)),
+    }
+}
+
+/// Removes a temporary file an interrupted run left behind. Failing to is
+/// only worth a warning: the file is never synced either way.
+pub fn remove_stale_temp_file(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "removed a stale temporary file"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary file")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +323,36 @@ mod tests {
             fs::metadata(&fresh).unwrap().permissions().mode() & 0o044,
             0
         );
+    }
+
+    #[test]
+    fn conflict_copies_keep_the_old_bytes_and_never_overwrite() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir(base.path().join("d")).unwrap();
+        let path = base.path().join("d/f");
+        fs::write(&path, "mine").unwrap();
+        let at = SystemTime::UNIX_EPOCH;
+        let first = keep_conflict_copy(base.path(), "d/f", at).unwrap();
+        assert_eq!(first, "d/f.conflict-19700101-000000");
+        let second = keep_conflict_copy(base.path(), "d/f", at).unwrap();
+        assert_eq!(second, "d/f.conflict-19700101-000000-1");
+
+        write_atomically(&path, b"theirs").unwrap();
+        assert_eq!(fs::read(base.path().join(&first)).unwrap(), b"mine");
+        assert_eq!(fs::read(base.path().join(&second)).unwrap(), b"mine");
+        assert_eq!(fs::read(&path).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn copying_does_not_clobber() {
+        let base = tempfile::tempdir().unwrap();
+        let (from, to) = (base.path().join("from"), base.path().join("to"));
+        fs::write(&from, "new").unwrap();
+        assert!(copy_file(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        fs::write(&from, "newer").unwrap();
+        assert!(!copy_file(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 2);
     }
 }

@@ -10,15 +10,22 @@
 //! ```
 //!
 //! [`names`] says which names may be synced and where they live; [`disk`]
-//! makes every change to the base directory safely.
+//! makes every change to the base directory safely; [`conflict`] names the
+//! copies `--keep-conflicts` keeps. [`progress`] draws the bars and
+//! [`report`] is the summary of a run.
 
+pub mod conflict;
 pub mod disk;
 pub mod index;
 pub mod names;
 pub mod plan;
+pub mod progress;
+pub mod report;
 pub mod rpc;
 pub mod scan;
 pub mod sync;
 
+pub use progress::Progress;
+pub use report::Report;
 pub use rpc::MetaStore;
-pub use sync::{Report, SyncError, sync};
+pub use sync::{Options, SyncError, sync};

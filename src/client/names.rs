@@ -74,7 +74,13 @@ pub fn check(name: &str) -> Result<(), NameError> {
 /// temporary file at any depth.
 pub fn is_reserved(name: &str) -> bool {
     let last = name.rsplit('/').next().unwrap_or(name);
-    name == INDEX_FILE || last.starts_with(TEMP_PREFIX)
+    name == INDEX_FILE || is_temp_file(last)
+}
+
+/// Whether the single path segment `file_name` is one of the client's
+/// temporary files.
+pub fn is_temp_file(file_name: &str) -> bool {
+    file_name.starts_with(TEMP_PREFIX)
 }
 
 /// The path of `name` below `base`. Only meaningful for a name [`check`]

@@ -288,6 +288,7 @@ mod tests {
                 ("same".to_string(), a.clone()),
             ]),
             skipped: BTreeSet::from(["link".to_string()]),
+            ..Scan::default()
         };
         let index = Index::from([
             ("same".to_string(), e(1, a.clone())),

@@ -2,35 +2,94 @@
 //!
 //! Every regular file below the base directory is read in blocks of
 //! BLOCKSIZE bytes (never whole) and named by the SHA-256 of each block.
-//! Files are hashed on a few threads at once. Symlinks and special files are
-//! skipped with a warning and never followed; the client's own files
-//! (`index.txt`, temporary files) are skipped silently.
+//! The work is cut into segments of a few blocks so several threads hash at
+//! once, across files and within one large file; each thread holds one
+//! block-sized buffer. Symlinks and special files are skipped with a warning
+//! and never followed; the client's own files (`index.txt`, temporary
+//! files) are not synced, and temporary files a killed run left behind are
+//! listed for removal.
 //!
-//! A scan that cannot read something fails as a whole: a file missing from
-//! the scan would look deleted and be deleted everywhere.
+//! Each file's [`Stamp`] is taken before hashing and checked after: a file
+//! that changed meanwhile is skipped this run rather than synced with hashes
+//! of a state that never existed. A scan that cannot read something fails as
+//! a whole: a file missing from the scan would look deleted and be deleted
+//! everywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use super::names;
+use super::progress::Progress;
 use crate::hash::hash_block;
 
-/// At most this many files are hashed at once, each with a block-sized
-/// buffer.
+/// At most this many threads hash at once, each with a block-sized buffer.
 const MAX_HASH_THREADS: usize = 4;
 
-/// What is in the base directory now.
+/// Roughly how many bytes one thread hashes before taking more work: large
+/// enough that reads stay sequential, small enough that one big file keeps
+/// every thread busy.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// What the base directory holds now.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Scan {
     /// Synced name → block hashes of every regular file.
     pub files: BTreeMap<String, Vec<String>>,
+    /// Synced name → what the file looked like when it was hashed.
+    pub stamps: BTreeMap<String, Stamp>,
     /// Names held by something that is not a regular file or directory
-    /// (symlinks, sockets, ...). Sync leaves these names alone entirely.
+    /// (symlinks, sockets, ...), or by a file that changed while it was
+    /// hashed. Sync leaves these names alone entirely.
     pub skipped: BTreeSet<String>,
+    /// Temporary files an interrupted run left behind.
+    pub stale_temp_files: Vec<PathBuf>,
+}
+
+/// What identifies one state of a file cheaply: if any of it differs, the
+/// file was written (or replaced) since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Inode and change time (unix): catch a replacement or a write that
+    /// restored the old modification time.
+    #[cfg(unix)]
+    inode: (u64, u64, i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of a file with metadata `meta`.
+    pub fn of(meta: &Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of the regular file at `path` now; `None` if nothing (or
+    /// no regular file) is there.
+    pub fn read(path: &Path) -> io::Result<Option<Self>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => Ok(Some(Self::of(&meta))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.len
+    }
 }
 
 /// Why the base directory could not be scanned.
@@ -50,21 +109,44 @@ impl ScanError {
     }
 }
 
-/// Scans `base`, hashing files in blocks of `block_size` bytes.
-pub fn scan(base: &Path, block_size: usize) -> Result<Scan, ScanError> {
+/// A regular file found below the base directory.
+struct Found {
+    name: String,
+    path: PathBuf,
+    stamp: Stamp,
+}
+
+/// Scans `base`, hashing files in blocks of `block_size` bytes and counting
+/// hashed bytes on the progress's hashing bar.
+pub fn scan(base: &Path, block_size: usize, progress: &Progress) -> Result<Scan, ScanError> {
     let mut scan = Scan::default();
-    let found = walk(base, &mut scan.skipped)?;
-    let hashes = hash_files(&found, block_size)?;
-    scan.files = found
-        .into_iter()
-        .map(|(name, _)| name)
-        .zip(hashes)
-        .collect();
+    let found = walk(base, &mut scan)?;
+    progress
+        .hashing()
+        .set_length(found.iter().map(|f| f.stamp.len).sum());
+    let hashes = hash_files(&found, block_size, progress)?;
+    for (file, hashes) in found.into_iter().zip(hashes) {
+        let now = match Stamp::read(&file.path) {
+            Ok(now) => now,
+            Err(e) => return Err(ScanError::new(&file.path)(e)),
+        };
+        match hashes {
+            Some(hashes) if now == Some(file.stamp) => {
+                scan.stamps.insert(file.name.clone(), file.stamp);
+                scan.files.insert(file.name, hashes);
+            }
+            _ => {
+                tracing::warn!(path = %file.path.display(), "changed while it was hashed; it will sync next time");
+                scan.skipped.insert(file.name);
+            }
+        }
+    }
     Ok(scan)
 }
 
-/// Lists the regular files below `base` as (synced name, path).
-fn walk(base: &Path, skipped: &mut BTreeSet<String>) -> Result<Vec<(String, PathBuf)>, ScanError> {
+/// Lists the regular files below `base`; records in `scan` what is skipped
+/// and the stale temporary files.
+fn walk(base: &Path, scan: &mut Scan) -> Result<Vec<Found>, ScanError> {
     let mut files = Vec::new();
     let mut dirs = vec![(base.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = dirs.pop() {
@@ -79,10 +161,14 @@ fn walk(base: &Path, skipped: &mut BTreeSet<String>) -> Result<Vec<(String, Path
             let kind = entry.file_type().map_err(ScanError::new(&path))?;
             if kind.is_dir() {
                 dirs.push((path, format!("{name}/")));
+            } else if kind.is_file() && names::is_temp_file(&file_name) {
+                scan.stale_temp_files.push(path);
             } else if names::is_reserved(&name) {
                 continue;
             } else if kind.is_file() {
-                files.push((name, path));
+                let meta = std::fs::symlink_metadata(&path).map_err(ScanError::new(&path))?;
+                let stamp = Stamp::of(&meta);
+                files.push(Found { name, path, stamp });
             } else {
                 let what = if kind.is_symlink() {
                     "symlink"
@@ -90,25 +176,35 @@ fn walk(base: &Path, skipped: &mut BTreeSet<String>) -> Result<Vec<(String, Path
                     "special file"
                 };
                 tracing::warn!(path = %path.display(), "skipping {what}: only regular files sync");
-                skipped.insert(name);
+                scan.skipped.insert(name);
             }
         }
     }
     Ok(files)
 }
 
-/// Hashes `files` on a bounded number of threads; results in input order.
+/// A run of consecutive blocks of one file: the unit of hashing work.
+struct Segment {
+    file: usize,
+    first_block: u64,
+    blocks: u64,
+}
+
+/// Hashes `files` on a bounded number of threads. Per file, in input order:
+/// its block hashes, or `None` if it vanished or shrank while hashed.
 fn hash_files(
-    files: &[(String, PathBuf)],
+    files: &[Found],
     block_size: usize,
-) -> Result<Vec<Vec<String>>, ScanError> {
+    progress: &Progress,
+) -> Result<Vec<Option<Vec<String>>>, ScanError> {
+    let segments = segments(files, block_size as u64);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_HASH_THREADS)
-        .min(files.len())
+        .min(segments.len())
         .max(1);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Vec<String>>>> = Mutex::new(vec![None; files.len()]);
+    let results: Mutex<Vec<Option<Vec<String>>>> = Mutex::new(vec![None; segments.len()]);
     let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -116,13 +212,18 @@ fn hash_files(
                 let mut buf = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, path)) = files.get(i) else { break };
-                    match hash_file(path, block_size, &mut buf) {
+                    let Some(segment) = segments.get(i) else {
+                        break;
+                    };
+                    let path = &files[segment.file].path;
+                    match hash_segment(path, segment, block_size, &mut buf, progress) {
                         Ok(hashes) => lock(&results)[i] = Some(hashes),
+                        // Gone since the walk: the stamp check skips it.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => {
                             lock(&first_error).get_or_insert(ScanError::new(path)(e));
-                            // Claim every remaining file so all threads stop.
-                            next.store(files.len(), Ordering::Relaxed);
+                            // Claim every remaining segment so all threads stop.
+                            next.store(segments.len(), Ordering::Relaxed);
                         }
                     }
                 }
@@ -133,7 +234,59 @@ fn hash_files(
         return Err(err);
     }
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+    let mut hashes: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); files.len()];
+    for (segment, result) in segments.iter().zip(results) {
+        let file = &mut hashes[segment.file];
+        match (file.as_mut(), result) {
+            (Some(all), Some(part)) if part.len() as u64 == segment.blocks => all.extend(part),
+            _ => *file = None,
+        }
+    }
+    Ok(hashes)
+}
+
+/// Cuts every file into segments of about [`SEGMENT_BYTES`], in file order
+/// and block order. An empty file has none.
+fn segments(files: &[Found], block_size: u64) -> Vec<Segment> {
+    let per_segment = (SEGMENT_BYTES / block_size).max(1);
+    let mut segments = Vec::new();
+    for (file, found) in files.iter().enumerate() {
+        let blocks = found.stamp.len.div_ceil(block_size);
+        let mut first_block = 0;
+        while first_block < blocks {
+            let n = per_segment.min(blocks - first_block);
+            segments.push(Segment {
+                file,
+                first_block,
+                blocks: n,
+            });
+            first_block += n;
+        }
+    }
+    segments
+}
+
+/// The hashes of one segment, reading one block at a time into `buf`.
+/// Fewer hashes than blocks means the file is shorter than it was.
+fn hash_segment(
+    path: &Path,
+    segment: &Segment,
+    block_size: usize,
+    buf: &mut Vec<u8>,
+    progress: &Progress,
+) -> io::Result<Vec<String>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(segment.first_block * block_size as u64))?;
+    let mut hashes = Vec::new();
+    for _ in 0..segment.blocks {
+        let block = read_block(&mut file, block_size, buf)?;
+        if block.is_empty() {
+            break;
+        }
+        hashes.push(hash_block(block));
+        progress.hashing().inc(block.len() as u64);
+    }
+    Ok(hashes)
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (each
@@ -142,32 +295,39 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The block hashes of the file at `path`, reading one block at a time into
-/// `buf`. An empty file has no blocks.
-pub fn hash_file(path: &Path, block_size: usize, buf: &mut Vec<u8>) -> io::Result<Vec<String>> {
-    let mut file = File::open(path)?;
-    let mut hashes = Vec::new();
-    while read_block(&mut file, block_size, buf)? > 0 {
-        hashes.push(hash_block(buf));
-    }
-    Ok(hashes)
-}
-
 /// Reads block number `index` of the file at `path`.
 pub fn read_block_at(path: &Path, index: usize, block_size: usize) -> io::Result<Vec<u8>> {
     let mut file = File::open(path)?;
     let offset = (index as u64).saturating_mul(block_size as u64);
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
-    read_block(&mut file, block_size, &mut buf)?;
+    let n = read_block(&mut file, block_size, &mut buf)?.len();
+    buf.truncate(n);
     Ok(buf)
 }
 
-/// Fills `buf` with the next `block_size` bytes (fewer only at the end of the
-/// file) and returns how many were read.
-fn read_block(reader: &mut impl Read, block_size: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.clear();
-    reader.take(block_size as u64).read_to_end(buf)
+/// Reads the next `block_size` bytes (fewer only at the end of the file)
+/// into `buf` and returns them. `buf` is allocated once at its final size
+/// rather than grown by doubling, and zeroed by the allocator, so only the
+/// bytes actually read take up memory.
+fn read_block<'b>(
+    reader: &mut impl Read,
+    block_size: usize,
+    buf: &'b mut Vec<u8>,
+) -> io::Result<&'b [u8]> {
+    if buf.len() < block_size {
+        *buf = vec![0; block_size];
+    }
+    let mut filled = 0;
+    while filled < block_size {
+        match reader.read(&mut buf[filled..block_size]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(&buf[..filled])
 }
 
 #[cfg(test)]
@@ -184,7 +344,7 @@ mod tests {
         fs::write(base.path().join("d/e/deep"), b"abcd").unwrap();
         fs::write(base.path().join("empty"), b"").unwrap();
 
-        let scan = scan(base.path(), 4).unwrap();
+        let scan = scan(base.path(), 4, &Progress::hidden()).unwrap();
         let expected = BTreeMap::from([
             (
                 "top".to_string(),
@@ -210,7 +370,7 @@ mod tests {
         )
         .unwrap();
 
-        let scan = scan(base.path(), 4096).unwrap();
+        let scan = scan(base.path(), 4096, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.keys().collect::<Vec<_>>(), ["d/index.txt"]);
     }
 
@@ -225,7 +385,7 @@ mod tests {
             .unwrap();
         fs::write(base.path().join("real"), b"r").unwrap();
 
-        let scan = scan(base.path(), 4096).unwrap();
+        let scan = scan(base.path(), 4096, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.keys().collect::<Vec<_>>(), ["real"]);
         assert_eq!(
             scan.skipped.iter().collect::<Vec<_>>(),
@@ -239,7 +399,7 @@ mod tests {
         for i in 0..50 {
             fs::write(base.path().join(format!("f{i:02}")), vec![i as u8; i * 7]).unwrap();
         }
-        let scan = scan(base.path(), 16).unwrap();
+        let scan = scan(base.path(), 16, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.len(), 50);
         for i in 0..50 {
             let data = vec![i as u8; i * 7];
@@ -267,7 +427,7 @@ mod tests {
         fs::create_dir(&locked).unwrap();
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         let readable_anyway = fs::read_dir(&locked).is_ok(); // running as root
-        let result = scan(base.path(), 4096);
+        let result = scan(base.path(), 4096, &Progress::hidden());
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
         if !readable_anyway {
             let err = result.unwrap_err().to_string();

@@ -4,69 +4,73 @@
 //!
 //! Nothing local changes before the remote map is in hand, so a run that
 //! cannot reach the servers leaves the base directory and its index as they
-//! were. A file that fails (a corrupt block, something in the way on disk)
-//! keeps its old index entry and is retried next run; the other files still
-//! sync. If the servers become unreachable midway, the run stops, records
-//! what it finished and reports the error.
+//! were. A file that fails (a corrupt block, something in the way on disk, a
+//! local edit during the run) keeps its old index entry and is retried next
+//! run; the other files still sync. If the servers become unreachable
+//! midway, the run stops, records what it finished and reports the error.
+//! A run killed at any point leaves every file old or new (each is replaced
+//! by a rename) and the index of the previous run, which the next run
+//! reconciles: a file already holding the server's version is only
+//! recorded.
 //!
-//! Memory stays bounded: at most [`FILE_CONCURRENCY`] files move at once, each
-//! with at most [`BLOCK_CONCURRENCY`] blocks in flight.
+//! Memory stays bounded whatever the file sizes: at most
+//! [`FILE_CONCURRENCY`] files move at once, and all of them together hold
+//! at most [`blocks_in_flight`] blocks (read but not yet sent, or fetched but
+//! not yet written).
 
-use std::collections::{BTreeSet, HashSet};
-use std::fmt;
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::{JoinError, spawn_blocking};
 
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
 use super::plan::{self, Action};
+use super::progress::Progress;
+use super::report::Report;
 use super::rpc::{BlockStore, MetaStore, RpcError};
-use super::scan::{self, Scan, ScanError};
+use super::scan::{self, Scan, ScanError, Stamp};
 use crate::hash::{hash_block, is_valid_hash};
 use crate::meta_store::REJECTED_VERSION;
 
 /// How many files are uploaded or downloaded at once.
 pub const FILE_CONCURRENCY: usize = 4;
 
-/// How many blocks of one file are in flight at once.
-pub const BLOCK_CONCURRENCY: usize = 8;
+/// Bytes of block data all transfers together may hold at once.
+pub const BLOCK_BUDGET_BYTES: usize = 32 << 20;
+
+/// The most blocks in flight at once, however small the blocks: enough to
+/// hide the latency of one call behind the others.
+pub const MAX_BLOCKS_IN_FLIGHT: usize = 64;
 
 /// How many hashes one `HasBlocks` call asks about.
 const HAS_BLOCKS_BATCH: usize = 4096;
 
-/// What a run did.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// Files whose new content or deletion was sent to the server.
-    pub uploaded: usize,
-    /// Files written from the server's copy.
-    pub downloaded: usize,
-    /// Local files deleted because the server holds a tombstone.
-    pub deleted: usize,
-    /// Local changes overwritten because the server had a newer version.
-    pub conflicts: usize,
-    /// Files that could not be synced this time.
-    pub failures: Vec<(String, FileError)>,
+/// How many blocks may be in flight at once with blocks of `block_size`
+/// bytes: [`BLOCK_BUDGET_BYTES`] worth, at least one, at most
+/// [`MAX_BLOCKS_IN_FLIGHT`] (8 at 4 MiB).
+pub fn blocks_in_flight(block_size: usize) -> usize {
+    (BLOCK_BUDGET_BYTES / block_size.max(1)).clamp(1, MAX_BLOCKS_IN_FLIGHT)
 }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "synced: {} uploaded, {} downloaded, {} deleted, {} conflicts",
-            self.uploaded, self.downloaded, self.deleted, self.conflicts
-        )?;
-        if !self.failures.is_empty() {
-            write!(f, ", {} failed", self.failures.len())?;
-        }
-        Ok(())
-    }
+/// How a run behaves.
+pub struct Options {
+    /// BLOCKSIZE: files are hashed and uploaded in blocks of this many bytes.
+    pub block_size: usize,
+    /// Keep a local change the server wins over as a conflict copy (see
+    /// [`super::conflict`]) instead of losing it.
+    pub keep_conflicts: bool,
+    /// Where hashing and transfers report progress.
+    pub progress: Progress,
 }
 
 /// Why a run failed as a whole.
@@ -106,7 +110,8 @@ pub enum FileError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The file changed between hashing and uploading.
+    /// The local file changed since it was hashed: it is neither uploaded
+    /// with stale hashes nor overwritten.
     #[error("the file changed while it was being synced; it will sync next time")]
     Changed,
     /// The BlockStore returned bytes that do not hash to the requested name.
@@ -149,6 +154,8 @@ struct Done {
     entry: Option<Entry>,
     effect: Effect,
     conflict: bool,
+    /// The conflict copy kept of the losing local file.
+    copy: Option<String>,
     /// A directory whose entries changed and must be synced to disk before
     /// the index records the change.
     dir: Option<PathBuf>,
@@ -156,39 +163,65 @@ struct Done {
 
 impl Done {
     fn recorded(entry: Option<Entry>) -> Self {
+        Self::new(entry, Effect::Recorded)
+    }
+
+    fn new(entry: Option<Entry>, effect: Effect) -> Self {
         Self {
             entry,
-            effect: Effect::Recorded,
+            effect,
             conflict: false,
+            copy: None,
             dir: None,
         }
     }
 }
 
-/// Syncs the base directory `base` with the servers behind `meta`, hashing
-/// files in blocks of `block_size` bytes.
-pub async fn sync(base: &Path, block_size: usize, meta: &MetaStore) -> Result<Report, SyncError> {
+/// Syncs the base directory `base` with the servers behind `meta`.
+pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
+    let started = Instant::now();
     let index = index::load(base)?;
-    let scan_base = base.to_path_buf();
+    let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
+    let progress = options.progress.clone();
     let scanning = async {
-        Ok::<_, SyncError>(spawn_blocking(move || scan::scan(&scan_base, block_size)).await??)
+        let scanned =
+            spawn_blocking(move || scan::scan(&scan_base, block_size, &progress)).await??;
+        Ok::<_, SyncError>(scanned)
     };
     let fetching = async { Ok::<_, SyncError>(meta.get_file_info_map().await?) };
     let (scan, remote) = tokio::try_join!(scanning, fetching)?;
+    options.progress.hashing_done();
     let plan = plan::plan(&scan, &index, &remote);
     tracing::debug!(
         actions = plan.actions.len(),
         refused = plan.refused.len(),
         "planned"
     );
+    for path in &scan.stale_temp_files {
+        disk::remove_stale_temp_file(path);
+    }
+    options.progress.transfer().set_length(
+        plan.actions
+            .values()
+            .map(|action| match action {
+                Action::Download { remote, .. } => remote.hashes.len() as u64 * block_size as u64,
+                _ => 0,
+            })
+            .sum(),
+    );
 
     let run = Run {
         base,
-        block_size,
+        options,
         meta,
         scan: &scan,
         index: &index,
         blocks: OnceCell::new(),
+        budget: Semaphore::new(blocks_in_flight(block_size)),
+        bytes_sent: AtomicU64::new(0),
+        bytes_received: AtomicU64::new(0),
+        blocks_on_server: AtomicU64::new(0),
+        now: SystemTime::now(),
     };
     let mut report = Report::default();
     for (name, error) in plan.refused {
@@ -217,6 +250,7 @@ pub async fn sync(base: &Path, block_size: usize, meta: &MetaStore) -> Result<Re
                     Effect::Recorded => {}
                 }
                 report.conflicts += usize::from(done.conflict);
+                report.conflict_copies.extend(done.copy);
                 tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
                 dirs.extend(done.dir);
                 match done.entry {
@@ -242,21 +276,32 @@ pub async fn sync(base: &Path, block_size: usize, meta: &MetaStore) -> Result<Re
         disk::sync_dir(dir)?;
     }
     index::save(base, &new_index)?;
-    match unreachable {
-        Some(error) => Err(error.into()),
-        None => Ok(report),
+    if let Some(error) = unreachable {
+        return Err(error.into());
     }
+    report.bytes_sent = run.bytes_sent.into_inner();
+    report.bytes_received = run.bytes_received.into_inner();
+    report.blocks_on_server = run.blocks_on_server.into_inner();
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 /// What every action of one run shares.
 struct Run<'a> {
     base: &'a Path,
-    block_size: usize,
+    options: &'a Options,
     meta: &'a MetaStore,
     scan: &'a Scan,
     index: &'a Index,
     /// Asked for on first need: a run that moves no block never asks.
     blocks: OnceCell<BlockStore>,
+    /// One permit per block held in memory, shared by every transfer.
+    budget: Semaphore,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    blocks_on_server: AtomicU64,
+    /// When the run started: the stamp of its conflict copies.
+    now: SystemTime,
 }
 
 impl Run<'_> {
@@ -278,6 +323,16 @@ impl Run<'_> {
             .await
     }
 
+    /// Waits until one more block may be held in memory. Permits are
+    /// granted in the order asked (tokio's semaphore is fair), which keeps
+    /// an ordered download from waiting on itself.
+    async fn reserve_block(&self) -> SemaphorePermit<'_> {
+        self.budget
+            .acquire()
+            .await
+            .expect("the block budget is never closed")
+    }
+
     /// Sends the blocks the BlockStore lacks, then proposes the new entry.
     /// When the server has moved on (`-1`), takes the server's version.
     async fn upload(&self, name: &str, entry: Entry) -> Result<Done, FileError> {
@@ -286,15 +341,11 @@ impl Run<'_> {
         }
         let version = self.meta.update_file(name, &entry).await?;
         if version != REJECTED_VERSION {
-            return Ok(Done {
-                entry: Some(Entry {
-                    version,
-                    hashes: entry.hashes,
-                }),
-                effect: Effect::Uploaded,
-                conflict: false,
-                dir: None,
-            });
+            let entry = Entry {
+                version,
+                hashes: entry.hashes,
+            };
+            return Ok(Done::new(Some(entry), Effect::Uploaded));
         }
         tracing::debug!(file = ?name, version = entry.version, "upload rejected; taking the server's version");
         let remote = self.meta.get_file_info_map().await?.remove(name);
@@ -323,11 +374,22 @@ impl Run<'_> {
             let present: HashSet<String> = blocks.has_blocks(asked).await?.into_iter().collect();
             missing.extend(batch.iter().filter(|(_, h)| !present.contains(*h)));
         }
+        let on_server = unique.len() - missing.len();
+        self.blocks_on_server
+            .fetch_add(on_server as u64, Ordering::Relaxed);
         tracing::debug!(file = ?name, blocks = hashes.len(), missing = missing.len(), "uploading");
+        let len = self.scan.stamps.get(name).map_or(0, Stamp::size);
+        let block_size = self.options.block_size as u64;
+        self.options.progress.transfer().inc_length(
+            missing
+                .iter()
+                .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
+                .sum(),
+        );
         let path = names::to_path(self.base, name);
         stream::iter(missing)
             .map(|(position, hash)| self.put_block(blocks, &path, position, hash))
-            .buffer_unordered(BLOCK_CONCURRENCY)
+            .buffer_unordered(blocks_in_flight(self.options.block_size))
             .try_collect()
             .await
     }
@@ -339,7 +401,8 @@ impl Run<'_> {
         position: usize,
         hash: &str,
     ) -> Result<(), FileError> {
-        let block_size = self.block_size;
+        let _held = self.reserve_block().await;
+        let block_size = self.options.block_size;
         let owned_path = path.to_path_buf();
         let (data, actual) = spawn_blocking(move || {
             let data = scan::read_block_at(&owned_path, position, block_size)?;
@@ -354,12 +417,17 @@ impl Run<'_> {
         if actual != hash {
             return Err(FileError::Changed);
         }
+        let len = data.len() as u64;
         blocks.put_block(Bytes::from(data)).await?;
+        self.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        self.options.progress.transfer().inc(len);
         Ok(())
     }
 
-    /// Writes the remote file into a temporary file block by block, checking
-    /// each block's hash, then renames it into place.
+    /// Writes the remote file into a temporary file block by block, then
+    /// puts it in place (see [`Self::replace`]). Each block comes from the
+    /// cheapest place that has it (see [`sources`]); every fetched or
+    /// locally read block is checked against its hash.
     async fn download(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
         if let Some(bad) = remote.hashes.iter().find(|h| !is_valid_hash(h)) {
             return Err(FileError::BadHash(bad.clone()));
@@ -372,55 +440,254 @@ impl Run<'_> {
         })
         .await??;
         let tmp_path = tmp.path().to_path_buf();
-        let write_error = |source| DiskError::Io {
+        let io_error = |source| DiskError::Io {
             path: tmp_path.clone(),
             source,
         };
         if !remote.hashes.is_empty() {
+            let local = self.scan.files.get(name).map(Vec::as_slice);
+            let plan = sources(&remote.hashes, local);
             let blocks = self.blocks().await?;
-            let handle = tmp.as_file().try_clone().map_err(write_error)?;
-            let mut out = tokio::fs::File::from_std(handle);
-            let mut fetched = stream::iter(&remote.hashes)
-                .map(|hash| fetch_block(blocks, hash))
-                .buffered(BLOCK_CONCURRENCY);
-            while let Some(data) = fetched.next().await {
-                out.write_all(&data?).await.map_err(write_error)?;
+            let target = &target;
+            // Permits are taken one by one in block order, so the block the
+            // file waits for next always holds one.
+            let arriving = stream::iter(plan.into_iter().zip(&remote.hashes))
+                .then(|item| async move { (self.reserve_block().await, item) })
+                .map(|(held, (source, hash))| async move {
+                    let data = match source {
+                        Source::Earlier(j) => Err(j),
+                        Source::Local(position) => {
+                            match self.read_local(target, position, hash).await? {
+                                Some(data) => Ok(data),
+                                None => Ok(self.fetch_block(blocks, hash).await?),
+                            }
+                        }
+                        Source::Fetch => Ok(self.fetch_block(blocks, hash).await?),
+                    };
+                    Ok::<_, FileError>((held, data))
+                })
+                .buffered(blocks_in_flight(self.options.block_size));
+            let mut arriving = std::pin::pin!(arriving);
+            let mut out = tmp.as_file().try_clone().map_err(io_error)?;
+            // Offset and length of each block written so far.
+            let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
+            let mut offset = 0;
+            while let Some(next) = arriving.next().await {
+                let (held, data) = next?;
+                // An earlier block is written by now: blocks arrive in order.
+                let data = data.map_err(|j| written[j]);
+                let copied = data.is_err();
+                let (file, len) = spawn_blocking(move || {
+                    let data = match data {
+                        Ok(data) => data,
+                        Err((at, len)) => Bytes::from(read_at(&out, at, len)?),
+                    };
+                    out.write_all(&data)?;
+                    Ok::<_, std::io::Error>((out, data.len()))
+                })
+                .await?
+                .map_err(io_error)?;
+                out = file;
+                if copied {
+                    self.options.progress.transfer().inc(len as u64);
+                }
+                written.push((offset, len));
+                offset += len as u64;
+                drop(held);
             }
-            out.flush().await.map_err(write_error)?;
         }
-        let dir = target.parent().map(Path::to_path_buf);
-        spawn_blocking(move || disk::commit(tmp, &target)).await??;
-        Ok(Done {
-            entry: Some(remote),
-            effect: Effect::Downloaded,
-            conflict,
-            dir,
+        let mut done = Done::new(Some(remote), Effect::Downloaded);
+        done.conflict = conflict;
+        self.replace(name, done, move |_| {
+            let dir = target.parent().map(Path::to_path_buf);
+            disk::commit(tmp, &target).map(|()| dir)
         })
+        .await
+    }
+
+    /// Block `position` of the local file at `path` if it still hashes to
+    /// `hash`; `None` if it does not (the file changed), so the caller
+    /// fetches it instead.
+    async fn read_local(
+        &self,
+        path: &Path,
+        position: usize,
+        hash: &str,
+    ) -> Result<Option<Bytes>, FileError> {
+        let (path, hash) = (path.to_path_buf(), hash.to_string());
+        let block_size = self.options.block_size;
+        let data = spawn_blocking(move || {
+            let data = scan::read_block_at(&path, position, block_size).ok()?;
+            (hash_block(&data) == hash).then(|| Bytes::from(data))
+        })
+        .await?;
+        if let Some(data) = &data {
+            self.options.progress.transfer().inc(data.len() as u64);
+        }
+        Ok(data)
     }
 
     async fn delete(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
-        let (base, owned_name) = (self.base.to_path_buf(), name.to_string());
-        let dir = spawn_blocking(move || disk::remove_file(&base, &owned_name)).await??;
-        Ok(Done {
-            entry: Some(remote),
-            effect: Effect::Deleted,
-            conflict,
-            dir,
+        let mut done = Done::new(Some(remote), Effect::Deleted);
+        done.conflict = conflict;
+        let owned_name = name.to_string();
+        self.replace(name, done, move |base| disk::remove_file(base, &owned_name))
+            .await
+    }
+
+    /// Makes the change `apply` to the local file `name` (a rename into
+    /// place or a deletion, returning the directory whose entries changed),
+    /// but only if the file is still what the scan
+    /// saw: a local edit made during the run is never overwritten, and is
+    /// synced next run. With `--keep-conflicts`, a losing local file is kept
+    /// as a conflict copy first.
+    async fn replace(
+        &self,
+        name: &str,
+        mut done: Done,
+        apply: impl FnOnce(&Path) -> Result<Option<PathBuf>, DiskError> + Send + 'static,
+    ) -> Result<Done, FileError> {
+        let base = self.base.to_path_buf();
+        let owned_name = name.to_string();
+        let scanned = self.scan.stamps.get(name).copied();
+        let keep = self.options.keep_conflicts && done.conflict && scanned.is_some();
+        let now = self.now;
+        let (copy, dir) = spawn_blocking(move || {
+            let path = names::to_path(&base, &owned_name);
+            let current = Stamp::read(&path).map_err(|source| FileError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if current != scanned {
+                return Err(FileError::Changed);
+            }
+            let copy = if keep {
+                Some(disk::keep_conflict_copy(&base, &owned_name, now)?)
+            } else {
+                None
+            };
+            let dir = apply(&base)?;
+            Ok::<_, FileError>((copy, dir))
         })
+        .await??;
+        done.copy = copy;
+        done.dir = dir;
+        Ok(done)
+    }
+
+    /// Fetches one block and checks that it is what its name says.
+    async fn fetch_block(&self, blocks: &BlockStore, hash: &str) -> Result<Bytes, FileError> {
+        let data = blocks.get_block(hash).await?;
+        let len = data.len() as u64;
+        self.bytes_received.fetch_add(len, Ordering::Relaxed);
+        let transfer = self.options.progress.transfer();
+        transfer.inc(len);
+        // The bar assumed blocks of our own size; the uploader's may differ.
+        let planned = self.options.block_size as u64;
+        if len < planned {
+            transfer.dec_length(planned - len);
+        } else {
+            transfer.inc_length(len - planned);
+        }
+        let checked = data.clone();
+        let actual = spawn_blocking(move || hash_block(&checked)).await?;
+        if actual == hash {
+            Ok(data)
+        } else {
+            Err(FileError::CorruptBlock {
+                expected: hash.to_string(),
+                actual,
+            })
+        }
     }
 }
 
-/// Fetches one block and checks that it is what its name says.
-async fn fetch_block(blocks: &BlockStore, hash: &str) -> Result<Bytes, FileError> {
-    let data = blocks.get_block(hash).await?;
-    let checked = data.clone();
-    let actual = spawn_blocking(move || hash_block(&checked)).await?;
-    if actual == hash {
-        Ok(data)
-    } else {
-        Err(FileError::CorruptBlock {
-            expected: hash.to_string(),
-            actual,
+/// Where the bytes of one block of a download come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The BlockStore.
+    Fetch,
+    /// This block of the local file being replaced has the same hash.
+    Local(usize),
+    /// This earlier block of the same download has the same hash.
+    Earlier(usize),
+}
+
+/// Where each block of a download comes from: a block seen earlier in the
+/// same file is copied from what was already written (sparse files, disk
+/// images), a block the local file already holds is read from it (a file
+/// changed in a few places), anything else is fetched.
+fn sources(remote: &[String], local: Option<&[String]>) -> Vec<Source> {
+    let mut local_at: HashMap<&str, usize> = HashMap::new();
+    for (position, hash) in local.unwrap_or_default().iter().enumerate() {
+        local_at.entry(hash).or_insert(position);
+    }
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    remote
+        .iter()
+        .enumerate()
+        .map(|(i, hash)| match first_at.entry(hash) {
+            Slot::Occupied(first) => Source::Earlier(*first.get()),
+            Slot::Vacant(slot) => {
+                slot.insert(i);
+                local_at
+                    .get(hash.as_str())
+                    .map_or(Source::Fetch, |&p| Source::Local(p))
+            }
         })
+        .collect()
+}
+
+/// Reads `len` bytes at `offset` of `file`.
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; len];
+    reader.read_exact(&mut buf)?;
+    // Writing goes on at the end.
+    reader.seek(SeekFrom::End(0))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_and_local_blocks_are_not_fetched() {
+        let h = |s: &str| hash_block(s.as_bytes());
+        let (a, b, c, z) = (h("a"), h("b"), h("c"), h("zero"));
+        let remote = vec![
+            z.clone(),
+            a.clone(),
+            z.clone(),
+            b.clone(),
+            z.clone(),
+            c.clone(),
+            a.clone(),
+        ];
+        let local = vec![c.clone(), b.clone(), b.clone()];
+        assert_eq!(
+            sources(&remote, Some(&local)),
+            [
+                Source::Fetch,
+                Source::Fetch,
+                Source::Earlier(0),
+                Source::Local(1),
+                Source::Earlier(0),
+                Source::Local(0),
+                Source::Earlier(1),
+            ]
+        );
+        assert_eq!(sources(std::slice::from_ref(&a), None), [Source::Fetch]);
+    }
+
+    #[test]
+    fn the_budget_is_32_mib_of_blocks() {
+        assert_eq!(blocks_in_flight(4 << 20), 8);
+        assert_eq!(blocks_in_flight(1 << 20), 32);
+        assert_eq!(blocks_in_flight(1024), MAX_BLOCKS_IN_FLIGHT);
+        assert_eq!(blocks_in_flight(128 << 20), 1);
+        assert_eq!(blocks_in_flight(0), MAX_BLOCKS_IN_FLIGHT);
     }
 }

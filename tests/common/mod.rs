@@ -539,10 +539,7 @@ pub async fn eventually<T>(
 
 /// Runs `surfstore-client META_ADDR DIR BLOCKSIZE` once, to completion.
 pub fn sync(dir: &Path, addr: &str, block_size: usize) -> Output {
-    run(
-        &bin("surfstore-client"),
-        &[addr, utf8(dir), &block_size.to_string()],
-    )
+    sync_with(dir, addr, block_size, &[])
 }
 
 /// Like [`sync`], but asserts the run succeeded and returns its stdout.
@@ -601,4 +598,146 @@ pub fn synced_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = snapshot(dir);
     files.remove(Path::new("index.txt"));
     files
+}
+
+/// The summary line of one `surfstore-client` run, taken apart.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Files uploaded.
+    pub uploaded: usize,
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Local files deleted.
+    pub deleted: usize,
+    /// Conflicts the server won.
+    pub conflicts: usize,
+    /// Conflict copies kept (`--keep-conflicts`).
+    pub kept: usize,
+    /// Files not synced.
+    pub failed: usize,
+    /// Bytes sent, as printed (`12.0 MiB`).
+    pub sent: String,
+    /// Bytes received, as printed.
+    pub received: String,
+    /// Blocks the BlockStore already had.
+    pub on_server: usize,
+}
+
+/// Parses the one summary line in `stdout` (`synced in 1.2s: 3 uploaded,
+/// 1 downloaded, 0 deleted, 0 conflicts; sent 12.0 MiB, received 4.0 MiB,
+/// 17 blocks already on server`); panics if there is none or it is
+/// malformed.
+pub fn summary(stdout: &str) -> Summary {
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("synced in "))
+        .collect();
+    let [line] = lines.as_slice() else {
+        panic!("expected one summary line in {stdout:?}");
+    };
+    let (_, rest) = line.split_once("s: ").expect("`synced in <secs>s: `");
+    let (files, bytes) = rest.split_once("; ").expect("`; ` before the byte counts");
+    let mut out = Summary::default();
+    for part in files.split(", ") {
+        let (n, what) = part.split_once(' ').expect("`<n> <what>`");
+        let n: usize = n.parse().unwrap_or_else(|_| panic!("{part:?} in {line:?}"));
+        match what {
+            "uploaded" => out.uploaded = n,
+            "downloaded" => out.downloaded = n,
+            "deleted" => out.deleted = n,
+            "failed" => out.failed = n,
+            "conflicts" => out.conflicts = n,
+            kept if kept.starts_with("conflicts (") => {
+                out.conflicts = n;
+                out.kept = kept["conflicts (".len()..]
+                    .split(' ')
+                    .next()
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or_else(|| panic!("{part:?} in {line:?}"));
+            }
+            _ => panic!("unexpected {part:?} in {line:?}"),
+        }
+    }
+    let parts: Vec<&str> = bytes.split(", ").collect();
+    let [sent, received, on_server] = parts.as_slice() else {
+        panic!("expected sent, received, blocks in {line:?}");
+    };
+    out.sent = sent.strip_prefix("sent ").expect("sent").to_string();
+    out.received = received
+        .strip_prefix("received ")
+        .expect("received")
+        .to_string();
+    out.on_server = on_server
+        .strip_suffix(" blocks already on server")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{on_server:?} in {line:?}"));
+    out
+}
+
+/// The file counts of the summary in `stdout`: [uploaded, downloaded,
+/// deleted, conflicts].
+pub fn counts(stdout: &str) -> [usize; 4] {
+    let s = summary(stdout);
+    [s.uploaded, s.downloaded, s.deleted, s.conflicts]
+}
+
+/// Every file below `dir` but index.txt: name with `/` separators → bytes.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    synced_files(dir)
+        .into_iter()
+        .map(|(path, bytes)| (utf8(&path).to_string(), bytes))
+        .collect()
+}
+
+/// Deterministic bytes that do not repeat block-wise.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` to `dir/name`, creating the directories on the way.
+pub fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// The text of `dir/index.txt`.
+pub fn index_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("index.txt")).unwrap()
+}
+
+/// A two-thread tokio runtime for in-test servers and clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Serves `router` on a free loopback port inside `rt`; returns the address.
+pub fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    addr
+}
+
+/// Runs `surfstore-client [extra...] META_ADDR DIR BLOCKSIZE` once.
+pub fn sync_with(dir: &Path, addr: &str, block_size: usize, extra: &[&str]) -> Output {
+    let dir = dir.to_str().expect("test directories have UTF-8 paths");
+    let block_size = block_size.to_string();
+    let mut args = extra.to_vec();
+    args.extend([addr, dir, block_size.as_str()]);
+    run(&bin("surfstore-client"), &args)
 }
