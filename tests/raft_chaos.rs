@@ -535,6 +535,48 @@ async fn set_leader_on_a_stale_server_loses_no_committed_data() {
 }
 
 #[tokio::test]
+async fn an_update_held_back_by_an_unconfirmed_leader_completes_once_a_majority_returns() {
+    // 5 servers, no automatic heartbeats: server 1 matches everything the
+    // unconfirmed leader may send before server 2's return confirms it; the
+    // held-back entry must still reach server 1 without anyone's heartbeat.
+    let cluster = start_cluster(5, MANUAL_HEARTBEATS).await;
+    let f = file_meta("f", 1, &[]);
+    for i in [2, 3, 4] {
+        cluster.crash(i).await;
+    }
+    cluster.set_leader(0).await;
+    let update = spawn_update(&cluster, 0, &f);
+    wait_log_len(&cluster, 0, 1).await;
+    assert_blocked(&update, "UpdateFile").await;
+    cluster.restore(2).await;
+    assert_eq!(finished(update, "UpdateFile").await.unwrap(), 1);
+    for i in [0, 1, 2] {
+        assert_eq!(cluster.state(i).await.log, [op(1, &f)], "server {i}");
+    }
+}
+
+#[tokio::test]
+async fn set_leader_again_answers_the_calls_of_the_ended_term() {
+    for confirmed in [false, true] {
+        let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+        if confirmed {
+            lead(&cluster, 0).await;
+        } else {
+            cluster.set_leader(0).await;
+        }
+        cluster.crash(1).await;
+        cluster.crash(2).await;
+        let update = spawn_update(&cluster, 0, &file_meta("f", 1, &[]));
+        wait_log_len(&cluster, 0, 1).await;
+        cluster.set_leader(0).await;
+        let status = finished(update, "UpdateFile of the ended term")
+            .await
+            .expect_err("an update of an ended term reported success");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+}
+
+#[tokio::test]
 async fn append_entries_receiver_follows_the_rules() {
     // Raw AppendEntries without leaderId: the original, hand-written tests'
     // semantics (SPEC §5, receiver rules in order).

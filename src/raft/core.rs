@@ -128,6 +128,11 @@ impl RaftCore {
         }
     }
 
+    /// Index of the last log entry (-1 when the log is empty).
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
     /// This server's index in the cluster config.
     pub fn id(&self) -> ServerId {
         self.id

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
 use tonic::transport::Channel;
 
@@ -219,6 +221,10 @@ impl RaftNode {
                 return Err(NodeError::Crashed);
             }
             state.core.set_leader();
+            // Calls waiting on entries of the ended term get an error now:
+            // such entries commit only with a later entry of the new term.
+            let ended = self.not_leader(&state.core);
+            fail_waiters(&mut state, &ended);
             self.after_core_step(&mut state);
         }
         self.wake_replicators();
@@ -295,22 +301,49 @@ impl RaftNode {
     /// Returns whether a majority acknowledged this server's leadership
     /// (false if it stopped leading meanwhile).
     async fn round(&self, repair: bool) -> Result<bool, NodeError> {
-        let rounds = self
-            .peer_ids()
-            .map(|peer| self.exchange_until_done(peer, repair));
-        let acks = futures::future::join_all(rounds)
-            .await
-            .into_iter()
-            .filter(|&acked| acked)
-            .count();
+        let cluster_size = self.shared.config.addrs.len();
+        let mut acks = 1; // this server
+        if repair {
+            let was_confirmed = self.state().core.is_confirmed_leader();
+            acks += self.pass().await;
+            // Proposals an unconfirmed leader held back go out only now, so
+            // peers that matched before the confirmation need another pass.
+            if !was_confirmed && self.state().core.is_confirmed_leader() {
+                self.pass().await;
+            }
+        } else {
+            // A read needs a majority, not the slowest peer.
+            let mut replies: FuturesUnordered<_> = self
+                .peer_ids()
+                .map(|peer| self.exchange_until_done(peer, false))
+                .collect();
+            while let Some(acked) = replies.next().await {
+                acks += usize::from(acked);
+                if is_majority(acks, cluster_size) {
+                    break;
+                }
+            }
+        }
         let state = self.state();
         match self.check_leader(&state) {
-            Ok(()) => Ok(is_majority(acks + 1, self.shared.config.addrs.len())),
+            Ok(()) => Ok(is_majority(acks, cluster_size)),
             // Deposed during the round (a newer term, or a majority that
             // would not follow it): like any follower, no majority.
             Err(NodeError::NotLeader { .. }) => Ok(false),
             Err(crashed) => Err(crashed),
         }
+    }
+
+    /// Repairs every peer at once; returns how many acknowledged leadership.
+    async fn pass(&self) -> usize {
+        let repairs = self
+            .peer_ids()
+            .map(|peer| self.exchange_until_done(peer, true));
+        futures::future::join_all(repairs)
+            .await
+            .into_iter()
+            .filter(|&acked| acked)
+            .count()
     }
 
     /// One peer's part of a round; true if the peer acknowledged leadership.
@@ -319,6 +352,10 @@ impl RaftNode {
         loop {
             match self.exchange(peer).await {
                 Some((ack, ReplicationStatus::SendMore)) if repair => acked |= ack,
+                // The peer follows this leader but the reply was stale (the
+                // replication task's probe moved nextIndex first): a repair
+                // must not stop before the peer holds the log.
+                Some((true, ReplicationStatus::Ignored)) if repair => acked = true,
                 Some((ack, _)) => return acked | ack,
                 None => return acked,
             }
@@ -351,11 +388,12 @@ impl RaftNode {
             return None;
         }
         let acked = state.core.acknowledges_leadership(&request, &reply);
-        let mut status = state.core.handle_append_response(peer, &request, &reply);
-        if status == ReplicationStatus::Matched && !holds_whole_log(&state.core, peer) {
-            // It matched all an unconfirmed leader could send; the leader
-            // has been confirmed since, so its own proposals go out now.
-            status = ReplicationStatus::SendMore;
+        let was_confirmed = state.core.is_confirmed_leader();
+        let status = state.core.handle_append_response(peer, &request, &reply);
+        if !was_confirmed && state.core.is_confirmed_leader() {
+            // Proposals held back until now must reach every peer, including
+            // those whose tasks went idle after matching what could be sent.
+            self.wake_replicators();
         }
         self.after_core_step(&mut state);
         Some((acked, status))
@@ -414,8 +452,9 @@ impl RaftNode {
     /// the next heartbeat or proposal, as in the original.
     fn awaits_commit(&self) -> bool {
         let state = self.state();
-        let last_index = state.core.log().len() as LogIndex - 1;
-        !state.crashed && state.core.is_leader() && state.core.commit_index() < last_index
+        !state.crashed
+            && state.core.is_leader()
+            && state.core.commit_index() < state.core.last_index()
     }
 
     /// `AppendEntries` from a leader.
@@ -471,7 +510,32 @@ impl RaftNode {
                 let _ = tx.send(result);
             }
         }
-        if !state.core.is_leader() && !state.waiters.is_empty() {
+        if state.waiters.is_empty() {
+            return;
+        }
+        if state.core.is_leader() {
+            // Entries an unconfirmed leader dropped on stepping down, or
+            // that a newer leader replaced, will never answer their callers.
+            let log = state.core.log();
+            let gone: Vec<LogIndex> = state
+                .waiters
+                .iter()
+                .filter(|&(&index, &(term, _))| {
+                    usize::try_from(index)
+                        .ok()
+                        .and_then(|i| log.get(i))
+                        .map(|e| e.term)
+                        != Some(term)
+                })
+                .map(|(&index, _)| index)
+                .collect();
+            let error = self.not_leader(&state.core);
+            for index in gone {
+                if let Some((_, tx)) = state.waiters.remove(&index) {
+                    let _ = tx.send(Err(error.clone()));
+                }
+            }
+        } else {
             let error = self.not_leader(&state.core);
             fail_waiters(state, &error);
         }
@@ -505,16 +569,6 @@ impl RaftNode {
             map: state.map.to_proto(),
         }
     }
-}
-
-/// Whether `peer` holds the leader's whole log (or the leader may not send
-/// more yet, being unconfirmed).
-fn holds_whole_log(core: &RaftCore, peer: ServerId) -> bool {
-    let last_index = core.log().len() as LogIndex - 1;
-    !core.is_confirmed_leader()
-        || core
-            .peer_progress(peer)
-            .is_some_and(|(_, matched)| matched >= last_index)
 }
 
 fn fail_waiters(state: &mut State, error: &NodeError) {
