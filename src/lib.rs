@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod hash;
+pub mod locks;
 pub mod meta_store;
 pub mod proto;
 pub mod raft;

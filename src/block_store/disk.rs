@@ -15,8 +15,11 @@
 //! Every read re-hashes the bytes. A block whose content no longer matches
 //! its name (disk damage, tampering) is never served: it is moved to
 //! `corrupt/` with a warning and reported as absent, so `GetBlock` answers
-//! NOT_FOUND and `HasBlocks` stops listing it, which makes a client upload
-//! it again. `HasBlocks` itself only checks that the file exists.
+//! NOT_FOUND and `HasBlocks` stops listing it, so the next client that has
+//! the block uploads it again. `HasBlocks` itself only checks that the file
+//! exists (re-hashing every block it is asked about would make each sync
+//! read the whole store); `PutBlock` of a block already present verifies the
+//! stored copy and replaces it if it rotted.
 
 use std::fs;
 use std::io::{self, Write};
@@ -121,7 +124,9 @@ impl BlockBackend for DiskBlocks {
     }
 
     fn put(&self, hash: &str, data: Bytes) -> Result<(), BlockStoreError> {
-        if self.has(hash)? {
+        // Skip the write only for a copy that still verifies: a rotted file
+        // is quarantined by `get` and replaced by this upload.
+        if self.get(hash)?.is_some() {
             return Ok(());
         }
         let path = self.path_of(hash)?;
@@ -197,6 +202,20 @@ mod tests {
             bytes
         );
         store.put(&hash, data.clone()).unwrap();
+        assert_eq!(store.get(&hash).unwrap(), Some(data));
+    }
+
+    #[test]
+    fn putting_a_block_whose_stored_copy_rotted_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskBlocks::open(dir.path()).unwrap();
+        let (hash, data) = block("r");
+        store.put(&hash, data.clone()).unwrap();
+        let path = dir.path().join(&hash[..2]).join(&hash);
+        fs::write(&path, b"rotted").unwrap();
+
+        store.put(&hash, data.clone()).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
         assert_eq!(store.get(&hash).unwrap(), Some(data));
     }
 

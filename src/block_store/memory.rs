@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use crate::locks::{read, write};
+
 use bytes::Bytes;
 
 use super::{BlockBackend, BlockStoreError};
@@ -19,18 +21,11 @@ impl BlockBackend for MemoryBlocks {
     }
 
     fn put(&self, hash: &str, data: Bytes) -> Result<(), BlockStoreError> {
-        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
-        blocks.entry(hash.to_string()).or_insert(data);
+        write(&self.blocks).entry(hash.to_string()).or_insert(data);
         Ok(())
     }
 
     fn has(&self, hash: &str) -> Result<bool, BlockStoreError> {
         Ok(read(&self.blocks).contains_key(hash))
     }
-}
-
-/// A poisoned lock only means another request panicked mid-read; the map
-/// itself is never left half-updated, so its contents are still good.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
 }

@@ -71,7 +71,9 @@ impl block_store_server::BlockStore for BlockStoreService {
         let key = hash.clone();
         match self.backend(move |b| b.get(&key)).await? {
             Some(data) => Ok(Response::new(Block {
-                block_size: data.len() as i32,
+                block_size: i32::try_from(data.len()).map_err(|_| {
+                    Status::internal(format!("stored block {hash} is too large to send"))
+                })?,
                 block_data: data,
             })),
             None => Err(Status::not_found(format!("block {hash} not found"))),

@@ -282,9 +282,7 @@ impl MetaStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Servers> {
-        // Every update is a single assignment or push: a poisoned lock still
-        // guards consistent data.
-        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.servers)
     }
 
     /// Runs `op` against the leader, searching for it as the module docs say.

@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use super::names;
 use super::progress::Progress;
 use crate::hash::hash_block;
+use crate::locks::lock;
 
 /// At most this many threads hash at once, each with a block-sized buffer.
 const MAX_HASH_THREADS: usize = 4;
@@ -287,12 +288,6 @@ fn hash_segment(
         progress.hashing().inc(block.len() as u64);
     }
     Ok(hashes)
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (each
-/// write is a single assignment).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads block number `index` of the file at `path`.

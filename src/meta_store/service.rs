@@ -39,7 +39,7 @@ impl MetaStoreService {
 fn lock(map: &Mutex<JournaledMap>) -> MutexGuard<'_, JournaledMap> {
     // An update changes the map only after its journal write succeeded, in
     // one step, so a poisoned lock still guards a consistent map.
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    crate::locks::lock(map)
 }
 
 #[tonic::async_trait]

@@ -183,9 +183,7 @@ impl RaftNode {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves State consistent before it can
-        // panic, so a poisoned lock still guards usable state.
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.shared.state)
     }
 
     fn wake_replicators(&self) {

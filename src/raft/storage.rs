@@ -436,38 +436,4 @@ mod tests {
         let err = FileStorage::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("index 3"), "{err}");
     }
-
-    /// Not a test: measures what the module documentation quotes. Run with
-    /// `cargo test --release --lib raft::storage -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn measure_fsync_cost_of_hard_state_layouts() {
-        use std::io::Write;
-        const ROUNDS: u32 = 200;
-        let dir = tempfile::tempdir().unwrap();
-        let mut storage = FileStorage::open(dir.path()).unwrap();
-        let log = vec![entry(1, "a")];
-        let start = std::time::Instant::now();
-        for commit in 0..ROUNDS {
-            storage
-                .save(&hard(1, i64::from(commit)), &log, None)
-                .unwrap();
-        }
-        let in_log = start.elapsed() / ROUNDS;
-
-        let mut wal = Wal::open(&dir.path().join("entries.wal"), |_, _| Ok(())).unwrap();
-        let state_path = dir.path().join("hardstate");
-        let start = std::time::Instant::now();
-        for commit in 0..ROUNDS {
-            wal.append(&[0u8; 40]).unwrap();
-            wal.sync().unwrap();
-            let mut tmp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
-            tmp.write_all(&commit.to_le_bytes()).unwrap();
-            tmp.as_file().sync_all().unwrap();
-            tmp.persist(&state_path).unwrap();
-            crate::storage::sync_dir(dir.path()).unwrap();
-        }
-        let separate = start.elapsed() / ROUNDS;
-        println!("hard state in the log: {in_log:?}/save; in its own file: {separate:?}/save");
-    }
 }

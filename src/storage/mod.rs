@@ -73,16 +73,22 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(StorageError::io("fsync directory", dir))
 }
 
+/// The directory holding `path` (`.` for a bare file name), whose entry must
+/// be fsynced to make a create or rename durable.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Creates `dir` and any missing parents, making each new directory entry
 /// durable before returning.
 pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
     if dir.is_dir() {
         return Ok(());
     }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_dir(dir);
     create_dir_durable(parent)?;
     match std::fs::create_dir(dir) {
         Ok(()) => sync_dir(parent),

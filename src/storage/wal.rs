@@ -27,7 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{StorageError, sync_dir};
+use super::{StorageError, parent_dir, sync_dir};
 
 /// Bytes of framing before each payload.
 const HEADER_BYTES: u64 = 8;
@@ -157,13 +157,6 @@ impl Wal {
 }
 
 /// The directory holding `path`, for fsyncing its entry.
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(len_bytes);
