@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 use crate::data::Rng;
 use crate::procs;
-use crate::{BenchResult, Scale};
+use crate::{BenchResult, Scale, cpu};
 
 /// Concurrent clients of the commit points.
 pub const COMMIT_CLIENTS: [usize; 3] = [1, 16, 64];
@@ -68,12 +68,26 @@ pub struct LoadRow {
     pub p99_ms: f64,
     /// Calls that failed or were rejected.
     pub errors: u64,
+    /// CPU seconds all servers used during the point.
+    pub server_cpu_secs: f64,
+    /// CPU seconds this process (the clients) used during the point.
+    pub client_cpu_secs: f64,
 }
 
 impl LoadRow {
     /// Successful calls per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.secs
+    }
+
+    /// Server CPU microseconds per successful call.
+    pub fn server_cpu_us_per_op(&self) -> f64 {
+        self.server_cpu_secs * 1e6 / self.ops as f64
+    }
+
+    /// Client CPU microseconds per successful call.
+    pub fn client_cpu_us_per_op(&self) -> f64 {
+        self.client_cpu_secs * 1e6 / self.ops as f64
     }
 }
 
@@ -96,7 +110,7 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
                 let label = format!("b6-{store}-{storage}-{clients}");
                 let data = durable.then(|| work.join(&label));
                 // Keeps the servers alive until the point is measured.
-                let (addr, _servers) = if n == 1 {
+                let (addr, servers) = if n == 1 {
                     let server = procs::start_server(
                         work,
                         &label,
@@ -111,7 +125,9 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
                             .await?;
                     (cluster.addrs[0].clone(), Servers::Cluster(cluster))
                 };
+                let meters = Meters::start(servers.pids());
                 let mut row = commit_load(&addr, clients, scale.commit_duration).await?;
+                meters.finish(&mut row);
                 row.store = store.to_string();
                 row.durable = durable;
                 commits.push(row);
@@ -128,8 +144,10 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
                 let data = durable.then(|| work.join(&label));
                 let server = procs::start_server(work, &label, "block", data.as_deref(), &[])?;
                 let max_ops = (scale.put_max_bytes / size).max(1);
+                let meters = Meters::start(vec![server.pid()]);
                 let mut row =
                     put_load(&server.addr, size, clients, scale.put_duration, max_ops).await?;
+                meters.finish(&mut row);
                 row.durable = durable;
                 puts.push(row);
                 drop(server);
@@ -144,10 +162,39 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
     Ok(Loads { commits, puts })
 }
 
-/// What a point's servers are; held only to be killed on drop.
+/// The servers of a commit point, killed when dropped.
 enum Servers {
-    One(#[expect(dead_code, reason = "held for its Drop")] procs::Server),
-    Cluster(#[expect(dead_code, reason = "held for its Drop")] procs::Cluster),
+    One(procs::Server),
+    Cluster(procs::Cluster),
+}
+
+impl Servers {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Servers::One(server) => vec![server.pid()],
+            Servers::Cluster(cluster) => cluster.pids(),
+        }
+    }
+}
+
+/// CPU meters of a point: its servers, and this process (the clients).
+struct Meters {
+    servers: cpu::Meter,
+    clients: cpu::Meter,
+}
+
+impl Meters {
+    fn start(server_pids: Vec<u32>) -> Meters {
+        Meters {
+            servers: cpu::Meter::start(server_pids),
+            clients: cpu::Meter::start(vec![std::process::id()]),
+        }
+    }
+
+    fn finish(&self, row: &mut LoadRow) {
+        row.server_cpu_secs = self.servers.elapsed();
+        row.client_cpu_secs = self.clients.elapsed();
+    }
 }
 
 /// What one client task saw.
@@ -239,6 +286,8 @@ fn row(
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
         errors,
+        server_cpu_secs: 0.0,
+        client_cpu_secs: 0.0,
     }
 }
 

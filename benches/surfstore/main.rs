@@ -15,6 +15,7 @@
 //! asserts a timing: the numbers are reported, the targets compared, and the
 //! run fails only if a sync or a call does not do what it should.
 
+mod cpu;
 mod data;
 mod load;
 mod procs;
@@ -100,6 +101,9 @@ pub struct Machine {
     pub load_before: String,
     /// The same when it ended: the machine may be shared.
     pub load_after: String,
+    /// Share of the machine's CPU time the hypervisor took away during the
+    /// run, in percent: wall times grow with it, CPU times do not.
+    pub steal_percent: f64,
 }
 
 /// The first three fields of /proc/loadavg, or `?` where there is none.
@@ -152,7 +156,9 @@ fn run() -> BenchResult<()> {
         cpu: cpu_model(),
         load_before: load_average(),
         load_after: String::new(),
+        steal_percent: 0.0,
     };
+    let steal = cpu::StealMeter::start();
     eprintln!(
         "surfstore bench ({} scale) on {} cores, {}, load {}",
         scale.name, machine.cores, machine.cpu, machine.load_before
@@ -166,6 +172,7 @@ fn run() -> BenchResult<()> {
     let sync = sync::run_all(&scale, work.path(), &runtime)?;
     let load = runtime.block_on(load::run_all(&scale, work.path()))?;
     machine.load_after = load_average();
+    machine.steal_percent = steal.percent();
 
     let results = report::Results {
         scale: scale.name.to_string(),

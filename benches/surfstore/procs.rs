@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 
-use crate::BenchResult;
+use crate::{BenchResult, cpu};
 
 /// How long a server may take to start answering.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,6 +71,10 @@ impl Proc {
         })
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
@@ -105,7 +109,14 @@ fn wait_listening(proc: &mut Proc, addr: &str) -> BenchResult<bool> {
 pub struct Server {
     /// `127.0.0.1:<port>`.
     pub addr: String,
-    _proc: Proc,
+    proc: Proc,
+}
+
+impl Server {
+    /// Its process id, for CPU accounting.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
 }
 
 /// Starts `surfstore-server -s <service> -p <port> -l` plus
@@ -131,7 +142,7 @@ pub fn start_server(
         let mut proc = Proc::spawn(&bin("surfstore-server"), &args, &log)?;
         let addr = format!("127.0.0.1:{port}");
         if wait_listening(&mut proc, &addr)? {
-            return Ok(Server { addr, _proc: proc });
+            return Ok(Server { addr, proc });
         }
     }
     Err(format!(
@@ -148,7 +159,14 @@ pub struct Cluster {
     pub addrs: Vec<String>,
     /// The cluster's config file.
     pub config: PathBuf,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Its servers' process ids, for CPU accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
 }
 
 /// Starts `n` `surfstore-raft-server`s announcing `block_addr`, each with
@@ -195,7 +213,7 @@ pub async fn start_cluster(
             return Ok(Cluster {
                 addrs,
                 config,
-                _procs: procs,
+                procs,
             });
         }
     }
@@ -224,10 +242,20 @@ async fn lead(addr: &str) -> BenchResult<bool> {
     Ok(false)
 }
 
-/// Runs `surfstore-client args` to completion and returns how long the
-/// process took and its stdout. A failed sync fails the bench: a speed
-/// measured on a broken run means nothing.
-pub fn run_client(work: &Path, args: &[String]) -> BenchResult<(Duration, String)> {
+/// One finished `surfstore-client` run.
+pub struct ClientRun {
+    /// Wall time of the process.
+    pub elapsed: Duration,
+    /// The CPU seconds it used.
+    pub cpu_secs: f64,
+    /// Its stdout, trimmed.
+    pub stdout: String,
+}
+
+/// Runs `surfstore-client args` to completion. A failed sync fails the
+/// bench: a speed measured on a broken run means nothing.
+pub fn run_client(work: &Path, args: &[String]) -> BenchResult<ClientRun> {
+    let cpu_before = cpu::finished_children_secs();
     let started = Instant::now();
     let output = Command::new(bin("surfstore-client"))
         .args(args)
@@ -246,10 +274,11 @@ pub fn run_client(work: &Path, args: &[String]) -> BenchResult<(Duration, String
         )
         .into());
     }
-    Ok((
+    Ok(ClientRun {
         elapsed,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    ))
+        cpu_secs: cpu::finished_children_secs() - cpu_before,
+        stdout: String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    })
 }
 
 /// `work/logs/<label>.log`, creating the directory.

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::load::{COMMIT_CLIENTS, LoadRow};
 use crate::sha::ShaRate;
@@ -61,9 +62,11 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "# SurfStore bench ({} scale)\n", r.scale);
     let _ = writeln!(
         s,
-        "Machine: {} cores, {}; load average {} at start, {} at end. Release build, \
-         loopback; `mem` = in memory, `disk` = `--data-dir`. MB = 10^6 bytes.\n",
-        m.cores, m.cpu, m.load_before, m.load_after
+        "Machine: {} cores, {}; load average {} at start, {} at end; {:.0}% of the \
+         machine's CPU time stolen by the hypervisor during the run (wall times grow \
+         with it, CPU times do not). Release build, loopback; `mem` = in memory, \
+         `disk` = `--data-dir`. MB = 10^6 bytes.\n",
+        m.cores, m.cpu, m.load_before, m.load_after, m.steal_percent
     );
     sha_table(&mut s, r);
     sync_table(&mut s, r);
@@ -87,9 +90,12 @@ fn sync_table(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| id | run | block | files | blocks | time (s) | MB/s | blocks/s | ÷ SHA-256 1 core | blocks sent | client said |"
+        "| id | run | block | files | blocks | time (s) | MB/s | blocks/s | ÷ SHA-256 1 core | client CPU (s) | servers' CPU (s) | blocks sent | client said |"
     );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for row in &r.sync {
         let sent = match (row.blocks_sent, row.bytes_sent) {
             (Some(blocks), Some(bytes)) => format!("{blocks} ({})", human_bytes(bytes)),
@@ -97,7 +103,7 @@ fn sync_table(s: &mut String, r: &Results) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
             row.id,
             row.what,
             human_bytes(row.block_size),
@@ -107,6 +113,8 @@ fn sync_table(s: &mut String, r: &Results) {
             row.mb_per_sec(),
             row.blocks_per_sec(),
             row.mb_per_sec() / r.sha_mb_per_sec(),
+            row.client_cpu_secs,
+            row.server_cpu_secs,
             sent,
             row.client_said
         );
@@ -126,20 +134,22 @@ fn commit_table(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| store | storage | clients | commits/s | p50 (ms) | p99 (ms) | errors |"
+        "| store | storage | clients | commits/s | p50 (ms) | p99 (ms) | errors | servers' CPU µs/commit | clients' CPU µs/commit |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.commits {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} |",
             row.store,
             storage(row.durable),
             row.clients,
             row.ops_per_sec(),
             row.p50_ms,
             row.p99_ms,
-            row.errors
+            row.errors,
+            row.server_cpu_us_per_op(),
+            row.client_cpu_us_per_op()
         );
     }
     let _ = writeln!(s);
@@ -149,14 +159,14 @@ fn put_table(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## B6: PutBlock of distinct blocks\n");
     let _ = writeln!(
         s,
-        "| block | storage | clients | puts/s | MB/s | p50 (ms) | p99 (ms) | errors |"
+        "| block | storage | clients | puts/s | MB/s | p50 (ms) | p99 (ms) | errors | server CPU µs/put | clients' CPU µs/put |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.puts {
         let size = row.block_size.unwrap_or_default();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {:.0} |",
             human_bytes(size),
             storage(row.durable),
             row.clients,
@@ -164,10 +174,17 @@ fn put_table(s: &mut String, r: &Results) {
             row.ops_per_sec() * size as f64 / 1e6,
             row.p50_ms,
             row.p99_ms,
-            row.errors
+            row.errors,
+            row.server_cpu_us_per_op(),
+            row.client_cpu_us_per_op()
         );
     }
-    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "\nCPU columns: /proc user+system time of the processes over the point, \
+         divided by the successful calls; the clients are this bench process \
+         (tonic, plus copying each block before a put).\n"
+    );
 }
 
 /// One line of the targets table.
@@ -278,8 +295,13 @@ fn chart(r: &Results, path: &Path) -> BenchResult<()> {
     let root = BitMapBackend::new(path, (1800, 650)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
-        "SurfStore bench ({}) — {} cores, {}, load {} → {}",
-        r.scale, r.machine.cores, r.machine.cpu, r.machine.load_before, r.machine.load_after
+        "SurfStore bench ({}) — {} cores, {}, load {} → {}, {:.0}% CPU stolen",
+        r.scale,
+        r.machine.cores,
+        r.machine.cpu,
+        r.machine.load_before,
+        r.machine.load_after,
+        r.machine.steal_percent
     );
     let root = root.titled(&title, (FONT, 22))?;
     let panels = root.split_evenly((1, 3));
@@ -448,6 +470,16 @@ fn bar_panel(
             chart.draw_series(slots.iter().enumerate().filter_map(|(i, (bar, _))| {
                 bar.map(|b| rect(i, $floor, b.value.max($floor), b.series))
             }))?;
+            chart.draw_series(slots.iter().enumerate().filter_map(|(i, (bar, _))| {
+                bar.map(|b| {
+                    Text::new(
+                        short_number(b.value),
+                        (SegmentValue::CenterOf(i as i32), b.value.max($floor)),
+                        TextStyle::from((FONT, 12).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )
+                })
+            }))?;
             if let Some(line) = reference {
                 chart.draw_series(std::iter::once(PathElement::new(
                     vec![
@@ -472,4 +504,15 @@ fn bar_panel(
         draw!(builder.build_cartesian_2d(x, 0.0..top)?, 0.0)
     }
     Ok(())
+}
+
+/// `12.3k`, `456`, `7.8`: a bar's value in a few characters.
+fn short_number(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }

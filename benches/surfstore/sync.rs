@@ -16,8 +16,8 @@ use surfstore::block_store::{BlockBackend, BlockStoreError, BlockStoreService, M
 use tokio::runtime::Runtime;
 
 use crate::data::{self, Generated, Rng};
-use crate::procs::{self, Cluster, Server, path_arg, run_client};
-use crate::{BenchResult, Scale};
+use crate::procs::{self, ClientRun, Cluster, Server, path_arg, run_client};
+use crate::{BenchResult, Scale, cpu};
 
 /// The block size of B1, B3–B5.
 pub const LARGE_BLOCK: u64 = 4 << 20;
@@ -45,6 +45,10 @@ pub struct SyncRow {
     pub blocks: u64,
     /// Wall time of the client process.
     pub secs: f64,
+    /// CPU seconds the client process used.
+    pub client_cpu_secs: f64,
+    /// CPU seconds every server used meanwhile.
+    pub server_cpu_secs: f64,
     /// PutBlocks the BlockStore received during the run (B5 only).
     pub blocks_sent: Option<u64>,
     /// Bytes those PutBlocks carried (B5 only).
@@ -107,7 +111,7 @@ fn directory_round_trip(
     block_size: u64,
     seed: u64,
 ) -> BenchResult<Vec<SyncRow>> {
-    let (_block, cluster) = servers(work, runtime, label)?;
+    let (block, cluster) = servers(work, runtime, label)?;
     let config = path_arg(&cluster.config)?;
     let source = work.join(format!("{label}-source"));
     let copy = work.join(format!("{label}-download"));
@@ -115,18 +119,21 @@ fn directory_round_trip(
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let generated = data::mixed_dir(&source, total, seed)?;
-    let sync = |dir: &Path| -> BenchResult<(f64, String)> {
+    let mut server_pids = cluster.pids();
+    server_pids.push(block.pid());
+    let sync = |dir: &Path| -> BenchResult<(ClientRun, f64)> {
         let args = [
             "-f".to_string(),
             config.clone(),
             path_arg(dir)?,
             block_size.to_string(),
         ];
-        let (elapsed, stdout) = run_client(work, &args)?;
-        Ok((elapsed.as_secs_f64(), stdout.trim().to_string()))
+        let servers = cpu::Meter::start(server_pids.clone());
+        let run = run_client(work, &args)?;
+        Ok((run, servers.elapsed()))
     };
-    let row = |id: &str, what: String, (secs, client_said): (f64, String)| {
-        row_for(id, what, &generated, block_size, secs, client_said)
+    let row = |id: &str, what: String, (run, server_cpu): (ClientRun, f64)| {
+        row_for(id, what, &generated, block_size, &run, server_cpu)
     };
     let size = human_bytes(generated.bytes());
     let upload = row(upload_id, format!("cold upload, {size}"), sync(&source)?);
@@ -141,8 +148,8 @@ fn row_for(
     what: String,
     generated: &Generated,
     block_size: u64,
-    secs: f64,
-    client_said: String,
+    run: &ClientRun,
+    server_cpu_secs: f64,
 ) -> SyncRow {
     SyncRow {
         id: id.to_string(),
@@ -151,10 +158,12 @@ fn row_for(
         files: generated.sizes.len(),
         block_size,
         blocks: generated.blocks(block_size),
-        secs,
+        secs: run.elapsed.as_secs_f64(),
+        client_cpu_secs: run.cpu_secs,
+        server_cpu_secs,
         blocks_sent: None,
         bytes_sent: None,
-        client_said,
+        client_said: run.stdout.clone(),
     }
 }
 
@@ -174,32 +183,24 @@ fn one_change(scale: &Scale, work: &Path, runtime: &Runtime) -> BenchResult<Vec<
     let args = [meta.addr.clone(), path_arg(&dir)?, LARGE_BLOCK.to_string()];
     let size = human_bytes(scale.big_file_bytes);
 
-    let before = counting.snapshot();
-    let (elapsed, said) = run_client(work, &args)?;
-    let mut upload = row_for(
-        "B5a",
-        format!("cold upload, one {size} file"),
-        &generated,
-        LARGE_BLOCK,
-        elapsed.as_secs_f64(),
-        said.trim().to_string(),
-    );
-    (upload.blocks_sent, upload.bytes_sent) = counting.since(before);
-
+    // The BlockStore is this process: count its CPU with the MetaStore's.
+    let server_pids = vec![meta.pid(), std::process::id()];
+    let sync = |id: &str, what: String| -> BenchResult<SyncRow> {
+        let before = counting.snapshot();
+        let servers = cpu::Meter::start(server_pids.clone());
+        let run = run_client(work, &args)?;
+        let mut row = row_for(id, what, &generated, LARGE_BLOCK, &run, servers.elapsed());
+        (row.blocks_sent, row.bytes_sent) = counting.since(before);
+        Ok(row)
+    };
+    let upload = sync("B5a", format!("cold upload, one {size} file"))?;
     // Inside the middle block, away from its edges: exactly one block changes.
     let middle = scale.big_file_bytes / LARGE_BLOCK / 2;
     data::overwrite(&file, middle * LARGE_BLOCK + 12_345, CHANGE_BYTES, 6)?;
-    let before = counting.snapshot();
-    let (elapsed, said) = run_client(work, &args)?;
-    let mut change = row_for(
+    let change = sync(
         "B5",
         format!("resync after a 4 KiB change in one {size} file"),
-        &generated,
-        LARGE_BLOCK,
-        elapsed.as_secs_f64(),
-        said.trim().to_string(),
-    );
-    (change.blocks_sent, change.bytes_sent) = counting.since(before);
+    )?;
     Ok(vec![upload, change])
 }
 
