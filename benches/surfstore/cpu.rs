@@ -40,6 +40,12 @@ pub fn process_secs(pid: u32) -> f64 {
     (field(&f, 14) + field(&f, 15)) as f64 / TICKS_PER_SEC
 }
 
+/// User plus system seconds the calling thread has run so far.
+pub fn thread_secs() -> f64 {
+    let f = stat_fields("thread-self");
+    (field(&f, 14) + field(&f, 15)) as f64 / TICKS_PER_SEC
+}
+
 /// User plus system seconds of this process's children that have exited
 /// and been waited for (the client runs).
 pub fn finished_children_secs() -> f64 {

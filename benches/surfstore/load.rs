@@ -72,6 +72,8 @@ pub struct LoadRow {
     pub server_cpu_secs: f64,
     /// CPU seconds this process (the clients) used during the point.
     pub client_cpu_secs: f64,
+    /// Share of the machine's CPU time stolen during the point, in percent.
+    pub steal_percent: f64,
 }
 
 impl LoadRow {
@@ -181,6 +183,7 @@ impl Servers {
 struct Meters {
     servers: cpu::Meter,
     clients: cpu::Meter,
+    steal: cpu::StealMeter,
 }
 
 impl Meters {
@@ -188,12 +191,14 @@ impl Meters {
         Meters {
             servers: cpu::Meter::start(server_pids),
             clients: cpu::Meter::start(vec![std::process::id()]),
+            steal: cpu::StealMeter::start(),
         }
     }
 
     fn finish(&self, row: &mut LoadRow) {
         row.server_cpu_secs = self.servers.elapsed();
         row.client_cpu_secs = self.clients.elapsed();
+        row.steal_percent = self.steal.percent();
     }
 }
 
@@ -288,6 +293,7 @@ fn row(
         errors,
         server_cpu_secs: 0.0,
         client_cpu_secs: 0.0,
+        steal_percent: 0.0,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct SyncRow {
     pub client_cpu_secs: f64,
     /// CPU seconds every server used meanwhile.
     pub server_cpu_secs: f64,
+    /// Share of the machine's CPU time stolen meanwhile, in percent.
+    pub steal_percent: f64,
     /// PutBlocks the BlockStore received during the run (B5 only).
     pub blocks_sent: Option<u64>,
     /// Bytes those PutBlocks carried (B5 only).
@@ -121,7 +123,7 @@ fn directory_round_trip(
     let generated = data::mixed_dir(&source, total, seed)?;
     let mut server_pids = cluster.pids();
     server_pids.push(block.pid());
-    let sync = |dir: &Path| -> BenchResult<(ClientRun, f64)> {
+    let sync = |id: &str, what: String, dir: &Path| -> BenchResult<SyncRow> {
         let args = [
             "-f".to_string(),
             config.clone(),
@@ -129,17 +131,17 @@ fn directory_round_trip(
             block_size.to_string(),
         ];
         let servers = cpu::Meter::start(server_pids.clone());
+        let steal = cpu::StealMeter::start();
         let run = run_client(work, &args)?;
-        Ok((run, servers.elapsed()))
-    };
-    let row = |id: &str, what: String, (run, server_cpu): (ClientRun, f64)| {
-        row_for(id, what, &generated, block_size, &run, server_cpu)
+        let mut row = row_for(id, what, &generated, block_size, &run, servers.elapsed());
+        row.steal_percent = steal.percent();
+        Ok(row)
     };
     let size = human_bytes(generated.bytes());
-    let upload = row(upload_id, format!("cold upload, {size}"), sync(&source)?);
-    let download = row("B3", format!("cold download, {size}"), sync(&copy)?);
+    let upload = sync(upload_id, format!("cold upload, {size}"), &source)?;
+    let download = sync("B3", format!("cold download, {size}"), &copy)?;
     data::check_same(&source, &copy)?;
-    let resync = row("B4", format!("no-op resync, {size}"), sync(&source)?);
+    let resync = sync("B4", format!("no-op resync, {size}"), &source)?;
     Ok(vec![upload, download, resync])
 }
 
@@ -161,6 +163,7 @@ fn row_for(
         secs: run.elapsed.as_secs_f64(),
         client_cpu_secs: run.cpu_secs,
         server_cpu_secs,
+        steal_percent: 0.0,
         blocks_sent: None,
         bytes_sent: None,
         client_said: run.stdout.clone(),
@@ -188,8 +191,10 @@ fn one_change(scale: &Scale, work: &Path, runtime: &Runtime) -> BenchResult<Vec<
     let sync = |id: &str, what: String| -> BenchResult<SyncRow> {
         let before = counting.snapshot();
         let servers = cpu::Meter::start(server_pids.clone());
+        let steal = cpu::StealMeter::start();
         let run = run_client(work, &args)?;
         let mut row = row_for(id, what, &generated, LARGE_BLOCK, &run, servers.elapsed());
+        row.steal_percent = steal.percent();
         (row.blocks_sent, row.bytes_sent) = counting.since(before);
         Ok(row)
     };
