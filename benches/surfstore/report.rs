@@ -430,7 +430,7 @@ fn bar_panel(
         .map(|b| b.value)
         .chain(reference)
         .fold(1.0, f64::max)
-        * if log { 3.0 } else { 1.15 };
+        * if log { 8.0 } else { 1.15 };
     let n = i32::try_from(slots.len().max(1))?;
     let mut builder = ChartBuilder::on(area);
     builder
