@@ -4,13 +4,23 @@ BIN := target/debug
 CONFIG ?= example_config.json
 IDX ?= 0
 
-.PHONY: build test demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
+.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
 
 build:
 	$(CARGO) build --release --bins
 
 test:
 	$(CARGO) test
+
+# Release build; measures sync and commit speed against servers it starts
+# itself; prints a markdown table and writes target/bench/{results.md,
+# results.json,chart.png}. Takes a few minutes and ~2 GiB of disk.
+bench:
+	$(CARGO) bench --bench surfstore
+
+# The same at toy sizes (seconds): checks the bench still runs.
+bench-quick:
+	SURFSTORE_BENCH_SCALE=quick $(CARGO) bench --bench surfstore
 
 # Builds, starts a server in the background, syncs a sample directory through
 # two clients, shows the second received the files, stops the server.

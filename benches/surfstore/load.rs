@@ -1,0 +1,383 @@
+//! B6: server throughput under concurrent clients, from tonic clients in this
+//! process, each on its own connection (as separate users would be).
+//!
+//! * Commits: every client updates its own file in a loop (`UpdateFile` with
+//!   the next version) for a fixed time, against a 3-server Raft cluster's
+//!   leader and against a plain `surfstore-server -s meta`, in memory and
+//!   with `--data-dir`.
+//! * PutBlock: every client puts distinct random blocks of one size into a
+//!   `surfstore-server -s block`, in memory and with `--data-dir`.
+//!
+//! Each point gets fresh servers, so no point pays for an earlier one's data.
+//! The clients share the machine with the servers: on a small machine this
+//! process's own gRPC work is part of what is measured.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use surfstore::grpc::MAX_MESSAGE_BYTES;
+use surfstore::hash::hash_block;
+use surfstore::proto::block_store_client::BlockStoreClient;
+use surfstore::proto::meta_store_client::MetaStoreClient;
+use surfstore::proto::{Block, BlockHashes, FileMetaData};
+use tokio::sync::Barrier;
+use tonic::transport::Channel;
+
+use crate::data::Rng;
+use crate::procs;
+use crate::{BenchResult, Scale, cpu};
+
+/// Concurrent clients of the commit points.
+pub const COMMIT_CLIENTS: [usize; 3] = [1, 16, 64];
+
+/// Concurrent clients of the PutBlock points: one, and the client's own
+/// per-file block concurrency.
+pub const PUT_CLIENTS: [usize; 2] = [1, 8];
+
+/// Block sizes of the PutBlock points.
+pub const PUT_SIZES: [u64; 2] = [4 << 10, 4 << 20];
+
+/// The BlockStore address the MetaStores announce; nobody asks for it here.
+const UNUSED_BLOCK_ADDR: &str = "127.0.0.1:1";
+
+/// A client that fails this many calls stops: the server is broken and the
+/// point will say so in its error count.
+const MAX_ERRORS_PER_CLIENT: u64 = 10;
+
+/// One measured point.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadRow {
+    /// `raft-3`, `meta` or `block`.
+    pub store: String,
+    /// Whether the servers ran with `--data-dir`.
+    pub durable: bool,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Block size of a PutBlock point.
+    pub block_size: Option<u64>,
+    /// Calls that succeeded.
+    pub ops: u64,
+    /// Wall time of the point.
+    pub secs: f64,
+    /// Median latency of a successful call.
+    pub p50_ms: f64,
+    /// 99th-percentile latency of a successful call.
+    pub p99_ms: f64,
+    /// Calls that failed or were rejected.
+    pub errors: u64,
+    /// CPU seconds all servers used during the point.
+    pub server_cpu_secs: f64,
+    /// CPU seconds this process (the clients) used during the point.
+    pub client_cpu_secs: f64,
+    /// Share of the machine's CPU time stolen during the point, in percent.
+    pub steal_percent: f64,
+}
+
+impl LoadRow {
+    /// Successful calls per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+
+    /// Server CPU microseconds per successful call.
+    pub fn server_cpu_us_per_op(&self) -> f64 {
+        self.server_cpu_secs * 1e6 / self.ops as f64
+    }
+
+    /// Client CPU microseconds per successful call.
+    pub fn client_cpu_us_per_op(&self) -> f64 {
+        self.client_cpu_secs * 1e6 / self.ops as f64
+    }
+}
+
+/// Every B6 point.
+pub struct Loads {
+    /// UpdateFile points.
+    pub commits: Vec<LoadRow>,
+    /// PutBlock points.
+    pub puts: Vec<LoadRow>,
+}
+
+/// Runs every B6 point at `scale`, with server data under `work`.
+pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
+    let mut commits = Vec::new();
+    for durable in [false, true] {
+        let storage = if durable { "disk" } else { "mem" };
+        for (store, n) in [("raft-3", 3), ("meta", 1)] {
+            for clients in COMMIT_CLIENTS {
+                eprintln!("B6: UpdateFile on {store} ({storage}), {clients} clients");
+                let label = format!("b6-{store}-{storage}-{clients}");
+                let data = durable.then(|| work.join(&label));
+                // Keeps the servers alive until the point is measured.
+                let (addr, servers) = if n == 1 {
+                    let server = procs::start_server(
+                        work,
+                        &label,
+                        "meta",
+                        data.as_deref(),
+                        &[UNUSED_BLOCK_ADDR],
+                    )?;
+                    (server.addr.clone(), Servers::One(server))
+                } else {
+                    let cluster =
+                        procs::start_cluster(work, &label, n, UNUSED_BLOCK_ADDR, data.as_deref())
+                            .await?;
+                    (cluster.addrs[0].clone(), Servers::Cluster(cluster))
+                };
+                let meters = Meters::start(servers.pids());
+                let mut row = commit_load(&addr, clients, scale.commit_duration).await?;
+                meters.finish(&mut row);
+                row.store = store.to_string();
+                row.durable = durable;
+                commits.push(row);
+            }
+        }
+    }
+    let mut puts = Vec::new();
+    for size in PUT_SIZES {
+        for durable in [false, true] {
+            let storage = if durable { "disk" } else { "mem" };
+            for clients in PUT_CLIENTS {
+                eprintln!("B6: PutBlock of {size} bytes ({storage}), {clients} clients");
+                let label = format!("b6-block-{size}-{storage}-{clients}");
+                let data = durable.then(|| work.join(&label));
+                let server = procs::start_server(work, &label, "block", data.as_deref(), &[])?;
+                let max_ops = (scale.put_max_bytes / size).max(1);
+                let meters = Meters::start(vec![server.pid()]);
+                let mut row =
+                    put_load(&server.addr, size, clients, scale.put_duration, max_ops).await?;
+                meters.finish(&mut row);
+                row.durable = durable;
+                puts.push(row);
+                drop(server);
+                if let Some(dir) = data {
+                    // Up to put_max_bytes per point: do not let them pile up.
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| format!("remove {}: {e}", dir.display()))?;
+                }
+            }
+        }
+    }
+    Ok(Loads { commits, puts })
+}
+
+/// The servers of a commit point, killed when dropped.
+enum Servers {
+    One(procs::Server),
+    Cluster(procs::Cluster),
+}
+
+impl Servers {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Servers::One(server) => vec![server.pid()],
+            Servers::Cluster(cluster) => cluster.pids(),
+        }
+    }
+}
+
+/// CPU meters of a point: its servers, and this process (the clients).
+struct Meters {
+    servers: cpu::Meter,
+    clients: cpu::Meter,
+    steal: cpu::StealMeter,
+}
+
+impl Meters {
+    fn start(server_pids: Vec<u32>) -> Meters {
+        Meters {
+            servers: cpu::Meter::start(server_pids),
+            clients: cpu::Meter::start(vec![std::process::id()]),
+            steal: cpu::StealMeter::start(),
+        }
+    }
+
+    fn finish(&self, row: &mut LoadRow) {
+        row.server_cpu_secs = self.servers.elapsed();
+        row.client_cpu_secs = self.clients.elapsed();
+        row.steal_percent = self.steal.percent();
+    }
+}
+
+/// What one client task saw.
+#[derive(Default)]
+struct ClientStats {
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+/// One client of a load point.
+trait Worker: Send + 'static {
+    /// An untimed first call, which opens the connection.
+    fn warm_up(&mut self) -> impl Future<Output = BenchResult<()>> + Send;
+    /// The measured call, number `op` of the point; false if the server
+    /// answered but refused.
+    fn call(&mut self, op: u64) -> impl Future<Output = BenchResult<bool>> + Send;
+}
+
+/// Runs every worker's call in a loop until `duration` has passed or
+/// `max_ops` calls were started in all. All start together, after warming
+/// up. Returns the sorted latencies of the successful calls, the number of
+/// failed ones, and the seconds the point took.
+async fn drive<W: Worker>(
+    workers: Vec<W>,
+    duration: Duration,
+    max_ops: u64,
+) -> BenchResult<(Vec<Duration>, u64, f64)> {
+    let barrier = Arc::new(Barrier::new(workers.len() + 1));
+    let started_ops = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(workers.len());
+    for mut worker in workers {
+        let (barrier, started_ops) = (Arc::clone(&barrier), Arc::clone(&started_ops));
+        tasks.push(tokio::spawn(async move {
+            let warmed = worker.warm_up().await;
+            barrier.wait().await;
+            warmed?;
+            let deadline = Instant::now() + duration;
+            let mut stats = ClientStats::default();
+            while Instant::now() < deadline && stats.errors < MAX_ERRORS_PER_CLIENT {
+                let op = started_ops.fetch_add(1, Ordering::Relaxed);
+                if op >= max_ops {
+                    break;
+                }
+                let began = Instant::now();
+                match worker.call(op).await {
+                    Ok(true) => stats.latencies.push(began.elapsed()),
+                    Ok(false) | Err(_) => stats.errors += 1,
+                }
+            }
+            Ok::<_, crate::BenchError>(stats)
+        }));
+    }
+    barrier.wait().await;
+    let began = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let stats = task.await??;
+        latencies.extend(stats.latencies);
+        errors += stats.errors;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok((latencies, errors, secs))
+}
+
+/// The latency below which a fraction `q` of `sorted` lies, in ms.
+fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn row(
+    store: &str,
+    clients: usize,
+    block_size: Option<u64>,
+    (latencies, errors, secs): (Vec<Duration>, u64, f64),
+) -> LoadRow {
+    LoadRow {
+        store: store.to_string(),
+        durable: false,
+        clients,
+        block_size,
+        ops: latencies.len() as u64,
+        secs,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        errors,
+        server_cpu_secs: 0.0,
+        client_cpu_secs: 0.0,
+        steal_percent: 0.0,
+    }
+}
+
+/// A client updating its own file, one version after the other.
+struct Committer {
+    client: MetaStoreClient<Channel>,
+    meta: FileMetaData,
+}
+
+impl Worker for Committer {
+    async fn warm_up(&mut self) -> BenchResult<()> {
+        self.call(0).await.map(drop)
+    }
+
+    async fn call(&mut self, _op: u64) -> BenchResult<bool> {
+        self.meta.version += 1;
+        let answer = self.client.update_file(self.meta.clone()).await?;
+        Ok(answer.into_inner().version == self.meta.version)
+    }
+}
+
+/// UpdateFile commits per second at `addr` (any MetaStore service).
+async fn commit_load(addr: &str, clients: usize, duration: Duration) -> BenchResult<LoadRow> {
+    // A realistic entry: one block, named like one.
+    let hash = hash_block(b"surfstore bench");
+    let workers = (0..clients)
+        .map(|task| {
+            Ok(Committer {
+                client: MetaStoreClient::new(surfstore::grpc::channel(addr)?),
+                meta: FileMetaData {
+                    filename: format!("bench-file-{task:03}"),
+                    version: 0,
+                    block_hash_list: vec![hash.clone()],
+                },
+            })
+        })
+        .collect::<BenchResult<Vec<_>>>()?;
+    let measured = drive(workers, duration, u64::MAX).await?;
+    Ok(row("", clients, None, measured))
+}
+
+/// A client putting distinct random blocks of one size.
+struct Putter {
+    client: BlockStoreClient<Channel>,
+    data: Vec<u8>,
+}
+
+impl Worker for Putter {
+    async fn warm_up(&mut self) -> BenchResult<()> {
+        self.client
+            .has_blocks(BlockHashes { hashes: vec![] })
+            .await?;
+        Ok(())
+    }
+
+    async fn call(&mut self, op: u64) -> BenchResult<bool> {
+        // A distinct block every time, so nothing is deduplicated.
+        self.data[..8].copy_from_slice(&op.to_le_bytes());
+        let block = Block {
+            block_size: i32::try_from(self.data.len())?,
+            block_data: Bytes::copy_from_slice(&self.data),
+        };
+        Ok(self.client.put_block(block).await?.into_inner().flag)
+    }
+}
+
+/// PutBlocks of `size` bytes per second at `addr`, at most `max_ops`.
+async fn put_load(
+    addr: &str,
+    size: u64,
+    clients: usize,
+    duration: Duration,
+    max_ops: u64,
+) -> BenchResult<LoadRow> {
+    let workers = (0..clients)
+        .map(|task| {
+            let mut data = vec![0u8; usize::try_from(size)?];
+            Rng::new(1000 + task as u64).fill(&mut data);
+            let client = BlockStoreClient::new(surfstore::grpc::channel(addr)?)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            Ok(Putter { client, data })
+        })
+        .collect::<BenchResult<Vec<_>>>()?;
+    let measured = drive(workers, duration, max_ops).await?;
+    Ok(row("block", clients, Some(size), measured))
+}

@@ -1,0 +1,193 @@
+//! `make bench`: how fast SurfStore syncs and commits, measured end to end
+//! against the real release binaries on loopback.
+//!
+//! * B1–B5 ([`sync`]): `surfstore-client` runs uploading, downloading and
+//!   resyncing generated directories; the client process is what is timed.
+//! * B6 ([`load`]): `UpdateFile` commits per second and their latency from
+//!   in-process tonic clients, against a 3-server Raft cluster and a plain
+//!   MetaStore, in memory and with `--data-dir`; and `PutBlock`s per second.
+//! * B7 ([`sha`]): this machine's single-core SHA-256 rate, the yardstick
+//!   every sync figure is divided by.
+//!
+//! Results go to stdout as markdown and to `target/bench/` as `results.md`,
+//! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
+//! shrinks every size and duration so CI can run it in seconds. Nothing here
+//! asserts a timing: the numbers are reported, the targets compared, and the
+//! run fails only if a sync or a call does not do what it should.
+
+mod cpu;
+mod data;
+mod load;
+mod procs;
+mod report;
+mod sha;
+mod sync;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Any failure of the bench: it is a program, not a library, so one boxed
+/// error type with a readable message is enough.
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Result of a bench step.
+pub type BenchResult<T> = Result<T, BenchError>;
+
+/// How big and how long each measurement is.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// `full` or `quick`.
+    pub name: &'static str,
+    /// B1/B3/B4: bytes of the mixed-size directory synced at 4 MiB blocks.
+    pub mixed_bytes: u64,
+    /// B2: bytes of the directory synced at 4 KiB blocks.
+    pub small_block_bytes: u64,
+    /// B5: size of the single large file.
+    pub big_file_bytes: u64,
+    /// B6: how long each commit-load point runs.
+    pub commit_duration: Duration,
+    /// B6: how long each PutBlock point runs at most.
+    pub put_duration: Duration,
+    /// B6: how many bytes each PutBlock point sends at most (servers keep
+    /// blocks in memory, so this bounds their size).
+    pub put_max_bytes: u64,
+    /// B7: how long each hashing measurement runs.
+    pub sha_duration: Duration,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Scale {
+    /// The scale named by `SURFSTORE_BENCH_SCALE` (`full` when unset).
+    fn from_env() -> BenchResult<Scale> {
+        let name = std::env::var("SURFSTORE_BENCH_SCALE").unwrap_or_else(|_| "full".into());
+        match name.as_str() {
+            "full" => Ok(Scale {
+                name: "full",
+                mixed_bytes: 512 * MIB,
+                small_block_bytes: 64 * MIB,
+                big_file_bytes: 512 * MIB,
+                commit_duration: Duration::from_secs(5),
+                put_duration: Duration::from_secs(4),
+                put_max_bytes: 1024 * MIB,
+                sha_duration: Duration::from_secs(2),
+            }),
+            "quick" => Ok(Scale {
+                name: "quick",
+                mixed_bytes: 16 * MIB,
+                small_block_bytes: 4 * MIB,
+                big_file_bytes: 16 * MIB,
+                commit_duration: Duration::from_millis(400),
+                put_duration: Duration::from_millis(300),
+                put_max_bytes: 64 * MIB,
+                sha_duration: Duration::from_millis(200),
+            }),
+            other => Err(
+                format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
+            ),
+        }
+    }
+}
+
+/// The machine the numbers were taken on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    /// Usable cores.
+    pub cores: usize,
+    /// `model name` of the first CPU in /proc/cpuinfo.
+    pub cpu: String,
+    /// /proc/loadavg's three averages when the run started.
+    pub load_before: String,
+    /// The same when it ended: the machine may be shared.
+    pub load_after: String,
+    /// Share of the machine's CPU time the hypervisor took away during the
+    /// run, in percent: wall times grow with it, CPU times do not.
+    pub steal_percent: f64,
+}
+
+/// The first three fields of /proc/loadavg, or `?` where there is none.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// `target/bench`, next to the binaries under test.
+fn out_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench")
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("surfstore bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> BenchResult<()> {
+    let scale = Scale::from_env()?;
+    let out = out_dir();
+    std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    // Scratch space lives under target/ (a real disk, like a user's files)
+    // and goes away at the end of the run, also on failure.
+    let work = tempfile::Builder::new()
+        .prefix("work-")
+        .tempdir_in(&out)
+        .map_err(|e| format!("create a work directory in {}: {e}", out.display()))?;
+    let mut machine = Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu: cpu_model(),
+        load_before: load_average(),
+        load_after: String::new(),
+        steal_percent: 0.0,
+    };
+    let steal = cpu::StealMeter::start();
+    eprintln!(
+        "surfstore bench ({} scale) on {} cores, {}, load {}",
+        scale.name, machine.cores, machine.cpu, machine.load_before
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start the tokio runtime: {e}"))?;
+    let sha = sha::measure(&scale);
+    let sync = sync::run_all(&scale, work.path(), &runtime)?;
+    let load = runtime.block_on(load::run_all(&scale, work.path()))?;
+    machine.load_after = load_average();
+    machine.steal_percent = steal.percent();
+
+    let results = report::Results {
+        scale: scale.name.to_string(),
+        machine,
+        sha,
+        sync,
+        commits: load.commits,
+        puts: load.puts,
+    };
+    let markdown = report::markdown(&results);
+    println!("{markdown}");
+    report::write_all(&results, &markdown, &out)?;
+    eprintln!(
+        "wrote {0}/results.md, {0}/results.json and {0}/chart.png",
+        out.display()
+    );
+    Ok(())
+}

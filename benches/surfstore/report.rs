@@ -1,0 +1,529 @@
+//! What a run reports: the markdown table (stdout and `results.md`), the raw
+//! numbers (`results.json`) and a chart (`chart.png`), all under
+//! `target/bench/`. The targets the team works towards are compared here,
+//! as facts in the table; nothing fails on a number.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::load::{COMMIT_CLIENTS, LoadRow};
+use crate::sha::ShaRate;
+use crate::sync::{LARGE_BLOCK, SMALL_BLOCK, SyncRow, human_bytes};
+use crate::{BenchResult, Machine};
+
+/// Everything one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Results {
+    /// `full` or `quick`.
+    pub scale: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// B7.
+    pub sha: ShaRate,
+    /// B1–B5.
+    pub sync: Vec<SyncRow>,
+    /// B6 UpdateFile points.
+    pub commits: Vec<LoadRow>,
+    /// B6 PutBlock points.
+    pub puts: Vec<LoadRow>,
+}
+
+impl Results {
+    fn sha_mb_per_sec(&self) -> f64 {
+        self.sha.block_4m_bytes_per_sec / 1e6
+    }
+
+    fn sync_row(&self, id: &str, block_size: u64) -> Option<&SyncRow> {
+        self.sync
+            .iter()
+            .find(|r| r.id == id && r.block_size == block_size)
+    }
+
+    fn commit_row(&self, store: &str, durable: bool, clients: usize) -> Option<&LoadRow> {
+        self.commits
+            .iter()
+            .find(|r| r.store == store && r.durable == durable && r.clients == clients)
+    }
+}
+
+fn storage(durable: bool) -> &'static str {
+    if durable { "disk" } else { "mem" }
+}
+
+/// The whole report as markdown. `write!` into a `String` cannot fail, so
+/// its results are ignored throughout.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(s, "# SurfStore bench ({} scale)\n", r.scale);
+    let _ = writeln!(
+        s,
+        "Machine: {} cores, {}; load average {} at start, {} at end; {:.0}% of the \
+         machine's CPU time stolen by the hypervisor during the run (wall times grow \
+         with it, CPU times do not). Release build, loopback; `mem` = in memory, \
+         `disk` = `--data-dir`. MB = 10^6 bytes.\n",
+        m.cores, m.cpu, m.load_before, m.load_after, m.steal_percent
+    );
+    sha_table(&mut s, r);
+    sync_table(&mut s, r);
+    commit_table(&mut s, r);
+    put_table(&mut s, r);
+    target_table(&mut s, r);
+    s
+}
+
+fn sha_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## B7: SHA-256 on one core (`hash_block`, in process, per CPU second)\n"
+    );
+    let _ = writeln!(s, "| block | MB/s |\n|---|---:|");
+    let _ = writeln!(s, "| 4 MiB | {:.0} |", r.sha.block_4m_bytes_per_sec / 1e6);
+    let _ = writeln!(s, "| 4 KiB | {:.0} |", r.sha.block_4k_bytes_per_sec / 1e6);
+    let _ = writeln!(
+        s,
+        "\n(4 MiB per wall second while it ran: {:.0} MB/s.)\n",
+        r.sha.block_4m_wall_bytes_per_sec / 1e6
+    );
+}
+
+fn sync_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## B1–B5: one `surfstore-client` run (wall time), 3-server Raft cluster\n"
+    );
+    let _ = writeln!(
+        s,
+        "| id | run | block | files | blocks | time (s) | MB/s | blocks/s | ÷ SHA-256 1 core | client CPU (s) | servers' CPU (s) | steal % | blocks sent | client said |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for row in &r.sync {
+        let sent = match (row.blocks_sent, row.bytes_sent) {
+            (Some(blocks), Some(bytes)) => format!("{blocks} ({})", human_bytes(bytes)),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            row.id,
+            row.what,
+            human_bytes(row.block_size),
+            row.files,
+            row.blocks,
+            row.secs,
+            row.mb_per_sec(),
+            row.blocks_per_sec(),
+            row.mb_per_sec() / r.sha_mb_per_sec(),
+            row.client_cpu_secs,
+            row.server_cpu_secs,
+            row.steal_percent,
+            sent,
+            row.client_said
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nMB/s and blocks/s are over all the data the run covered (for a resync, \
+         what it had to re-read). ÷ SHA-256: that rate over B7's 4 MiB rate; 1.0 \
+         means as fast as hashing the data once on one core.\n"
+    );
+}
+
+fn commit_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## B6: UpdateFile commits (in-process tonic clients, one connection each)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| store | storage | clients | commits/s | p50 (ms) | p99 (ms) | errors | servers' CPU µs/commit | clients' CPU µs/commit | steal % |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.commits {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} |",
+            row.store,
+            storage(row.durable),
+            row.clients,
+            row.ops_per_sec(),
+            row.p50_ms,
+            row.p99_ms,
+            row.errors,
+            row.server_cpu_us_per_op(),
+            row.client_cpu_us_per_op(),
+            row.steal_percent
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn put_table(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## B6: PutBlock of distinct blocks\n");
+    let _ = writeln!(
+        s,
+        "| block | storage | clients | puts/s | MB/s | p50 (ms) | p99 (ms) | errors | server CPU µs/put | clients' CPU µs/put | steal % |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.puts {
+        let size = row.block_size.unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} |",
+            human_bytes(size),
+            storage(row.durable),
+            row.clients,
+            row.ops_per_sec(),
+            row.ops_per_sec() * size as f64 / 1e6,
+            row.p50_ms,
+            row.p99_ms,
+            row.errors,
+            row.server_cpu_us_per_op(),
+            row.client_cpu_us_per_op(),
+            row.steal_percent
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU columns: /proc user+system time of the processes over the point, \
+         divided by the successful calls; the clients are this bench process \
+         (tonic, plus copying each block before a put).\n"
+    );
+}
+
+/// One line of the targets table.
+struct Target {
+    name: &'static str,
+    goal: String,
+    now: String,
+    met: Option<bool>,
+}
+
+fn targets(r: &Results) -> Vec<Target> {
+    let sha = r.sha_mb_per_sec();
+    let mut out = Vec::new();
+    let b1 = r.sync_row("B1", LARGE_BLOCK);
+    out.push(Target {
+        name: "B1 cold upload, 4 MiB blocks",
+        goal: format!("≥ ½ SHA-256 1 core = {:.0} MB/s", sha / 2.0),
+        now: b1.map_or("–".into(), |b| format!("{:.0} MB/s", b.mb_per_sec())),
+        met: b1.map(|b| b.mb_per_sec() >= sha / 2.0),
+    });
+    let b2 = r.sync_row("B2", SMALL_BLOCK);
+    out.push(Target {
+        name: "B2 cold upload, 4 KiB blocks",
+        goal: "≥ 100 MB/s".into(),
+        now: b2.map_or("–".into(), |b| format!("{:.1} MB/s", b.mb_per_sec())),
+        met: b2.map(|b| b.mb_per_sec() >= 100.0),
+    });
+    let b4 = r.sync_row("B4", LARGE_BLOCK);
+    out.push(Target {
+        name: "B4 no-op resync, 4 MiB blocks",
+        goal: "no slower than hashing the data once".into(),
+        now: b4.map_or("–".into(), |b| {
+            format!(
+                "{:.2} s vs {:.2} s to hash",
+                b.secs,
+                b.bytes as f64 / 1e6 / sha
+            )
+        }),
+        met: b4.map(|b| b.mb_per_sec() >= sha),
+    });
+    let b5 = r.sync_row("B5", LARGE_BLOCK);
+    out.push(Target {
+        name: "B5 4 KiB change in a large file",
+        goal: "exactly 1 block sent".into(),
+        now: b5
+            .and_then(|b| b.blocks_sent)
+            .map_or("–".into(), |n| format!("{n} sent")),
+        met: b5.and_then(|b| b.blocks_sent).map(|n| n == 1),
+    });
+    let busy = COMMIT_CLIENTS[COMMIT_CLIENTS.len() - 1];
+    let raft_busy = r.commit_row("raft-3", false, busy);
+    out.push(Target {
+        name: "B6 Raft commits, 64 clients, mem",
+        goal: "≥ 20,000 /s".into(),
+        now: raft_busy.map_or("–".into(), |c| format!("{:.0} /s", c.ops_per_sec())),
+        met: raft_busy.map(|c| c.ops_per_sec() >= 20_000.0),
+    });
+    let raft_one = r.commit_row("raft-3", false, 1);
+    out.push(Target {
+        name: "B6 Raft commit p50, 1 client, mem",
+        goal: "< 1 ms".into(),
+        now: raft_one.map_or("–".into(), |c| format!("{:.2} ms", c.p50_ms)),
+        met: raft_one.map(|c| c.p50_ms < 1.0),
+    });
+    out
+}
+
+fn target_table(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(s, "| target | goal | now | met |\n|---|---|---|---|");
+    for t in targets(r) {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(s, "| {} | {} | {} | {met} |", t.name, t.goal, t.now);
+    }
+}
+
+/// Writes `results.md`, `results.json` and `chart.png` into `out`.
+pub fn write_all(r: &Results, markdown: &str, out: &Path) -> BenchResult<()> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))
+    };
+    write("results.md", markdown.as_bytes())?;
+    write("results.json", serde_json::to_string_pretty(r)?.as_bytes())?;
+    chart(r, &out.join("chart.png"))
+}
+
+/// The font every label is drawn with: embedded, so nothing depends on the
+/// fonts a machine has installed.
+const FONT: &str = "sans-serif";
+
+const SERIES_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
+
+/// Three bar charts side by side: sync MB/s against the SHA-256 rate,
+/// commits per second by client count, and PutBlock MB/s.
+fn chart(r: &Results, path: &Path) -> BenchResult<()> {
+    plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "the embedded DejaVu Sans font is unusable")?;
+    let root = BitMapBackend::new(path, (1800, 650)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "SurfStore bench ({}) — {} cores, {}, load {} → {}, {:.0}% CPU stolen",
+        r.scale,
+        r.machine.cores,
+        r.machine.cpu,
+        r.machine.load_before,
+        r.machine.load_after,
+        r.machine.steal_percent
+    );
+    let root = root.titled(&title, (FONT, 22))?;
+    let panels = root.split_evenly((1, 3));
+
+    let sha = r.sha_mb_per_sec();
+    let sync_bars: Vec<Bar> = r
+        .sync
+        .iter()
+        .map(|row| Bar {
+            label: format!("{} {}", row.id, human_bytes(row.block_size)),
+            value: row.mb_per_sec(),
+            series: usize::from(row.block_size == SMALL_BLOCK),
+        })
+        .collect();
+    bar_panel(
+        &panels[0],
+        "Sync: MB/s per client run (line: SHA-256 1 core)",
+        &sync_bars,
+        &["4 MiB blocks", "4 KiB blocks"],
+        Some(sha),
+        false,
+    )?;
+
+    let configs = [
+        ("raft-3", false),
+        ("raft-3", true),
+        ("meta", false),
+        ("meta", true),
+    ];
+    let commit_bars: Vec<Bar> = COMMIT_CLIENTS
+        .iter()
+        .flat_map(|&clients| {
+            configs
+                .iter()
+                .enumerate()
+                .filter_map(move |(series, &(store, durable))| {
+                    r.commit_row(store, durable, clients).map(|c| Bar {
+                        label: format!("{clients} clients"),
+                        value: c.ops_per_sec(),
+                        series,
+                    })
+                })
+        })
+        .collect();
+    bar_panel(
+        &panels[1],
+        "UpdateFile commits/s (log scale)",
+        &commit_bars,
+        &["raft-3 mem", "raft-3 disk", "meta mem", "meta disk"],
+        None,
+        true,
+    )?;
+
+    let put_bars: Vec<Bar> = r
+        .puts
+        .iter()
+        .map(|p| {
+            let size = p.block_size.unwrap_or_default();
+            Bar {
+                label: format!("{} ×{}", human_bytes(size), p.clients),
+                value: p.ops_per_sec() * size as f64 / 1e6,
+                series: usize::from(p.durable),
+            }
+        })
+        .collect();
+    bar_panel(
+        &panels[2],
+        "PutBlock MB/s (block × clients)",
+        &put_bars,
+        &["mem", "disk"],
+        None,
+        false,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// One bar: its axis label, height and colour (index into the legend).
+struct Bar {
+    label: String,
+    value: f64,
+    series: usize,
+}
+
+/// Draws `bars` left to right; consecutive bars with the same label form a
+/// group under one label. `reference` draws a horizontal line at that value.
+fn bar_panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    caption: &str,
+    bars: &[Bar],
+    legend: &[&str],
+    reference: Option<f64>,
+    log: bool,
+) -> BenchResult<()> {
+    // Slots along x: one per bar, plus an empty one between groups.
+    let mut slots: Vec<(Option<&Bar>, String)> = Vec::new();
+    let mut groups: Vec<(usize, usize, &str)> = Vec::new();
+    for bar in bars {
+        match groups.last_mut() {
+            Some((_, end, label)) if *label == bar.label => *end = slots.len() + 1,
+            _ => {
+                if !slots.is_empty() {
+                    slots.push((None, String::new()));
+                }
+                groups.push((slots.len(), slots.len() + 1, &bar.label));
+            }
+        }
+        slots.push((Some(bar), String::new()));
+    }
+    for (start, end, label) in &groups {
+        slots[(start + end - 1) / 2].1 = (*label).to_string();
+    }
+    let top = bars
+        .iter()
+        .map(|b| b.value)
+        .chain(reference)
+        .fold(1.0, f64::max)
+        * if log { 8.0 } else { 1.15 };
+    let n = i32::try_from(slots.len().max(1))?;
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(70)
+        .y_label_area_size(70);
+    let label_of = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => usize::try_from(*i)
+            .ok()
+            .and_then(|i| slots.get(i))
+            .map_or(String::new(), |(_, l)| l.clone()),
+        _ => String::new(),
+    };
+    let style = |series: usize| SERIES_COLORS[series % SERIES_COLORS.len()].filled();
+    let rect = |i: usize, lo: f64, hi: f64, series: usize| {
+        let i = i as i32;
+        let mut r = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), lo),
+                (SegmentValue::Exact(i + 1), hi),
+            ],
+            style(series),
+        );
+        r.set_margin(0, 0, 2, 2);
+        r
+    };
+    let x = (0..n).into_segmented();
+    macro_rules! draw {
+        ($chart:expr, $floor:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(slots.len())
+                .x_label_formatter(&label_of)
+                .x_label_style((FONT, 13))
+                .y_label_style((FONT, 13))
+                .draw()?;
+            for (series, name) in legend.iter().enumerate() {
+                chart
+                    .draw_series(std::iter::empty::<Rectangle<(SegmentValue<i32>, f64)>>())?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], style(series))
+                    });
+            }
+            chart.draw_series(slots.iter().enumerate().filter_map(|(i, (bar, _))| {
+                bar.map(|b| rect(i, $floor, b.value.max($floor), b.series))
+            }))?;
+            chart.draw_series(slots.iter().enumerate().filter_map(|(i, (bar, _))| {
+                bar.map(|b| {
+                    Text::new(
+                        short_number(b.value),
+                        (SegmentValue::CenterOf(i as i32), b.value.max($floor)),
+                        TextStyle::from((FONT, 12).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )
+                })
+            }))?;
+            if let Some(line) = reference {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![
+                        (SegmentValue::Exact(0), line),
+                        (SegmentValue::Exact(n), line),
+                    ],
+                    BLACK.stroke_width(2),
+                )))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FONT, 14))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }};
+    }
+    if log {
+        draw!(builder.build_cartesian_2d(x, (1.0..top).log_scale())?, 1.0)
+    } else {
+        draw!(builder.build_cartesian_2d(x, 0.0..top)?, 0.0)
+    }
+    Ok(())
+}
+
+/// `12.3k`, `456`, `7.8`: a bar's value in a few characters.
+fn short_number(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
