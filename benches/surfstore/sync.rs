@@ -268,7 +268,7 @@ async fn serve_blocks(backend: Arc<CountingBlocks>) -> BenchResult<LocalBlockSto
     let task = tokio::spawn(async move {
         let served = surfstore::grpc::server()
             .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(surfstore::grpc::incoming(listener))
             .await;
         if let Err(error) = served {
             eprintln!("the bench's BlockStore stopped: {error}");

@@ -105,10 +105,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     grpc::server()
         .add_service(service.raft_server())
         .add_service(service.meta_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            cli::shutdown_signal(),
-        )
+        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal())
         .await
         .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
 }

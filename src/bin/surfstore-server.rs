@@ -99,10 +99,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         );
     tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
     router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            cli::shutdown_signal(),
-        )
+        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal())
         .await
         .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
 }

@@ -729,7 +729,7 @@ pub fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Rou
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    rt.spawn(router.serve_with_incoming(surfstore::grpc::incoming(listener)));
     addr
 }
 
