@@ -87,6 +87,11 @@ impl Stamp {
         }
     }
 
+    /// The stamp of the open `file` now.
+    pub fn of_open(file: &File) -> io::Result<Self> {
+        Ok(Self::of(&file.metadata()?))
+    }
+
     /// The file's size in bytes.
     pub fn size(&self) -> u64 {
         self.len
@@ -290,15 +295,32 @@ fn hash_segment(
     Ok(hashes)
 }
 
-/// Reads block number `index` of the file at `path`.
-pub fn read_block_at(path: &Path, index: usize, block_size: usize) -> io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
+/// Reads block number `index` of the open `file` with positioned reads, so
+/// one handle serves every block of an upload, several at once.
+pub fn read_block_at(file: &File, index: usize, block_size: usize) -> io::Result<Vec<u8>> {
     let offset = (index as u64).saturating_mul(block_size as u64);
-    file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
-    let n = read_block(&mut file, block_size, &mut buf)?.len();
+    let n = read_block(&mut ReadAt { file, offset }, block_size, &mut buf)?.len();
     buf.truncate(n);
     Ok(buf)
+}
+
+/// A reader over a shared file handle that tracks its own offset rather
+/// than the handle's, so readers on other threads do not disturb it.
+struct ReadAt<'f> {
+    file: &'f File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.offset)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(self.file, buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
 }
 
 /// Reads the next `block_size` bytes (fewer only at the end of the file)
@@ -408,9 +430,15 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let path = base.path().join("f");
         fs::write(&path, b"0123456789").unwrap();
-        assert_eq!(read_block_at(&path, 0, 4).unwrap(), b"0123");
-        assert_eq!(read_block_at(&path, 2, 4).unwrap(), b"89");
-        assert_eq!(read_block_at(&path, 3, 4).unwrap(), b"");
+        let file = File::open(&path).unwrap();
+        assert_eq!(read_block_at(&file, 0, 4).unwrap(), b"0123");
+        assert_eq!(read_block_at(&file, 2, 4).unwrap(), b"89");
+        assert_eq!(read_block_at(&file, 3, 4).unwrap(), b"");
+        assert_eq!(read_block_at(&file, 1, 4).unwrap(), b"4567");
+        assert_eq!(
+            Stamp::of_open(&file).unwrap(),
+            Stamp::read(&path).unwrap().unwrap()
+        );
     }
 
     #[cfg(unix)]

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -360,6 +361,12 @@ impl Run<'_> {
 
     /// Puts the blocks of `name` the BlockStore does not have, reading each
     /// from disk only when it is sent.
+    ///
+    /// The blocks are not hashed again: they are read through one handle
+    /// whose stamp matched the scan's when it was opened, and the file's
+    /// stamp must still match once every block is sent. A file written in
+    /// between fails with [`FileError::Changed`] before its entry is
+    /// proposed, so no entry names hashes its uploaded blocks disagree with.
     async fn upload_blocks(&self, name: &str, hashes: &[String]) -> Result<(), FileError> {
         let blocks = self.blocks().await?;
         let mut seen = HashSet::new();
@@ -386,37 +393,53 @@ impl Run<'_> {
                 .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
                 .sum(),
         );
+        if missing.is_empty() {
+            return Ok(());
+        }
         let path = names::to_path(self.base, name);
+        let scanned = self.scan.stamps.get(name).copied();
+        let opened = path.clone();
+        let file = spawn_blocking(move || {
+            let file = File::open(&opened).map_err(|source| FileError::Read {
+                path: opened.clone(),
+                source,
+            })?;
+            let now = Stamp::of_open(&file).map_err(|source| FileError::Read {
+                path: opened,
+                source,
+            })?;
+            if Some(now) == scanned {
+                Ok(Arc::new(file))
+            } else {
+                Err(FileError::Changed)
+            }
+        })
+        .await??;
         stream::iter(missing)
-            .map(|(position, hash)| self.put_block(blocks, &path, position, hash))
+            .map(|(position, _)| self.put_block(blocks, &file, &path, position))
             .buffer_unordered(blocks_in_flight(self.options.block_size))
-            .try_collect()
-            .await
+            .try_collect::<()>()
+            .await?;
+        spawn_blocking(move || unchanged(&path, scanned)).await?
     }
 
+    /// Reads block `position` of the open `file` (at `path`) and puts it.
     async fn put_block(
         &self,
         blocks: &BlockStore,
+        file: &Arc<File>,
         path: &Path,
         position: usize,
-        hash: &str,
     ) -> Result<(), FileError> {
         let _held = self.reserve_block().await;
         let block_size = self.options.block_size;
-        let owned_path = path.to_path_buf();
-        let (data, actual) = spawn_blocking(move || {
-            let data = scan::read_block_at(&owned_path, position, block_size)?;
-            let actual = hash_block(&data);
-            Ok::<_, std::io::Error>((data, actual))
-        })
-        .await?
-        .map_err(|source| FileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if actual != hash {
-            return Err(FileError::Changed);
-        }
+        let file = Arc::clone(file);
+        let data = spawn_blocking(move || scan::read_block_at(&file, position, block_size))
+            .await?
+            .map_err(|source| FileError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let len = data.len() as u64;
         blocks.put_block(Bytes::from(data)).await?;
         self.bytes_sent.fetch_add(len, Ordering::Relaxed);
@@ -517,7 +540,8 @@ impl Run<'_> {
         let (path, hash) = (path.to_path_buf(), hash.to_string());
         let block_size = self.options.block_size;
         let data = spawn_blocking(move || {
-            let data = scan::read_block_at(&path, position, block_size).ok()?;
+            let file = File::open(&path).ok()?;
+            let data = scan::read_block_at(&file, position, block_size).ok()?;
             (hash_block(&data) == hash).then(|| Bytes::from(data))
         })
         .await?;
@@ -553,14 +577,7 @@ impl Run<'_> {
         let keep = self.options.keep_conflicts && done.conflict && scanned.is_some();
         let now = self.now;
         let (copy, dir) = spawn_blocking(move || {
-            let path = names::to_path(&base, &owned_name);
-            let current = Stamp::read(&path).map_err(|source| FileError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            if current != scanned {
-                return Err(FileError::Changed);
-            }
+            unchanged(&names::to_path(&base, &owned_name), scanned)?;
             let copy = if keep {
                 Some(disk::keep_conflict_copy(&base, &owned_name, now)?)
             } else {
@@ -599,6 +616,20 @@ impl Run<'_> {
                 actual,
             })
         }
+    }
+}
+
+/// Succeeds if the file at `path` is still what the scan saw (`scanned`,
+/// `None` for no file); blocks.
+fn unchanged(path: &Path, scanned: Option<Stamp>) -> Result<(), FileError> {
+    let current = Stamp::read(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if current == scanned {
+        Ok(())
+    } else {
+        Err(FileError::Changed)
     }
 }
 
@@ -680,6 +711,25 @@ mod tests {
             ]
         );
         assert_eq!(sources(std::slice::from_ref(&a), None), [Source::Fetch]);
+    }
+
+    #[test]
+    fn a_file_written_since_its_stamp_is_changed() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("f");
+        std::fs::write(&path, b"scanned").unwrap();
+        let scanned = Stamp::read(&path).unwrap();
+        unchanged(&path, scanned).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b" and edited")
+            .unwrap();
+        assert!(matches!(unchanged(&path, scanned), Err(FileError::Changed)));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(unchanged(&path, scanned), Err(FileError::Changed)));
+        unchanged(&path, None).unwrap();
     }
 
     #[test]
