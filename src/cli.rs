@@ -71,6 +71,14 @@ impl Fatal {
         }
     }
 
+    /// A `--data-dir` that cannot be opened or loaded (exit 1).
+    pub fn data_dir(dir: &std::path::Path, error: impl Display) -> Self {
+        Self::failure(format!(
+            "cannot use data directory {}: {error}",
+            dir.display()
+        ))
+    }
+
     /// Any other failure (exit 1).
     pub fn failure(message: impl Display) -> Self {
         Self {

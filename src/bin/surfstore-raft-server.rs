@@ -82,9 +82,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
 
     let storage: Box<dyn RaftStorage> = match &args.data_dir {
-        Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| {
-            Fatal::failure(format!("cannot use data directory {}: {e}", dir.display()))
-        })?),
+        Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| Fatal::data_dir(dir, e))?),
         None => Box::new(MemoryStorage),
     };
     let node = RaftNode::start(

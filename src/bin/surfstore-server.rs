@@ -110,7 +110,7 @@ fn block_backend(data_dir: Option<&Path>) -> Result<Arc<dyn BlockBackend>, Fatal
         None => Ok(Arc::new(MemoryBlocks::default())),
         Some(dir) => match DiskBlocks::open(&dir.join("blocks")) {
             Ok(blocks) => Ok(Arc::new(blocks)),
-            Err(e) => Err(unusable(dir, e)),
+            Err(e) => Err(Fatal::data_dir(dir, e)),
         },
     }
 }
@@ -119,13 +119,6 @@ fn block_backend(data_dir: Option<&Path>) -> Result<Arc<dyn BlockBackend>, Fatal
 fn file_map(data_dir: Option<&Path>) -> Result<JournaledMap, Fatal> {
     match data_dir {
         None => Ok(JournaledMap::in_memory()),
-        Some(dir) => JournaledMap::open(&dir.join("meta")).map_err(|e| unusable(dir, e)),
+        Some(dir) => JournaledMap::open(&dir.join("meta")).map_err(|e| Fatal::data_dir(dir, e)),
     }
-}
-
-fn unusable(dir: &Path, error: impl std::fmt::Display) -> Fatal {
-    Fatal::failure(format!(
-        "cannot use data directory {}: {error}",
-        dir.display()
-    ))
 }
