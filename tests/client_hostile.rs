@@ -14,8 +14,8 @@ use bytes::Bytes;
 use common::{index_text, runtime, serve, sync, tree, write};
 use surfstore::hash::hash_block;
 use surfstore::proto::{
-    Block, BlockHash, BlockHashes, BlockStoreAddr, FileInfoMap, FileMetaData, Success, Version,
-    block_store_server, meta_store_server,
+    Block, BlockHash, BlockHashes, BlockStoreAddr, Blocks, FileInfoMap, FileMetaData, Success,
+    Version, block_store_server, meta_store_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -65,6 +65,21 @@ impl block_store_server::BlockStore for HostileBlocks {
     }
     async fn has_blocks(&self, _: Request<BlockHashes>) -> Result<Response<BlockHashes>, Status> {
         Ok(Response::new(BlockHashes { hashes: vec![] }))
+    }
+    async fn put_blocks(&self, _: Request<Blocks>) -> Result<Response<Success>, Status> {
+        Ok(Response::new(Success { flag: false }))
+    }
+    async fn get_blocks(&self, r: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
+        let mut blocks = Vec::new();
+        for hash in r.into_inner().hashes {
+            let data = self.blocks.get(&hash).cloned();
+            let data = data.ok_or_else(|| Status::not_found("no such block"))?;
+            blocks.push(Block {
+                block_size: data.len() as i32,
+                block_data: data,
+            });
+        }
+        Ok(Response::new(Blocks { blocks }))
     }
 }
 

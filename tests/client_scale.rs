@@ -19,7 +19,7 @@ use common::{
     sync_ok, tree, write,
 };
 use surfstore::hash::hash_block;
-use surfstore::proto::{Block, BlockHash, BlockHashes, Success, block_store_server};
+use surfstore::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
 use tonic::{Request, Response, Status};
 
 const MIB: usize = 1 << 20;
@@ -146,6 +146,16 @@ impl block_store_server::BlockStore for FlakyBlocks {
                 .filter(|h| blocks.contains_key(h))
                 .collect(),
         }))
+    }
+    async fn put_blocks(&self, _: Request<Blocks>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented(
+            "like the original: one block per call",
+        ))
+    }
+    async fn get_blocks(&self, _: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
+        Err(Status::unimplemented(
+            "like the original: one block per call",
+        ))
     }
 }
 

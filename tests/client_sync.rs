@@ -14,14 +14,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use common::{
     Server, bin, counts, index_text, pseudo_random, run, runtime, serve, start_server, sync,
-    sync_ok, tree, write,
+    sync_ok, synced_files, tree, write,
 };
+use surfstore::block_store::{BlockStoreService, MemoryBlocks};
 use surfstore::hash::hash_block;
 use surfstore::meta_store::FileMap;
 use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{
-    AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr,
+    AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr, Blocks,
     CrashedState, FileInfoMap, FileMetaData, RaftInternalState, Success, Version,
     block_store_server, raft_surfstore_server,
 };
@@ -377,6 +378,16 @@ impl block_store_server::BlockStore for CorruptBlocks {
     async fn has_blocks(&self, r: Request<BlockHashes>) -> Result<Response<BlockHashes>, Status> {
         Ok(Response::new(r.into_inner()))
     }
+    async fn put_blocks(&self, _: Request<Blocks>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented(
+            "like the original: one block per call",
+        ))
+    }
+    async fn get_blocks(&self, _: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
+        Err(Status::unimplemented(
+            "like the original: one block per call",
+        ))
+    }
 }
 
 #[test]
@@ -402,6 +413,120 @@ fn corrupt_blocks_are_rejected_and_the_file_left_untouched() {
     assert_eq!(fs::read(b.path().join("f")).unwrap(), b"local copy");
     assert_eq!(tree(b.path()).len(), 1, "a temporary file was left behind");
     assert!(!index_text(b.path()).contains("f,1,"));
+}
+
+/// The project's own BlockStore, counting the calls of each method; with
+/// `batched` off it answers the batched calls UNIMPLEMENTED, as the
+/// original does.
+#[derive(Clone)]
+struct CountingBlocks {
+    inner: Arc<BlockStoreService>,
+    batched: bool,
+    calls: Arc<Mutex<HashMap<&'static str, usize>>>,
+}
+
+impl CountingBlocks {
+    fn new(batched: bool) -> Self {
+        Self {
+            inner: Arc::new(BlockStoreService::new(Arc::new(MemoryBlocks::default()))),
+            batched,
+            calls: Arc::default(),
+        }
+    }
+
+    fn count(&self, method: &'static str) {
+        *self.calls.lock().unwrap().entry(method).or_default() += 1;
+    }
+
+    fn calls(&self, method: &str) -> usize {
+        self.calls.lock().unwrap().get(method).copied().unwrap_or(0)
+    }
+
+    fn batched(&self) -> Result<(), Status> {
+        if self.batched {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(
+                "like the original: one block per call",
+            ))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl block_store_server::BlockStore for CountingBlocks {
+    async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
+        self.count("GetBlock");
+        self.inner.get_block(r).await
+    }
+    async fn put_block(&self, r: Request<Block>) -> Result<Response<Success>, Status> {
+        self.count("PutBlock");
+        self.inner.put_block(r).await
+    }
+    async fn has_blocks(&self, r: Request<BlockHashes>) -> Result<Response<BlockHashes>, Status> {
+        self.count("HasBlocks");
+        self.inner.has_blocks(r).await
+    }
+    async fn put_blocks(&self, r: Request<Blocks>) -> Result<Response<Success>, Status> {
+        self.count("PutBlocks");
+        self.batched()?;
+        self.inner.put_blocks(r).await
+    }
+    async fn get_blocks(&self, r: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
+        self.count("GetBlocks");
+        self.batched()?;
+        self.inner.get_blocks(r).await
+    }
+}
+
+/// Syncs 1000 distinct 4 KiB blocks (in one large file and a few small
+/// ones) up from one directory and down into another through `blocks`.
+fn round_trip_small_blocks(blocks: &CountingBlocks) {
+    let rt = runtime();
+    let block_addr = serve(
+        &rt,
+        tonic::transport::Server::builder()
+            .add_service(block_store_server::BlockStoreServer::new(blocks.clone())),
+    );
+    let meta = start_server("meta", &[&block_addr]);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big: Vec<u8> = (0..997 * 4096u32)
+        .map(|i| (i / 4096 + i % 251) as u8)
+        .collect();
+    fs::write(a.path().join("big.bin"), &big).unwrap();
+    for i in 0..3 {
+        write(
+            a.path(),
+            &format!("small{i}.txt"),
+            &format!("small file {i}"),
+        );
+    }
+    sync_ok(a.path(), &meta.addr, 4096);
+    sync_ok(b.path(), &meta.addr, 4096);
+    assert_eq!(synced_files(a.path()), synced_files(b.path()));
+}
+
+#[test]
+fn small_blocks_move_many_to_a_call() {
+    let blocks = CountingBlocks::new(true);
+    round_trip_small_blocks(&blocks);
+    // 997 blocks in calls of 256, plus one call per small file.
+    assert_eq!(blocks.calls("PutBlocks"), 4);
+    assert_eq!(blocks.calls("GetBlocks"), 4);
+    assert_eq!(blocks.calls("PutBlock"), 3);
+    assert_eq!(blocks.calls("GetBlock"), 3);
+}
+
+#[test]
+fn a_block_store_without_batched_calls_gets_one_block_per_call() {
+    let blocks = CountingBlocks::new(false);
+    round_trip_small_blocks(&blocks);
+    // Each side learns from its first answers (batches already asked
+    // concurrently also get one) and moves every block on its own.
+    assert!((1..=4).contains(&blocks.calls("PutBlocks")));
+    assert!((1..=4).contains(&blocks.calls("GetBlocks")));
+    assert_eq!(blocks.calls("PutBlock"), 1000);
+    assert_eq!(blocks.calls("GetBlock"), 1000);
 }
 
 /// How a fake Raft server behaves.

@@ -11,7 +11,7 @@ use common::{
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
-use surfstore::proto::{Block, BlockHash, BlockHashes, FileMetaData};
+use surfstore::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -175,6 +175,120 @@ async fn block_size_disagreeing_with_data_is_invalid_argument() {
         .await
         .expect_err("a rejected block must not be stored");
     assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn batched_blocks_round_trip_in_order() {
+    let server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let stored: Vec<Block> = (0..300u32)
+        .map(|i| block(i.to_le_bytes().repeat(i as usize % 7)))
+        .collect();
+    let reply = blocks
+        .put_blocks(Blocks {
+            blocks: stored.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(reply.into_inner().flag);
+    // Reversed, with a repeat: the reply follows the question.
+    let mut asked: Vec<Block> = stored.iter().rev().cloned().collect();
+    asked.push(stored[5].clone());
+    let hashes = asked.iter().map(|b| hash_block(&b.block_data)).collect();
+    let got = blocks
+        .get_blocks(BlockHashes { hashes })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.blocks, asked);
+    // Each one is also there for the original's calls.
+    let one = blocks
+        .get_block(BlockHash {
+            hash: hash_block(&stored[42].block_data),
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.into_inner(), stored[42]);
+}
+
+#[tokio::test]
+async fn a_bad_block_in_a_batch_stores_none_and_unknown_or_bad_hashes_fail() {
+    let mut server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    let good = block(&b"good"[..]);
+    let mut bad = block(&b"bad"[..]);
+    bad.block_size = 99;
+    assert_status(
+        blocks
+            .put_blocks(Blocks {
+                blocks: vec![good.clone(), bad],
+            })
+            .await,
+        Code::InvalidArgument,
+        "blockSize",
+        "PutBlocks with one lying blockSize",
+    );
+    assert_still_serves(&mut server, &mut blocks).await;
+    let hash = hash_block(&good.block_data);
+    let status = blocks
+        .get_block(BlockHash { hash: hash.clone() })
+        .await
+        .expect_err("nothing of a refused batch is stored");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let probe = hash_block(b"still alive?");
+    let unknown = hash_block(b"unknown");
+    assert_status(
+        blocks
+            .get_blocks(BlockHashes {
+                hashes: vec![probe.clone(), unknown.clone()],
+            })
+            .await,
+        Code::NotFound,
+        &unknown,
+        "GetBlocks with an unknown hash",
+    );
+    assert_status(
+        blocks
+            .get_blocks(BlockHashes {
+                hashes: vec![probe, "../x".to_string()],
+            })
+            .await,
+        Code::InvalidArgument,
+        "hash",
+        "GetBlocks with a malformed hash",
+    );
+    assert_still_serves(&mut server, &mut blocks).await;
+}
+
+#[tokio::test]
+async fn get_blocks_answers_a_prefix_that_fits_one_message() {
+    let server = start_server("both", &[]);
+    let mut blocks = block_client(&server.addr);
+    // Three 30 MiB blocks make more than one reply may carry (64 MiB).
+    let big: Vec<Block> = (0..3u8).map(|i| block(vec![i; 30 << 20])).collect();
+    for b in &big {
+        assert!(blocks.put_block(b.clone()).await.unwrap().into_inner().flag);
+    }
+    let hashes: Vec<String> = big.iter().map(|b| hash_block(&b.block_data)).collect();
+    let first = blocks
+        .get_blocks(BlockHashes {
+            hashes: hashes.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .blocks;
+    assert_eq!(first, big[..2]);
+    let rest = blocks
+        .get_blocks(BlockHashes {
+            hashes: hashes[2..].to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .blocks;
+    assert_eq!(rest, big[2..]);
 }
 
 #[tokio::test]

@@ -2,16 +2,24 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tonic::{Request, Response, Status};
 
 use super::{BlockBackend, BlockStoreError};
 use crate::grpc::MAX_BLOCK_BYTES;
 use crate::hash::{hash_block, is_valid_hash};
-use crate::proto::{Block, BlockHash, BlockHashes, Success, block_store_server};
+use crate::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
 
-/// Blocks at least this large are hashed on the blocking pool so a large
-/// PutBlock does not stall the async workers.
-const HASH_OFFLOAD_BYTES: usize = 256 << 10;
+/// A `GetBlocks` reply stops adding blocks before it would carry more than
+/// this many bytes of them. Its first block is always added, and may be as
+/// large as [`MAX_BLOCK_BYTES`]: either way the reply fits in
+/// [`crate::grpc::MAX_MESSAGE_BYTES`].
+const GET_BLOCKS_REPLY_BYTES: usize = 64 << 20;
+
+/// The most blocks one `GetBlocks` reply carries, so that the framing of
+/// tiny blocks cannot outgrow the message limit either.
+const GET_BLOCKS_REPLY_COUNT: usize = 1 << 16;
 
 /// Serves `GetBlock`, `PutBlock` and `HasBlocks` from a backend.
 pub struct BlockStoreService {
@@ -63,6 +71,59 @@ fn truncate(s: &str) -> &str {
     }
 }
 
+/// Checks what a client sent as a block: the size limit and the `blockSize`
+/// it claims.
+fn check_block(block: &Block) -> Result<(), Status> {
+    let len = block.block_data.len();
+    if len > MAX_BLOCK_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "block of {len} bytes exceeds the limit of {MAX_BLOCK_BYTES} bytes"
+        )));
+    }
+    if usize::try_from(block.block_size) != Ok(len) {
+        return Err(Status::invalid_argument(format!(
+            "blockSize {} disagrees with the {len} bytes of blockData",
+            block.block_size
+        )));
+    }
+    Ok(())
+}
+
+/// A stored block as the wire carries it.
+fn to_block(hash: &str, data: Bytes) -> Result<Block, Status> {
+    let block_size = i32::try_from(data.len())
+        .map_err(|_| Status::internal(format!("stored block {hash} is too large to send")))?;
+    Ok(Block {
+        block_data: data,
+        block_size,
+    })
+}
+
+fn not_found(hash: &str) -> Status {
+    Status::not_found(format!("block {hash} not found"))
+}
+
+impl BlockStoreService {
+    /// Checks every block, then hashes and stores them all on the blocking
+    /// pool (hashing a large block would stall an async worker): one bad
+    /// block stores none.
+    async fn put_all(&self, blocks: Vec<Block>) -> Result<Response<Success>, Status> {
+        for block in &blocks {
+            check_block(block)?;
+        }
+        self.backend(move |backend| {
+            for block in blocks {
+                let hash = hash_block(&block.block_data);
+                tracing::debug!(%hash, len = block.block_data.len(), "PutBlock");
+                backend.put(&hash, block.block_data)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Success { flag: true }))
+    }
+}
+
 #[tonic::async_trait]
 impl block_store_server::BlockStore for BlockStoreService {
     async fn get_block(&self, request: Request<BlockHash>) -> Result<Response<Block>, Status> {
@@ -70,42 +131,48 @@ impl block_store_server::BlockStore for BlockStoreService {
         check_hash(&hash)?;
         let key = hash.clone();
         match self.backend(move |b| b.get(&key)).await? {
-            Some(data) => Ok(Response::new(Block {
-                block_size: i32::try_from(data.len()).map_err(|_| {
-                    Status::internal(format!("stored block {hash} is too large to send"))
-                })?,
-                block_data: data,
-            })),
-            None => Err(Status::not_found(format!("block {hash} not found"))),
+            Some(data) => Ok(Response::new(to_block(&hash, data)?)),
+            None => Err(not_found(&hash)),
         }
     }
 
     async fn put_block(&self, request: Request<Block>) -> Result<Response<Success>, Status> {
-        let block = request.into_inner();
-        let len = block.block_data.len();
-        if len > MAX_BLOCK_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "block of {len} bytes exceeds the limit of {MAX_BLOCK_BYTES} bytes"
-            )));
+        self.put_all(vec![request.into_inner()]).await
+    }
+
+    async fn put_blocks(&self, request: Request<Blocks>) -> Result<Response<Success>, Status> {
+        self.put_all(request.into_inner().blocks).await
+    }
+
+    async fn get_blocks(&self, request: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
+        let hashes = request.into_inner().hashes;
+        for hash in &hashes {
+            check_hash(hash)?;
         }
-        if usize::try_from(block.block_size) != Ok(len) {
-            return Err(Status::invalid_argument(format!(
-                "blockSize {} disagrees with the {len} bytes of blockData",
-                block.block_size
-            )));
-        }
-        let data = block.block_data;
-        let hash = if len >= HASH_OFFLOAD_BYTES {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || hash_block(&data))
-                .await
-                .map_err(|e| Status::internal(format!("hashing task failed: {e}")))?
-        } else {
-            hash_block(&data)
-        };
-        tracing::debug!(%hash, len, "PutBlock");
-        self.backend(move |b| b.put(&hash, data)).await?;
-        Ok(Response::new(Success { flag: true }))
+        let found = self
+            .backend(move |backend| {
+                let (mut found, mut bytes) = (Vec::new(), 0);
+                for hash in hashes {
+                    let Some(data) = backend.get(&hash)? else {
+                        return Ok(Err(hash));
+                    };
+                    bytes += data.len();
+                    let full =
+                        bytes > GET_BLOCKS_REPLY_BYTES || found.len() == GET_BLOCKS_REPLY_COUNT;
+                    if full && !found.is_empty() {
+                        break;
+                    }
+                    found.push((hash, data));
+                }
+                Ok(Ok(found))
+            })
+            .await?
+            .map_err(|missing| not_found(&missing))?;
+        let blocks = found
+            .into_iter()
+            .map(|(hash, data)| to_block(&hash, data))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(Blocks { blocks }))
     }
 
     async fn has_blocks(

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -24,7 +26,7 @@ use crate::grpc::{self, AddrError, MAX_MESSAGE_BYTES};
 use crate::proto::block_store_client::BlockStoreClient;
 use crate::proto::meta_store_client::MetaStoreClient;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{Block, BlockHash, BlockHashes, FileMetaData};
+use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
 
 /// Deadline of one MetaStore call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -382,11 +384,20 @@ impl MetaStore {
     }
 }
 
+/// How many blocks the fallback for a server without the batched calls
+/// (the original's) moves at once, one call each.
+const UNBATCHED_CALLS_IN_FLIGHT: usize = 8;
+
 /// The BlockStore calls the client makes, over one channel.
+///
+/// Many blocks go in one `PutBlocks` or `GetBlocks` call. A BlockStore that
+/// lacks those (the original's) answers UNIMPLEMENTED once, and from then
+/// on the same blocks move one `PutBlock` or `GetBlock` call each.
 #[derive(Clone)]
 pub struct BlockStore {
     addr: String,
     client: BlockStoreClient<Channel>,
+    batched: Arc<AtomicBool>,
 }
 
 impl BlockStore {
@@ -398,6 +409,7 @@ impl BlockStore {
         Ok(Self {
             addr: addr.to_string(),
             client,
+            batched: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -412,21 +424,103 @@ impl BlockStore {
         Ok(block.block_data)
     }
 
+    /// The blocks named `hashes`, in that order. The caller checks that
+    /// each is what its name says.
+    pub async fn get_blocks(&self, hashes: &[String]) -> Result<Vec<Bytes>, RpcError> {
+        let mut blocks = Vec::with_capacity(hashes.len());
+        while blocks.len() < hashes.len() && self.is_batched(hashes.len() - blocks.len()) {
+            let request = BlockHashes {
+                hashes: hashes[blocks.len()..].to_vec(),
+            };
+            let mut client = self.client.clone();
+            let reply = client.get_blocks(request);
+            let Some(reply) = self.batched_call("GetBlocks", reply).await? else {
+                break;
+            };
+            if reply.blocks.is_empty() {
+                return Err(self.failed("GetBlocks", "the BlockStore answered no block"));
+            }
+            blocks.extend(reply.blocks.into_iter().map(|b| b.block_data));
+        }
+        blocks.truncate(hashes.len());
+        let rest = stream::iter(&hashes[blocks.len()..])
+            .map(|hash| self.get_block(hash))
+            .buffered(UNBATCHED_CALLS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        blocks.extend(rest);
+        Ok(blocks)
+    }
+
     /// Stores `data` as a block.
     pub async fn put_block(&self, data: Bytes) -> Result<(), RpcError> {
-        let block_size =
-            i32::try_from(data.len()).map_err(|_| self.failed("PutBlock", "block too large"))?;
-        let request = Block {
-            block_data: data,
-            block_size,
-        };
+        let request = self.to_block("PutBlock", data)?;
         let reply = self
             .call("PutBlock", self.client.clone().put_block(request))
             .await?;
-        if reply.flag {
+        self.stored("PutBlock", reply.flag)
+    }
+
+    /// Stores every one of `blocks`.
+    pub async fn put_blocks(&self, blocks: Vec<Bytes>) -> Result<(), RpcError> {
+        if self.is_batched(blocks.len()) {
+            let request = Blocks {
+                blocks: blocks
+                    .iter()
+                    .map(|data| self.to_block("PutBlocks", data.clone()))
+                    .collect::<Result<_, _>>()?,
+            };
+            let mut client = self.client.clone();
+            let reply = client.put_blocks(request);
+            if let Some(reply) = self.batched_call("PutBlocks", reply).await? {
+                return self.stored("PutBlocks", reply.flag);
+            }
+        }
+        stream::iter(blocks)
+            .map(|data| self.put_block(data))
+            .buffer_unordered(UNBATCHED_CALLS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Whether `count` blocks should go in one batched call: more than one,
+    /// and the server has not said it lacks the batched calls.
+    fn is_batched(&self, count: usize) -> bool {
+        count > 1 && self.batched.load(Ordering::Relaxed)
+    }
+
+    /// Makes a batched call; `None` if the server lacks it, which is
+    /// remembered so later blocks go one call each right away.
+    async fn batched_call<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<Option<T>, RpcError> {
+        match self.raw_call(call).await {
+            Ok(reply) => Ok(Some(reply)),
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::debug!(addr = %self.addr, "the BlockStore lacks {method}; moving blocks one call each");
+                self.batched.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(status) => Err(self.error(method, &status)),
+        }
+    }
+
+    fn to_block(&self, method: &'static str, data: Bytes) -> Result<Block, RpcError> {
+        let block_size =
+            i32::try_from(data.len()).map_err(|_| self.failed(method, "block too large"))?;
+        Ok(Block {
+            block_data: data,
+            block_size,
+        })
+    }
+
+    fn stored(&self, method: &'static str, flag: bool) -> Result<(), RpcError> {
+        if flag {
             Ok(())
         } else {
-            Err(self.failed("PutBlock", "the BlockStore refused the block"))
+            Err(self.failed(method, "the BlockStore refused the block"))
         }
     }
 
@@ -454,22 +548,35 @@ impl BlockStore {
         method: &'static str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, RpcError> {
-        let status = match tokio::time::timeout(BLOCK_CALL_TIMEOUT, call).await {
-            Ok(Ok(reply)) => return Ok(reply.into_inner()),
-            Ok(Err(status)) => status,
-            Err(_) => Status::deadline_exceeded(format!(
+        self.raw_call(call)
+            .await
+            .map_err(|status| self.error(method, &status))
+    }
+
+    /// Makes a call within [`BLOCK_CALL_TIMEOUT`].
+    async fn raw_call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(BLOCK_CALL_TIMEOUT, call).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer within {}s",
                 BLOCK_CALL_TIMEOUT.as_secs()
-            )),
-        };
-        let reason = describe(&status);
-        match classify(&status) {
-            Verdict::Down => Err(RpcError::Unreachable {
+            ))),
+        }
+    }
+
+    /// The error a failed call of `method` reports.
+    fn error(&self, method: &'static str, status: &Status) -> RpcError {
+        let reason = describe(status);
+        match classify(status) {
+            Verdict::Down => RpcError::Unreachable {
                 service: "BlockStore",
                 addr: self.addr.clone(),
                 reason,
-            }),
-            _ => Err(self.failed(method, &reason)),
+            },
+            _ => self.failed(method, &reason),
         }
     }
 }

@@ -49,18 +49,34 @@ pub const FILE_CONCURRENCY: usize = 4;
 /// Bytes of block data all transfers together may hold at once.
 pub const BLOCK_BUDGET_BYTES: usize = 32 << 20;
 
-/// The most blocks in flight at once, however small the blocks: enough to
-/// hide the latency of one call behind the others.
-pub const MAX_BLOCKS_IN_FLIGHT: usize = 64;
+/// About how many bytes of blocks one BlockStore call carries: smaller
+/// blocks travel many to a call, because a call costs more CPU than a few
+/// KiB of data; blocks this large or larger travel one to a call.
+pub const CALL_BYTES: usize = 1 << 20;
+
+/// The most BlockStore calls one file's transfer keeps in flight: enough
+/// to hide the latency of one call behind the others.
+pub const MAX_CALLS_IN_FLIGHT: usize = 8;
 
 /// How many hashes one `HasBlocks` call asks about.
 const HAS_BLOCKS_BATCH: usize = 4096;
 
-/// How many blocks may be in flight at once with blocks of `block_size`
-/// bytes: [`BLOCK_BUDGET_BYTES`] worth, at least one, at most
-/// [`MAX_BLOCKS_IN_FLIGHT`] (8 at 4 MiB).
+/// How many blocks of `block_size` bytes may be held in memory at once:
+/// [`BLOCK_BUDGET_BYTES`] worth, at least one (8 at 4 MiB).
 pub fn blocks_in_flight(block_size: usize) -> usize {
-    (BLOCK_BUDGET_BYTES / block_size.max(1)).clamp(1, MAX_BLOCKS_IN_FLIGHT)
+    (BLOCK_BUDGET_BYTES / block_size.max(1)).max(1)
+}
+
+/// How many blocks of `block_size` bytes one BlockStore call carries
+/// (see [`CALL_BYTES`]; 256 at 4 KiB, 1 at 1 MiB and more).
+pub fn blocks_per_call(block_size: usize) -> usize {
+    (CALL_BYTES / block_size.max(1)).max(1)
+}
+
+/// How many calls of [`blocks_per_call`] blocks one transfer keeps in
+/// flight: as many as the budget holds, at most [`MAX_CALLS_IN_FLIGHT`].
+fn calls_in_flight(block_size: usize) -> usize {
+    (blocks_in_flight(block_size) / blocks_per_call(block_size)).clamp(1, MAX_CALLS_IN_FLIGHT)
 }
 
 /// How a run behaves.
@@ -324,12 +340,15 @@ impl Run<'_> {
             .await
     }
 
-    /// Waits until one more block may be held in memory. Permits are
-    /// granted in the order asked (tokio's semaphore is fair), which keeps
-    /// an ordered download from waiting on itself.
-    async fn reserve_block(&self) -> SemaphorePermit<'_> {
+    /// Waits until `blocks` more blocks may be held in memory. Permits
+    /// are granted in the order asked (tokio's semaphore is fair), which
+    /// keeps an ordered download from waiting on itself.
+    async fn reserve_blocks(&self, blocks: usize) -> SemaphorePermit<'_> {
+        // A call carries at most blocks_per_call blocks, never more than
+        // the budget holds, so this never waits forever.
+        let wanted = u32::try_from(blocks).unwrap_or(u32::MAX);
         self.budget
-            .acquire()
+            .acquire_many(wanted)
             .await
             .expect("the block budget is never closed")
     }
@@ -415,33 +434,40 @@ impl Run<'_> {
             }
         })
         .await??;
-        stream::iter(missing)
-            .map(|(position, _)| self.put_block(blocks, &file, &path, position))
-            .buffer_unordered(blocks_in_flight(self.options.block_size))
+        let positions: Vec<usize> = missing.iter().map(|(position, _)| *position).collect();
+        stream::iter(positions.chunks(blocks_per_call(self.options.block_size)))
+            .map(|batch| self.put_blocks(blocks, &file, &path, batch))
+            .buffer_unordered(calls_in_flight(self.options.block_size))
             .try_collect::<()>()
             .await?;
         spawn_blocking(move || unchanged(&path, scanned)).await?
     }
 
-    /// Reads block `position` of the open `file` (at `path`) and puts it.
-    async fn put_block(
+    /// Reads the blocks at `positions` of the open `file` (at `path`) and
+    /// puts them in one call.
+    async fn put_blocks(
         &self,
         blocks: &BlockStore,
         file: &Arc<File>,
         path: &Path,
-        position: usize,
+        positions: &[usize],
     ) -> Result<(), FileError> {
-        let _held = self.reserve_block().await;
+        let _held = self.reserve_blocks(positions.len()).await;
         let block_size = self.options.block_size;
-        let file = Arc::clone(file);
-        let data = spawn_blocking(move || scan::read_block_at(&file, position, block_size))
-            .await?
-            .map_err(|source| FileError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let len = data.len() as u64;
-        blocks.put_block(Bytes::from(data)).await?;
+        let (file, owned) = (Arc::clone(file), positions.to_vec());
+        let data = spawn_blocking(move || {
+            owned
+                .into_iter()
+                .map(|position| scan::read_block_at(&file, position, block_size).map(Bytes::from))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .await?
+        .map_err(|source| FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let len = data.iter().map(|block| block.len() as u64).sum();
+        blocks.put_blocks(data).await?;
         self.bytes_sent.fetch_add(len, Ordering::Relaxed);
         self.options.progress.transfer().inc(len);
         Ok(())
@@ -469,27 +495,21 @@ impl Run<'_> {
         };
         if !remote.hashes.is_empty() {
             let local = self.scan.files.get(name).map(Vec::as_slice);
-            let plan = sources(&remote.hashes, local);
+            let steps = steps(
+                &sources(&remote.hashes, local),
+                blocks_per_call(self.options.block_size),
+            );
             let blocks = self.blocks().await?;
-            let target = &target;
-            // Permits are taken one by one in block order, so the block the
-            // file waits for next always holds one.
-            let arriving = stream::iter(plan.into_iter().zip(&remote.hashes))
-                .then(|item| async move { (self.reserve_block().await, item) })
-                .map(|(held, (source, hash))| async move {
-                    let data = match source {
-                        Source::Earlier(j) => Err(j),
-                        Source::Local(position) => {
-                            match self.read_local(target, position, hash).await? {
-                                Some(data) => Ok(data),
-                                None => Ok(self.fetch_block(blocks, hash).await?),
-                            }
-                        }
-                        Source::Fetch => Ok(self.fetch_block(blocks, hash).await?),
-                    };
+            let (target, hashes) = (&target, &remote.hashes);
+            // Permits are taken step by step in block order, so the blocks
+            // the file waits for next always hold some.
+            let arriving = stream::iter(steps)
+                .then(|step| async move { (self.reserve_blocks(step.len()).await, step) })
+                .map(|(held, step)| async move {
+                    let data = self.gather(blocks, target, hashes, step).await?;
                     Ok::<_, FileError>((held, data))
                 })
-                .buffered(blocks_in_flight(self.options.block_size));
+                .buffered(calls_in_flight(self.options.block_size));
             let mut arriving = std::pin::pin!(arriving);
             let mut out = tmp.as_file().try_clone().map_err(io_error)?;
             // Offset and length of each block written so far.
@@ -497,25 +517,34 @@ impl Run<'_> {
             let mut offset = 0;
             while let Some(next) = arriving.next().await {
                 let (held, data) = next?;
-                // An earlier block is written by now: blocks arrive in order.
-                let data = data.map_err(|j| written[j]);
-                let copied = data.is_err();
-                let (file, len) = spawn_blocking(move || {
-                    let data = match data {
-                        Ok(data) => data,
-                        Err((at, len)) => Bytes::from(read_at(&out, at, len)?),
-                    };
-                    out.write_all(&data)?;
-                    Ok::<_, std::io::Error>((out, data.len()))
+                // Earlier blocks are written by now: steps arrive in order.
+                let data: Vec<_> = data
+                    .into_iter()
+                    .map(|block| block.map_err(|j| written[j]))
+                    .collect();
+                let (file, lens) = spawn_blocking(move || {
+                    let mut lens = Vec::with_capacity(data.len());
+                    for block in data {
+                        let copied = block.is_err();
+                        let block = match block {
+                            Ok(block) => block,
+                            Err((at, len)) => Bytes::from(read_at(&out, at, len)?),
+                        };
+                        out.write_all(&block)?;
+                        lens.push((block.len(), copied));
+                    }
+                    Ok::<_, std::io::Error>((out, lens))
                 })
                 .await?
                 .map_err(io_error)?;
                 out = file;
-                if copied {
-                    self.options.progress.transfer().inc(len as u64);
+                for (len, copied) in lens {
+                    if copied {
+                        self.options.progress.transfer().inc(len as u64);
+                    }
+                    written.push((offset, len));
+                    offset += len as u64;
                 }
-                written.push((offset, len));
-                offset += len as u64;
                 drop(held);
             }
         }
@@ -592,30 +621,69 @@ impl Run<'_> {
         Ok(done)
     }
 
-    /// Fetches one block and checks that it is what its name says.
-    async fn fetch_block(&self, blocks: &BlockStore, hash: &str) -> Result<Bytes, FileError> {
-        let data = blocks.get_block(hash).await?;
-        let len = data.len() as u64;
+    /// The blocks of one download step: each block's bytes, or the index
+    /// of the earlier block of the same file it repeats.
+    async fn gather(
+        &self,
+        blocks: &BlockStore,
+        target: &Path,
+        hashes: &[String],
+        step: Step,
+    ) -> Result<Vec<Result<Bytes, usize>>, FileError> {
+        match step {
+            Step::Earlier(j) => Ok(vec![Err(j)]),
+            Step::Local { block, position } => {
+                let hash = &hashes[block];
+                let data = match self.read_local(target, position, hash).await? {
+                    Some(data) => data,
+                    None => self
+                        .fetch_blocks(blocks, std::slice::from_ref(hash))
+                        .await?
+                        .remove(0),
+                };
+                Ok(vec![Ok(data)])
+            }
+            Step::Fetch(range) => {
+                let fetched = self.fetch_blocks(blocks, &hashes[range]).await?;
+                Ok(fetched.into_iter().map(Ok).collect())
+            }
+        }
+    }
+
+    /// Fetches the blocks named `hashes` and checks that each is what its
+    /// name says.
+    async fn fetch_blocks(
+        &self,
+        blocks: &BlockStore,
+        hashes: &[String],
+    ) -> Result<Vec<Bytes>, FileError> {
+        let data = blocks.get_blocks(hashes).await?;
+        let len: u64 = data.iter().map(|block| block.len() as u64).sum();
         self.bytes_received.fetch_add(len, Ordering::Relaxed);
         let transfer = self.options.progress.transfer();
         transfer.inc(len);
         // The bar assumed blocks of our own size; the uploader's may differ.
-        let planned = self.options.block_size as u64;
+        let planned = (self.options.block_size * hashes.len()) as u64;
         if len < planned {
             transfer.dec_length(planned - len);
         } else {
             transfer.inc_length(len - planned);
         }
-        let checked = data.clone();
-        let actual = spawn_blocking(move || hash_block(&checked)).await?;
-        if actual == hash {
-            Ok(data)
-        } else {
-            Err(FileError::CorruptBlock {
-                expected: hash.to_string(),
-                actual,
-            })
-        }
+        let (checked, expected) = (data.clone(), hashes.to_vec());
+        spawn_blocking(move || {
+            for (block, hash) in checked.iter().zip(expected) {
+                let actual = hash_block(block);
+                if actual != hash {
+                    return Err(FileError::CorruptBlock {
+                        expected: hash,
+                        actual,
+                    });
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        Ok(data)
     }
 }
 
@@ -667,6 +735,44 @@ fn sources(remote: &[String], local: Option<&[String]>) -> Vec<Source> {
             }
         })
         .collect()
+}
+
+/// One unit of a download's work, covering one or more consecutive blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// These blocks, fetched in one call.
+    Fetch(std::ops::Range<usize>),
+    /// Block `block` read from `position` of the local file.
+    Local { block: usize, position: usize },
+    /// A copy of earlier block `j` of the same download.
+    Earlier(usize),
+}
+
+impl Step {
+    /// How many blocks the step covers.
+    fn len(&self) -> usize {
+        match self {
+            Step::Fetch(range) => range.len(),
+            Step::Local { .. } | Step::Earlier(_) => 1,
+        }
+    }
+}
+
+/// Groups a download's [`sources`] into steps, in block order: runs of
+/// consecutive fetched blocks go in calls of at most `per_call` blocks.
+fn steps(sources: &[Source], per_call: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (block, source) in sources.iter().enumerate() {
+        match (*source, steps.last_mut()) {
+            (Source::Fetch, Some(Step::Fetch(range))) if range.len() < per_call => {
+                range.end = block + 1;
+            }
+            (Source::Fetch, _) => steps.push(Step::Fetch(block..block + 1)),
+            (Source::Local(position), _) => steps.push(Step::Local { block, position }),
+            (Source::Earlier(j), _) => steps.push(Step::Earlier(j)),
+        }
+    }
+    steps
 }
 
 /// Reads `len` bytes at `offset` of `file`.
@@ -733,11 +839,49 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_is_32_mib_of_blocks() {
+    fn the_budget_is_32_mib_of_blocks_in_calls_of_about_1_mib() {
         assert_eq!(blocks_in_flight(4 << 20), 8);
-        assert_eq!(blocks_in_flight(1 << 20), 32);
-        assert_eq!(blocks_in_flight(1024), MAX_BLOCKS_IN_FLIGHT);
+        assert_eq!(blocks_in_flight(4 << 10), 8192);
         assert_eq!(blocks_in_flight(128 << 20), 1);
-        assert_eq!(blocks_in_flight(0), MAX_BLOCKS_IN_FLIGHT);
+        assert_eq!(blocks_in_flight(0), BLOCK_BUDGET_BYTES);
+        assert_eq!(blocks_per_call(4 << 10), 256);
+        assert_eq!(blocks_per_call(4 << 20), 1);
+        assert_eq!(blocks_per_call(3 << 20), 1);
+        assert_eq!(calls_in_flight(4 << 20), MAX_CALLS_IN_FLIGHT);
+        assert_eq!(calls_in_flight(4 << 10), MAX_CALLS_IN_FLIGHT);
+        assert_eq!(calls_in_flight(16 << 20), 2);
+        assert_eq!(calls_in_flight(128 << 20), 1);
+    }
+
+    #[test]
+    fn consecutive_fetches_share_calls_and_the_rest_keep_their_place() {
+        use Source::{Earlier, Fetch, Local};
+        let sources = [
+            Fetch,
+            Fetch,
+            Fetch,
+            Local(7),
+            Fetch,
+            Earlier(0),
+            Fetch,
+            Fetch,
+        ];
+        assert_eq!(
+            steps(&sources, 2),
+            [
+                Step::Fetch(0..2),
+                Step::Fetch(2..3),
+                Step::Local {
+                    block: 3,
+                    position: 7
+                },
+                Step::Fetch(4..5),
+                Step::Earlier(0),
+                Step::Fetch(6..8),
+            ]
+        );
+        let lens: usize = steps(&sources, 2).iter().map(Step::len).sum();
+        assert_eq!(lens, sources.len());
+        assert_eq!(steps(&[], 4), []);
     }
 }
