@@ -498,7 +498,7 @@ fn round_trip_small_blocks(blocks: &CountingBlocks) {
         write(
             a.path(),
             &format!("small{i}.txt"),
-            &format!("small file {i}"),
+            format!("small file {i}"),
         );
     }
     sync_ok(a.path(), &meta.addr, 4096);
