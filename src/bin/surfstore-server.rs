@@ -14,6 +14,13 @@ use surfstore::config::is_host_port;
 use surfstore::grpc;
 use surfstore::meta_store::{JournaledMap, MetaStoreService};
 
+/// mimalloc rather than glibc's malloc: a server frees a multi-MiB block
+/// buffer per call and glibc hands it back to the kernel each time, so the
+/// next call pays page faults to get it again; mimalloc reuses it (server
+/// CPU per 4 MiB PutBlock fell by about a third).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Which services the server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Service {
