@@ -93,7 +93,8 @@ impl LoadRow {
     }
 }
 
-/// Every B6 point.
+/// Every B6 point (none when B6 is not run).
+#[derive(Default)]
 pub struct Loads {
     /// UpdateFile points.
     pub commits: Vec<LoadRow>,

@@ -11,7 +11,9 @@
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
-//! shrinks every size and duration so CI can run it in seconds. Nothing here
+//! shrinks every size and duration so CI can run it in seconds;
+//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5) or `=load` (B6) runs one half, for
+//! measuring one change quickly (B7 always runs). Nothing here
 //! asserts a timing: the numbers are reported, the targets compared, and the
 //! run fails only if a sync or a call does not do what it should.
 
@@ -168,9 +170,28 @@ fn run() -> BenchResult<()> {
         .enable_all()
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
+    let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
+    let (run_sync, run_load) = match only.as_str() {
+        "" => (true, true),
+        "sync" => (true, false),
+        "load" => (false, true),
+        other => {
+            return Err(
+                format!("SURFSTORE_BENCH_ONLY must be `sync` or `load`, not {other:?}").into(),
+            );
+        }
+    };
     let sha = sha::measure(&scale);
-    let sync = sync::run_all(&scale, work.path(), &runtime)?;
-    let load = runtime.block_on(load::run_all(&scale, work.path()))?;
+    let sync = if run_sync {
+        sync::run_all(&scale, work.path(), &runtime)?
+    } else {
+        Vec::new()
+    };
+    let load = if run_load {
+        runtime.block_on(load::run_all(&scale, work.path()))?
+    } else {
+        load::Loads::default()
+    };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
 
