@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -341,7 +342,14 @@ fn remote_names_escaping_the_base_directory_are_refused() {
     fs::create_dir(&b).unwrap();
     put_block(&d.block, b"payload");
     let hashes = vec![hash_block(b"payload")];
-    for name in ["../escape", "/abs", "a/../../up", "index.txt", "ok.txt"] {
+    for name in [
+        "../escape",
+        "/abs",
+        "a/../../up",
+        "index.txt",
+        ".index.txt.cache",
+        "ok.txt",
+    ] {
         assert_eq!(update_file(&d.meta, name, 1, hashes.clone()), 1, "{name}");
     }
 
@@ -353,6 +361,7 @@ fn remote_names_escaping_the_base_directory_are_refused() {
     assert!(!parent.path().join("escape").exists());
     assert!(!parent.path().join("up").exists());
     assert!(!Path::new("/abs").exists());
+    assert!(!b.join(".index.txt.cache").exists());
     assert!(
         index_text(&b).starts_with("ok.txt,1,"),
         "{}",
@@ -900,4 +909,80 @@ fn symlinks_are_skipped_with_a_warning_and_never_followed() {
         fs::read(outside.path().join("secret")).unwrap(),
         b"do not sync"
     );
+}
+
+/// `surfstore-client -d --hash-cache ADDR DIR 1024`, asserted to succeed:
+/// its summary line and its debug log (without colours).
+fn sync_hash_cached(dir: &Path, addr: &str) -> (String, String) {
+    let out = Command::new(bin("surfstore-client"))
+        .env("NO_COLOR", "1")
+        .args(["-d", "--hash-cache", addr, dir.to_str().unwrap(), "1024"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), log)
+}
+
+/// Moves the recorded start of the scan that wrote the hash cache in `dir`
+/// a minute later: as if that run had come after the files settled, so its
+/// entries are trusted without the test waiting out the racy margin.
+fn settle_hash_cache(dir: &Path) {
+    let path = dir.join(".index.txt.cache");
+    let text = fs::read_to_string(&path).unwrap();
+    let (header, files) = text.split_once('\n').unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(header).unwrap();
+    let secs = &mut header["scanned"]["secs_since_epoch"];
+    *secs = (secs.as_u64().unwrap() + 60).into();
+    fs::write(&path, format!("{header}\n{files}")).unwrap();
+}
+
+#[test]
+fn the_hash_cache_spares_unchanged_files_syncs_edits_and_never_syncs_itself() {
+    let d = both();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, addr) = (a.path(), b.path(), d.meta.as_str());
+    write(a, "keep", pseudo_random(5000, 7));
+    write(a, "d/edit", "first version");
+    let (out, log) = sync_hash_cached(a, addr);
+    assert_eq!(counts(&out), [2, 0, 0, 0]);
+    assert!(log.contains("scanning cached=0 hashing=2"), "{log}");
+    assert!(a.join(".index.txt.cache").is_file());
+
+    // A same-size edit right after the run that cached the file.
+    write(a, "d/edit", "other version");
+    assert_eq!(counts(&sync_hash_cached(a, addr).0), [1, 0, 0, 0]);
+
+    settle_hash_cache(a);
+    let (out, log) = sync_hash_cached(a, addr);
+    assert_eq!(counts(&out), [0, 0, 0, 0]);
+    assert!(log.contains("scanning cached=2 hashing=0"), "{log}");
+
+    // A same-size edit with a modification time of its own.
+    settle_hash_cache(a);
+    write(a, "d/edit", "third version");
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(a.join("d/edit"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (out, log) = sync_hash_cached(a, addr);
+    assert_eq!(counts(&out), [1, 0, 0, 0]);
+    assert!(log.contains("scanning cached=1 hashing=1"), "{log}");
+    assert_eq!(remote_map(addr)["d/edit"].version, 3);
+
+    // Without the flag the cache is neither used nor rewritten.
+    let cache = fs::read(a.join(".index.txt.cache")).unwrap();
+    assert_eq!(counts(&sync_ok(a, addr, 1024)), [0, 0, 0, 0]);
+    assert_eq!(fs::read(a.join(".index.txt.cache")).unwrap(), cache);
+
+    assert_eq!(counts(&sync_ok(b, addr, 1024)), [0, 2, 0, 0]);
+    assert_eq!(fs::read(b.join("d/edit")).unwrap(), b"third version");
+    assert_eq!(fs::read(b.join("keep")).unwrap(), pseudo_random(5000, 7));
+    assert!(!b.join(".index.txt.cache").exists());
+    assert!(!remote_map(addr).contains_key(".index.txt.cache"));
+    assert!(!index_text(a).contains(".index.txt.cache"));
 }

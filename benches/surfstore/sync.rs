@@ -2,6 +2,9 @@
 //! wall time of one client process, from start to exit, syncing through a
 //! 3-server Raft cluster (found with `-f CONFIG`) and a BlockStore.
 //!
+//! B4c is B4 with `--hash-cache`, after an untimed run that wrote the
+//! cache: what a resync costs when no file needs reading.
+//!
 //! B5 counts the blocks the client sends. The client prints no block counts,
 //! so that run's BlockStore is the project's own [`BlockStoreService`]
 //! served in this process over a backend that counts `PutBlock`s; its
@@ -10,9 +13,11 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use surfstore::block_store::{BlockBackend, BlockStoreError, BlockStoreService, MemoryBlocks};
+use surfstore::client::cache::RACY_MARGIN;
 use tokio::runtime::Runtime;
 
 use crate::data::{self, Generated, Rng};
@@ -102,8 +107,8 @@ fn servers(work: &Path, runtime: &Runtime, label: &str) -> BenchResult<(Server, 
     Ok((block, cluster))
 }
 
-/// The cold upload (B1/B2), cold download (B3) and no-op resync (B4) of one
-/// generated directory.
+/// The cold upload (B1/B2), cold download (B3) and no-op resync (B4, and
+/// B4c with the hash cache) of one generated directory.
 fn directory_round_trip(
     work: &Path,
     runtime: &Runtime,
@@ -121,15 +126,17 @@ fn directory_round_trip(
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let generated = data::mixed_dir(&source, total, seed)?;
+    let written = Instant::now();
     let mut server_pids = cluster.pids();
     server_pids.push(block.pid());
-    let sync = |id: &str, what: String, dir: &Path| -> BenchResult<SyncRow> {
-        let args = [
+    let sync = |id: &str, what: String, dir: &Path, flags: &[&str]| -> BenchResult<SyncRow> {
+        let mut args: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        args.extend([
             "-f".to_string(),
             config.clone(),
             path_arg(dir)?,
             block_size.to_string(),
-        ];
+        ]);
         let servers = cpu::Meter::start(server_pids.clone());
         let steal = cpu::StealMeter::start();
         let run = run_client(work, &args)?;
@@ -138,11 +145,20 @@ fn directory_round_trip(
         Ok(row)
     };
     let size = human_bytes(generated.bytes());
-    let upload = sync(upload_id, format!("cold upload, {size}"), &source)?;
-    let download = sync("B3", format!("cold download, {size}"), &copy)?;
+    let upload = sync(upload_id, format!("cold upload, {size}"), &source, &[])?;
+    let download = sync("B3", format!("cold download, {size}"), &copy, &[])?;
     data::check_same(&source, &copy)?;
-    let resync = sync("B4", format!("no-op resync, {size}"), &source)?;
-    Ok(vec![upload, download, resync])
+    let resync = sync("B4", format!("no-op resync, {size}"), &source, &[])?;
+    // The cache trusts only files that had settled before the run writing
+    // it began; at quick scale the runs so far may take less than that.
+    let settled = RACY_MARGIN + Duration::from_millis(100);
+    std::thread::sleep(settled.saturating_sub(written.elapsed()));
+    let cached = "--hash-cache";
+    // Untimed: writes the cache the timed run reads.
+    sync("B4c", String::new(), &source, &[cached])?;
+    let what = format!("no-op resync with {cached}, {size}");
+    let cached_resync = sync("B4c", what, &source, &[cached])?;
+    Ok(vec![upload, download, resync, cached_resync])
 }
 
 fn row_for(

@@ -1,7 +1,7 @@
 //! `surfstore-client`: syncs a base directory with SurfStore once (SPEC §7–8).
 //!
-//! `surfstore-client [-d] [-q] [--keep-conflicts] [-f CONFIG] [META_ADDR]
-//! BASEDIR BLOCKSIZE`: the MetaStore is META_ADDR, or with `-f` the Raft
+//! `surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [-f CONFIG]
+//! [META_ADDR] BASEDIR BLOCKSIZE`: the MetaStore is META_ADDR, or with `-f` the Raft
 //! cluster of CONFIG, whose leader the client finds itself.
 //!
 //! On a terminal, progress bars for hashing and transfers are drawn on
@@ -23,7 +23,7 @@ use surfstore::grpc::MAX_BLOCK_BYTES;
 #[command(
     name = "surfstore-client",
     version,
-    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
+    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
 )]
 struct Args {
     /// Print debug logs to stderr (and no progress bars).
@@ -38,6 +38,13 @@ struct Args {
     /// is an ordinary file and syncs on the next run.
     #[arg(long = "keep-conflicts")]
     keep_conflicts: bool,
+    /// Keep BASEDIR/.index.txt.cache, each file's size, times and block
+    /// hashes as of the last run, so a resync does not re-read files that
+    /// have not changed since (files changed within 2 s before a run are
+    /// read again next time). The file never syncs; deleting it is always
+    /// safe, the next run just hashes every file.
+    #[arg(long = "hash-cache")]
+    hash_cache: bool,
     /// Cluster config (JSON or the older text format): sync through the
     /// leader of its Raft servers instead of META_ADDR.
     #[arg(short = 'f', long = "config", value_name = "CONFIG")]
@@ -93,7 +100,7 @@ async fn client_main() -> ExitCode {
 }
 
 async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
-    let (quiet, keep_conflicts) = (args.quiet, args.keep_conflicts);
+    let (quiet, keep_conflicts, hash_cache) = (args.quiet, args.keep_conflicts, args.hash_cache);
     let (source, base, block_size) = check_args(args)?;
     let meta = match &source {
         Source::Addr(addr) => MetaStore::single(addr),
@@ -103,6 +110,7 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     let options = Options {
         block_size,
         keep_conflicts,
+        hash_cache,
         progress,
     };
     let result = client::sync(&base, &options, &meta).await;

@@ -11,9 +11,11 @@
 //!
 //! [`names`] says which names may be synced and where they live; [`disk`]
 //! makes every change to the base directory safely; [`conflict`] names the
-//! copies `--keep-conflicts` keeps. [`progress`] draws the bars and
-//! [`report`] is the summary of a run.
+//! copies `--keep-conflicts` keeps; [`cache`] is the optional hash cache
+//! that spares a resync re-reading unchanged files. [`progress`] draws the
+//! bars and [`report`] is the summary of a run.
 
+pub mod cache;
 pub mod conflict;
 pub mod disk;
 pub mod index;

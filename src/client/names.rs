@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 /// The client's record of the last sync, at the top of the base directory.
 pub const INDEX_FILE: &str = "index.txt";
 
+/// The optional hash cache beside the index (see [`super::cache`]). Reserved
+/// whether or not `--hash-cache` is on, so a cache an earlier run left is
+/// never uploaded and no server can overwrite it.
+pub const HASH_CACHE_FILE: &str = ".index.txt.cache";
+
 /// Prefix of the temporary files the client writes before renaming them into
 /// place; such files are never synced.
 pub const TEMP_PREFIX: &str = ".surfstore-tmp-";
@@ -37,7 +42,8 @@ pub enum NameError {
     /// A character that separates paths on this platform (Windows only).
     #[error("it contains a character that separates paths on this platform")]
     PlatformSeparator,
-    /// `index.txt` at the top, or one of the client's temporary files.
+    /// `index.txt` or the hash cache at the top, or one of the client's
+    /// temporary files.
     #[error("the name is reserved for the client's own files")]
     Reserved,
 }
@@ -70,11 +76,11 @@ pub fn check(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// Whether `name` is one of the client's own files: the top-level index or a
-/// temporary file at any depth.
+/// Whether `name` is one of the client's own files: the top-level index or
+/// hash cache, or a temporary file at any depth.
 pub fn is_reserved(name: &str) -> bool {
     let last = name.rsplit('/').next().unwrap_or(name);
-    name == INDEX_FILE || is_temp_file(last)
+    name == INDEX_FILE || name == HASH_CACHE_FILE || is_temp_file(last)
 }
 
 /// Whether the single path segment `file_name` is one of the client's
@@ -108,6 +114,8 @@ mod tests {
             "..a",
             "a..",
             "sub/index.txt",
+            "sub/.index.txt.cache",
+            "index.txt.cache",
             ".hidden",
         ] {
             assert_eq!(check(name), Ok(()), "{name:?}");
@@ -129,6 +137,7 @@ mod tests {
             ("a/./b", NameError::EmptySegment),
             ("a\0b", NameError::Nul),
             ("index.txt", NameError::Reserved),
+            (".index.txt.cache", NameError::Reserved),
             (".surfstore-tmp-abc", NameError::Reserved),
             ("d/.surfstore-tmp-abc", NameError::Reserved),
         ] {

@@ -9,6 +9,9 @@
 //! files) are not synced, and temporary files a killed run left behind are
 //! listed for removal.
 //!
+//! With a [`HashCache`] (`--hash-cache`), a file whose stamp the cache
+//! trusts is not read at all: its cached hashes are taken as they are.
+//!
 //! Each file's [`Stamp`] is taken before hashing and checked after: a file
 //! that changed meanwhile is skipped this run rather than synced with hashes
 //! of a state that never existed. A scan that cannot read something fails as
@@ -23,6 +26,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
+use super::cache::HashCache;
 use super::names;
 use super::progress::Progress;
 use crate::hash::hash_block;
@@ -52,8 +58,9 @@ pub struct Scan {
 }
 
 /// What identifies one state of a file cheaply: if any of it differs, the
-/// file was written (or replaced) since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// file was written (or replaced) since. Serializable so the
+/// [`HashCache`] can keep it between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
@@ -96,6 +103,37 @@ impl Stamp {
     pub fn size(&self) -> u64 {
         self.len
     }
+
+    /// When the file or its inode last changed: the later of its
+    /// modification and (unix) change times. `None` where the platform
+    /// gives no such time.
+    pub fn last_change(&self) -> Option<SystemTime> {
+        #[cfg(unix)]
+        {
+            let (_, _, secs, nanos) = self.inode;
+            let changed = unix_time(secs, nanos)?;
+            Some(
+                self.modified
+                    .map_or(changed, |modified| modified.max(changed)),
+            )
+        }
+        #[cfg(not(unix))]
+        self.modified
+    }
+}
+
+/// The moment `secs` seconds and `nanos` nanoseconds after the Unix epoch
+/// (`secs` may be negative, as `stat` reports times before 1970).
+#[cfg(unix)]
+fn unix_time(secs: i64, nanos: i64) -> Option<SystemTime> {
+    use std::time::Duration;
+    let whole = Duration::from_secs(secs.unsigned_abs());
+    let at = if secs >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(whole)?
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(whole)?
+    };
+    at.checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
 }
 
 /// Why the base directory could not be scanned.
@@ -123,15 +161,36 @@ struct Found {
 }
 
 /// Scans `base`, hashing files in blocks of `block_size` bytes and counting
-/// hashed bytes on the progress's hashing bar.
-pub fn scan(base: &Path, block_size: usize, progress: &Progress) -> Result<Scan, ScanError> {
+/// hashed bytes on the progress's hashing bar. A file `cache` trusts (for
+/// this block size) is not read; the bar counts only the bytes read.
+pub fn scan(
+    base: &Path,
+    block_size: usize,
+    cache: Option<&HashCache>,
+    progress: &Progress,
+) -> Result<Scan, ScanError> {
     let mut scan = Scan::default();
     let found = walk(base, &mut scan)?;
+    let cache = cache.filter(|cache| cache.block_size() == block_size);
+    let mut reused = Vec::new();
+    let mut to_hash = Vec::new();
+    for file in found {
+        match cache.and_then(|cache| cache.hashes(&file.name, &file.stamp)) {
+            Some(hashes) => {
+                let hashes = Some(hashes.to_vec());
+                reused.push((file, hashes));
+            }
+            None => to_hash.push(file),
+        }
+    }
     progress
         .hashing()
-        .set_length(found.iter().map(|f| f.stamp.len).sum());
-    let hashes = hash_files(&found, block_size, progress)?;
-    for (file, hashes) in found.into_iter().zip(hashes) {
+        .set_length(to_hash.iter().map(|f| f.stamp.len).sum());
+    tracing::debug!(cached = reused.len(), hashing = to_hash.len(), "scanning");
+    let hashes = hash_files(&to_hash, block_size, progress)?;
+    // A cached file's stamp is checked again like any other: it may have
+    // changed since the walk.
+    for (file, hashes) in reused.into_iter().chain(to_hash.into_iter().zip(hashes)) {
         let now = match Stamp::read(&file.path) {
             Ok(now) => now,
             Err(e) => return Err(ScanError::new(&file.path)(e)),
@@ -361,7 +420,7 @@ mod tests {
         fs::write(base.path().join("d/e/deep"), b"abcd").unwrap();
         fs::write(base.path().join("empty"), b"").unwrap();
 
-        let scan = scan(base.path(), 4, &Progress::hidden()).unwrap();
+        let scan = scan(base.path(), 4, None, &Progress::hidden()).unwrap();
         let expected = BTreeMap::from([
             (
                 "top".to_string(),
@@ -387,7 +446,7 @@ mod tests {
         )
         .unwrap();
 
-        let scan = scan(base.path(), 4096, &Progress::hidden()).unwrap();
+        let scan = scan(base.path(), 4096, None, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.keys().collect::<Vec<_>>(), ["d/index.txt"]);
     }
 
@@ -402,7 +461,7 @@ mod tests {
             .unwrap();
         fs::write(base.path().join("real"), b"r").unwrap();
 
-        let scan = scan(base.path(), 4096, &Progress::hidden()).unwrap();
+        let scan = scan(base.path(), 4096, None, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.keys().collect::<Vec<_>>(), ["real"]);
         assert_eq!(
             scan.skipped.iter().collect::<Vec<_>>(),
@@ -416,7 +475,7 @@ mod tests {
         for i in 0..50 {
             fs::write(base.path().join(format!("f{i:02}")), vec![i as u8; i * 7]).unwrap();
         }
-        let scan = scan(base.path(), 16, &Progress::hidden()).unwrap();
+        let scan = scan(base.path(), 16, None, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.len(), 50);
         for i in 0..50 {
             let data = vec![i as u8; i * 7];
@@ -441,6 +500,96 @@ mod tests {
         );
     }
 
+    /// Scans `base` with `cache`; returns the scan and the bytes it read.
+    fn scan_with(base: &Path, block_size: usize, cache: Option<&HashCache>) -> (Scan, u64) {
+        let progress = Progress::hidden();
+        let scan = scan(base, block_size, cache, &progress).unwrap();
+        let read = progress.hashing().position();
+        assert_eq!(progress.hashing().length(), Some(read));
+        (scan, read)
+    }
+
+    #[test]
+    fn cached_unchanged_files_are_not_read() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        fs::write(base.path().join("g"), b"abc").unwrap();
+        let (first, read) = scan_with(base.path(), 4, None);
+        assert_eq!(read, 13);
+        let cache = HashCache::settled(&first, 4);
+
+        // A new file is hashed; the cached ones are not read at all.
+        fs::write(base.path().join("new"), b"xyz").unwrap();
+        let (second, read) = scan_with(base.path(), 4, Some(&cache));
+        assert_eq!(read, 3);
+        assert_eq!(second.files["f"], first.files["f"]);
+        assert_eq!(second.files["g"], first.files["g"]);
+        assert_eq!(second.files["new"], [hash_block(b"xyz")]);
+        assert_eq!(second.stamps["f"], first.stamps["f"]);
+
+        // A cache made at another block size is not used.
+        assert_eq!(scan_with(base.path(), 8, Some(&cache)).1, 16);
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
+            // chmod changes the file's ctime, so the cache must know the
+            // new stamp (with the old, still right, hashes).
+            let mut unreadable = first.clone();
+            let stamp = Stamp::read(&path).unwrap().unwrap();
+            unreadable.stamps.insert("f".into(), stamp);
+            let cache = HashCache::settled(&unreadable, 4);
+            // Root reads it anyway; the byte counts are the proof then.
+            if File::open(&path).is_err() {
+                assert!(scan(base.path(), 4, None, &Progress::hidden()).is_err());
+                let (cached, read) = scan_with(base.path(), 4, Some(&cache));
+                assert_eq!(cached.files["f"], first.files["f"]);
+                assert_eq!(read, 3, "only `new` is read");
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_file_of_the_same_size_is_hashed_again() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        let (first, _) = scan_with(base.path(), 4, None);
+        let cache = HashCache::settled(&first, 4);
+
+        fs::write(&path, b"abcdefghij").unwrap();
+        // A modification time of its own, even if the write landed in the
+        // tick of the first one.
+        let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let (second, read) = scan_with(base.path(), 4, Some(&cache));
+        assert_eq!(read, 10);
+        let expected: Vec<String> = [&b"abcd"[..], b"efgh", b"ij"]
+            .into_iter()
+            .map(hash_block)
+            .collect();
+        assert_eq!(second.files["f"], expected);
+        assert_eq!(cache.hashes("f", &second.stamps["f"]), None);
+    }
+
+    #[test]
+    fn the_hash_cache_itself_is_never_synced() {
+        let base = tempfile::tempdir().unwrap();
+        fs::write(base.path().join("f"), b"x").unwrap();
+        let (scan, _) = scan_with(base.path(), 4, None);
+        HashCache::settled(&scan, 4).save(base.path()).unwrap();
+        let (rescan, _) = scan_with(base.path(), 4, None);
+        assert_eq!(rescan.files.keys().collect::<Vec<_>>(), ["f"]);
+        assert!(rescan.stale_temp_files.is_empty());
+    }
+
     #[cfg(unix)]
     #[test]
     fn unreadable_directories_fail_the_scan() {
@@ -450,7 +599,7 @@ mod tests {
         fs::create_dir(&locked).unwrap();
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         let readable_anyway = fs::read_dir(&locked).is_ok(); // running as root
-        let result = scan(base.path(), 4096, &Progress::hidden());
+        let result = scan(base.path(), 4096, None, &Progress::hidden());
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
         if !readable_anyway {
             let err = result.unwrap_err().to_string();

@@ -32,6 +32,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::{JoinError, spawn_blocking};
 
+use super::cache::HashCache;
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
@@ -86,6 +87,10 @@ pub struct Options {
     /// Keep a local change the server wins over as a conflict copy (see
     /// [`super::conflict`]) instead of losing it.
     pub keep_conflicts: bool,
+    /// Keep a hash cache beside index.txt (see [`super::cache`]) so files
+    /// unchanged since the last run are not read again. When off, the
+    /// cache file is neither read nor written.
+    pub hash_cache: bool,
     /// Where hashing and transfers report progress.
     pub progress: Progress,
 }
@@ -199,10 +204,16 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     let started = Instant::now();
     let index = index::load(base)?;
     let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
-    let progress = options.progress.clone();
+    let (progress, use_cache) = (options.progress.clone(), options.hash_cache);
+    // Before any stamp is taken: the cache trusts only files that had
+    // settled by then.
+    let scan_started = SystemTime::now();
     let scanning = async {
-        let scanned =
-            spawn_blocking(move || scan::scan(&scan_base, block_size, &progress)).await??;
+        let scanned = spawn_blocking(move || {
+            let cache = use_cache.then(|| HashCache::load(&scan_base, block_size));
+            scan::scan(&scan_base, block_size, cache.as_ref(), &progress)
+        })
+        .await??;
         Ok::<_, SyncError>(scanned)
     };
     let fetching = async { Ok::<_, SyncError>(meta.get_file_info_map().await?) };
@@ -293,6 +304,12 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         disk::sync_dir(dir)?;
     }
     index::save(base, &new_index)?;
+    if options.hash_cache {
+        let cache = HashCache::from_scan(&scan, block_size, scan_started, &new_index);
+        if let Err(error) = cache.save(base) {
+            tracing::warn!(%error, "the next run hashes every file");
+        }
+    }
     if let Some(error) = unreachable {
         return Err(error.into());
     }
