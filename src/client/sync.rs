@@ -1,5 +1,5 @@
 //! One sync run (SPEC §8): scan the base directory while fetching the remote
-//! map, [`plan`](super::plan) what to do, carry it out with bounded
+//! map, [`plan`] what to do, carry it out with bounded
 //! concurrency, and write `index.txt` with the versions now held.
 //!
 //! Nothing local changes before the remote map is in hand, so a run that
