@@ -262,33 +262,27 @@ async fn a_bad_block_in_a_batch_stores_none_and_unknown_or_bad_hashes_fail() {
 }
 
 #[tokio::test]
-async fn get_blocks_answers_a_prefix_that_fits_one_message() {
+async fn get_blocks_answers_a_prefix_of_at_most_4_mib_but_at_least_one_block() {
     let server = start_server("both", &[]);
     let mut blocks = block_client(&server.addr);
-    // Three 30 MiB blocks make more than one reply may carry (64 MiB).
-    let big: Vec<Block> = (0..3u8).map(|i| block(vec![i; 30 << 20])).collect();
-    for b in &big {
+    let small: Vec<Block> = (0..3u8).map(|i| block(vec![i; 1 << 20])).collect();
+    let large: Vec<Block> = (3..6u8).map(|i| block(vec![i; 5 << 20])).collect();
+    for b in small.iter().chain(&large) {
         assert!(blocks.put_block(b.clone()).await.unwrap().into_inner().flag);
     }
-    let hashes: Vec<String> = big.iter().map(|b| hash_block(&b.block_data)).collect();
-    let first = blocks
-        .get_blocks(BlockHashes {
-            hashes: hashes.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .blocks;
-    assert_eq!(first, big[..2]);
-    let rest = blocks
-        .get_blocks(BlockHashes {
-            hashes: hashes[2..].to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .blocks;
-    assert_eq!(rest, big[2..]);
+    let mut get = async |asked: &[Block]| {
+        let hashes = asked.iter().map(|b| hash_block(&b.block_data)).collect();
+        let reply = blocks.get_blocks(BlockHashes { hashes }).await.unwrap();
+        reply.into_inner().blocks
+    };
+    // Three 1 MiB blocks fit in one reply; a 5 MiB block after them does not.
+    assert_eq!(get(&small).await, small);
+    let mut mixed = small.clone();
+    mixed.push(large[0].clone());
+    assert_eq!(get(&mixed).await, small);
+    // A block larger than the limit still comes, alone.
+    assert_eq!(get(&large).await, large[..1]);
+    assert_eq!(get(&large[1..]).await, large[1..2]);
 }
 
 #[tokio::test]

@@ -14,8 +14,10 @@ use crate::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_s
 /// A `GetBlocks` reply stops adding blocks before it would carry more than
 /// this many bytes of them. Its first block is always added, and may be as
 /// large as [`MAX_BLOCK_BYTES`]: either way the reply fits in
-/// [`crate::grpc::MAX_MESSAGE_BYTES`].
-const GET_BLOCKS_REPLY_BYTES: usize = 64 << 20;
+/// [`crate::grpc::MAX_MESSAGE_BYTES`]. Small, because a client asks for
+/// blocks by count: one downloading at 4 KiB blocks a file uploaded at
+/// 4 MiB must not get 256 of them, 1 GiB, in one reply.
+const GET_BLOCKS_REPLY_BYTES: usize = 4 << 20;
 
 /// The most blocks one `GetBlocks` reply carries, so that the framing of
 /// tiny blocks cannot outgrow the message limit either.
