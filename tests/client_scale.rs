@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    Proc, bin, counts, index_text, pseudo_random, runtime, serve, start_server, summary, sync,
-    sync_ok, tree, write,
+    Proc, bin, counts, index_text, lacks_batched_calls, pseudo_random, runtime, serve,
+    start_server, summary, sync, sync_ok, tree, write,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
@@ -148,14 +148,10 @@ impl block_store_server::BlockStore for FlakyBlocks {
         }))
     }
     async fn put_blocks(&self, _: Request<Blocks>) -> Result<Response<Success>, Status> {
-        Err(Status::unimplemented(
-            "like the original: one block per call",
-        ))
+        lacks_batched_calls()
     }
     async fn get_blocks(&self, _: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
-        Err(Status::unimplemented(
-            "like the original: one block per call",
-        ))
+        lacks_batched_calls()
     }
 }
 

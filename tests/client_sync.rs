@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use common::{
-    Server, bin, counts, index_text, pseudo_random, run, runtime, serve, start_server, sync,
-    sync_ok, synced_files, tree, write,
+    Server, bin, counts, index_text, lacks_batched_calls, pseudo_random, run, runtime, serve,
+    start_server, sync, sync_ok, synced_files, tree, write,
 };
 use surfstore::block_store::{BlockStoreService, MemoryBlocks};
 use surfstore::hash::hash_block;
@@ -388,14 +388,10 @@ impl block_store_server::BlockStore for CorruptBlocks {
         Ok(Response::new(r.into_inner()))
     }
     async fn put_blocks(&self, _: Request<Blocks>) -> Result<Response<Success>, Status> {
-        Err(Status::unimplemented(
-            "like the original: one block per call",
-        ))
+        lacks_batched_calls()
     }
     async fn get_blocks(&self, _: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
-        Err(Status::unimplemented(
-            "like the original: one block per call",
-        ))
+        lacks_batched_calls()
     }
 }
 
@@ -455,9 +451,7 @@ impl CountingBlocks {
         if self.batched {
             Ok(())
         } else {
-            Err(Status::unimplemented(
-                "like the original: one block per call",
-            ))
+            lacks_batched_calls()
         }
     }
 }

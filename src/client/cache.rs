@@ -275,14 +275,19 @@ pub(crate) fn index_of(scan: &Scan) -> Index {
         .collect()
 }
 
+/// For tests: a minute from now, when files a test just wrote are long
+/// settled (not racy).
+#[cfg(test)]
+pub(crate) fn later() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(60)
+}
+
 #[cfg(test)]
 impl HashCache {
     /// For tests: the cache a run that scanned `scan` and then synced every
-    /// file would leave, as if that scan had begun a minute from now, when
-    /// the files a test just wrote are long settled.
+    /// file would leave, as if that scan had begun [`later`].
     pub(crate) fn settled(scan: &Scan, block_size: usize) -> Self {
-        let later = SystemTime::now() + Duration::from_secs(60);
-        Self::from_scan(scan, block_size, later, &index_of(scan))
+        Self::from_scan(scan, block_size, later(), &index_of(scan))
     }
 }
 
@@ -294,11 +299,6 @@ mod tests {
     use std::fs;
 
     const BLOCK: usize = 4;
-
-    /// Long enough after "now" that files written by the test are settled.
-    fn later() -> SystemTime {
-        SystemTime::now() + Duration::from_secs(60)
-    }
 
     /// A base directory with a few files, its scan and an index that
     /// records every file as scanned.

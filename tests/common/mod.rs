@@ -723,6 +723,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// What a BlockStore without the batched calls (the original's) answers
+/// `PutBlocks` and `GetBlocks`: in-test BlockStores return this to make the
+/// client move one block per call.
+pub fn lacks_batched_calls<T>() -> Result<T, tonic::Status> {
+    Err(tonic::Status::unimplemented(
+        "like the original: one block per call",
+    ))
+}
+
 /// Serves `router` on a free loopback port inside `rt`; returns the address.
 pub fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
     let listener = rt
