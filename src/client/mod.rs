@@ -12,9 +12,11 @@
 //! [`names`] says which names may be synced and where they live; [`disk`]
 //! makes every change to the base directory safely; [`conflict`] names the
 //! copies `--keep-conflicts` keeps; [`cache`] is the optional hash cache
-//! that spares a resync re-reading unchanged files. [`progress`] draws the
+//! that spares a resync re-reading unchanged files; [`buffers`] recycles
+//! the upload's read buffers. [`progress`] draws the
 //! bars and [`report`] is the summary of a run.
 
+pub mod buffers;
 pub mod cache;
 pub mod conflict;
 pub mod disk;

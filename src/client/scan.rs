@@ -357,11 +357,23 @@ fn hash_segment(
 /// Reads block number `index` of the open `file` with positioned reads, so
 /// one handle serves every block of an upload, several at once.
 pub fn read_block_at(file: &File, index: usize, block_size: usize) -> io::Result<Vec<u8>> {
-    let offset = (index as u64).saturating_mul(block_size as u64);
     let mut buf = Vec::new();
-    let n = read_block(&mut ReadAt { file, offset }, block_size, &mut buf)?.len();
-    buf.truncate(n);
+    read_block_at_into(file, index, block_size, &mut buf)?;
     Ok(buf)
+}
+
+/// [`read_block_at`] into `buf`, whose allocation is reused when it holds
+/// `block_size` bytes already; `buf` is left holding exactly the block.
+pub fn read_block_at_into(
+    file: &File,
+    index: usize,
+    block_size: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let offset = (index as u64).saturating_mul(block_size as u64);
+    let n = read_block(&mut ReadAt { file, offset }, block_size, buf)?.len();
+    buf.truncate(n);
+    Ok(())
 }
 
 /// A reader over a shared file handle that tracks its own offset rather

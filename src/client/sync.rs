@@ -32,6 +32,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::{JoinError, spawn_blocking};
 
+use super::buffers::BlockBuffers;
 use super::cache::HashCache;
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
@@ -47,8 +48,11 @@ use crate::meta_store::REJECTED_VERSION;
 /// How many files are uploaded or downloaded at once.
 pub const FILE_CONCURRENCY: usize = 4;
 
-/// Bytes of block data all transfers together may hold at once.
-pub const BLOCK_BUDGET_BYTES: usize = 32 << 20;
+/// Bytes of block data all transfers together may hold at once. An
+/// upload's block is held twice while its call is encoded (its reused read
+/// buffer and gRPC's message), so peak memory is about twice this; 32 MiB
+/// was no faster.
+pub const BLOCK_BUDGET_BYTES: usize = 16 << 20;
 
 /// About how many bytes of blocks one BlockStore call carries: smaller
 /// blocks travel many to a call, because a call costs more CPU than a few
@@ -246,6 +250,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         index: &index,
         blocks: OnceCell::new(),
         budget: Semaphore::new(blocks_in_flight(block_size)),
+        buffers: BlockBuffers::new(block_size, blocks_in_flight(block_size)),
         bytes_sent: AtomicU64::new(0),
         bytes_received: AtomicU64::new(0),
         blocks_on_server: AtomicU64::new(0),
@@ -331,6 +336,8 @@ struct Run<'a> {
     blocks: OnceCell<BlockStore>,
     /// One permit per block held in memory, shared by every transfer.
     budget: Semaphore,
+    /// The upload's read buffers, reused from call to call.
+    buffers: BlockBuffers,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     blocks_on_server: AtomicU64,
@@ -471,11 +478,16 @@ impl Run<'_> {
     ) -> Result<(), FileError> {
         let _held = self.reserve_blocks(positions.len()).await;
         let block_size = self.options.block_size;
+        let buffers: Vec<Vec<u8>> = positions.iter().map(|_| self.buffers.take()).collect();
         let (file, owned) = (Arc::clone(file), positions.to_vec());
         let data = spawn_blocking(move || {
             owned
                 .into_iter()
-                .map(|position| scan::read_block_at(&file, position, block_size).map(Bytes::from))
+                .zip(buffers)
+                .map(|(position, mut buf)| {
+                    scan::read_block_at_into(&file, position, block_size, &mut buf)?;
+                    Ok(Bytes::from(buf))
+                })
                 .collect::<std::io::Result<Vec<_>>>()
         })
         .await?
@@ -484,7 +496,10 @@ impl Run<'_> {
             source,
         })?;
         let len = data.iter().map(|block| block.len() as u64).sum();
-        blocks.put_blocks(data).await?;
+        // The call drops its references once sent; these make the buffers
+        // reusable afterwards.
+        blocks.put_blocks(data.clone()).await?;
+        self.buffers.give_back(data);
         self.bytes_sent.fetch_add(len, Ordering::Relaxed);
         self.options.progress.transfer().inc(len);
         Ok(())
@@ -856,17 +871,17 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_is_32_mib_of_blocks_in_calls_of_about_1_mib() {
-        assert_eq!(blocks_in_flight(4 << 20), 8);
-        assert_eq!(blocks_in_flight(4 << 10), 8192);
+    fn the_budget_is_16_mib_of_blocks_in_calls_of_about_1_mib() {
+        assert_eq!(blocks_in_flight(4 << 20), 4);
+        assert_eq!(blocks_in_flight(4 << 10), 4096);
         assert_eq!(blocks_in_flight(128 << 20), 1);
         assert_eq!(blocks_in_flight(0), BLOCK_BUDGET_BYTES);
         assert_eq!(blocks_per_call(4 << 10), 256);
         assert_eq!(blocks_per_call(4 << 20), 1);
         assert_eq!(blocks_per_call(3 << 20), 1);
-        assert_eq!(calls_in_flight(4 << 20), MAX_CALLS_IN_FLIGHT);
+        assert_eq!(calls_in_flight(4 << 20), 4);
         assert_eq!(calls_in_flight(4 << 10), MAX_CALLS_IN_FLIGHT);
-        assert_eq!(calls_in_flight(16 << 20), 2);
+        assert_eq!(calls_in_flight(8 << 20), 2);
         assert_eq!(calls_in_flight(128 << 20), 1);
     }
 
