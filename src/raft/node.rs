@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
 use tonic::transport::Channel;
 
-use super::core::{RaftCore, ReplicationStatus};
+use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend};
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::{Entry, LogIndex, ServerId, Term};
@@ -360,34 +360,36 @@ impl RaftNode {
         }
     }
 
-    /// Sends `peer` what the core wants it to have and feeds the reply back.
-    /// Returns whether the reply acknowledged this leader, and the core's
-    /// verdict; `None` if nothing was sent or the call failed.
+    /// Sends `peer` a request built now ([`RaftCore::sync_request`]) and
+    /// feeds the outcome back. Returns whether the reply acknowledged this
+    /// leader, and the core's verdict; `None` if nothing was sent or the
+    /// call failed.
     async fn exchange(&self, peer: ServerId) -> Option<(bool, ReplicationStatus)> {
-        let request = {
+        let outgoing = {
             let state = self.state();
             if state.crashed {
                 return None;
             }
-            state.core.append_request(peer, MAX_BATCH_ENTRIES)?
+            state.core.sync_request(peer, MAX_BATCH_ENTRIES)?
         };
-        let mut client = self.shared.peers[peer].as_ref()?.client.clone();
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(APPEND_TIMEOUT);
-        let reply = match client.append_entries(call).await {
-            Ok(reply) => reply.into_inner(),
+        let client = self.shared.peers[peer].as_ref()?.client.clone();
+        let (sent, outcome) = call(client, outgoing).await;
+        let mut state = self.state();
+        let reply = match outcome {
+            Ok(reply) if !state.crashed => reply,
+            Ok(_) => {
+                state.core.report_unreachable(peer, &sent);
+                return None;
+            }
             Err(status) => {
                 tracing::debug!(peer, %status, "AppendEntries failed");
+                state.core.report_unreachable(peer, &sent);
                 return None;
             }
         };
-        let mut state = self.state();
-        if state.crashed {
-            return None;
-        }
-        let acked = state.core.acknowledges_leadership(&request, &reply);
+        let acked = state.core.acknowledges_leadership(&sent, &reply);
         let was_confirmed = state.core.is_confirmed_leader();
-        let status = state.core.handle_append_response(peer, &request, &reply);
+        let status = state.core.handle_append_response(peer, &sent, &reply);
         if !was_confirmed && state.core.is_confirmed_leader() {
             // Proposals held back until now must reach every peer, including
             // those whose tasks went idle after matching what could be sent.
@@ -438,7 +440,9 @@ impl RaftNode {
                     Some((_, ReplicationStatus::Matched | ReplicationStatus::NotLeader)) => {
                         break false;
                     }
-                    Some((_, ReplicationStatus::Ignored)) | None => break self.awaits_commit(),
+                    Some((_, ReplicationStatus::Ignored | ReplicationStatus::Denied)) | None => {
+                        break self.awaits_commit();
+                    }
                 }
             };
         }
@@ -567,6 +571,22 @@ impl RaftNode {
             map: state.map.to_proto(),
         }
     }
+}
+
+/// Sends one AppendEntries with a deadline. The request is moved into the
+/// call; only its [`SentAppend`] is kept for the reply.
+async fn call(
+    mut client: RaftSurfstoreClient<Channel>,
+    outgoing: Outgoing,
+) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
+    let Outgoing { request, sent } = outgoing;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(APPEND_TIMEOUT);
+    let outcome = client
+        .append_entries(request)
+        .await
+        .map(tonic::Response::into_inner);
+    (sent, outcome)
 }
 
 fn fail_waiters(state: &mut State, error: &NodeError) {

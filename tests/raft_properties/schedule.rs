@@ -4,7 +4,7 @@
 //! seed, so a failing seed replays exactly.
 
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
-use surfstore::raft::{ReplicationStatus, ServerId, Term};
+use surfstore::raft::{Outgoing, ReplicationStatus, SentAppend, ServerId, Term};
 
 use super::cluster::Cluster;
 
@@ -57,11 +57,12 @@ enum Message {
         from: ServerId,
         to: ServerId,
         req: AppendEntryInput,
+        sent: SentAppend,
     },
     Response {
         leader: ServerId,
         peer: ServerId,
-        req: AppendEntryInput,
+        sent: SentAppend,
         resp: AppendEntryOutput,
     },
 }
@@ -230,8 +231,13 @@ impl Schedule {
         };
         let max = self.rng.below(4);
         for to in 0..self.cluster.size() {
-            if let Some(req) = self.cluster.request(from, to, max) {
-                self.send(Message::Request { from, to, req });
+            if let Some(Outgoing { request, sent }) = self.cluster.sync_request(from, to, max) {
+                self.send(Message::Request {
+                    from,
+                    to,
+                    req: request,
+                    sent,
+                });
             }
         }
         Event::Broadcast(from)
@@ -267,13 +273,18 @@ impl Schedule {
             self.network.swap_remove(at)
         };
         match message {
-            Message::Request { from, to, req } => {
+            Message::Request {
+                from,
+                to,
+                req,
+                sent,
+            } => {
                 if let Some(resp) = self.cluster.deliver_request(to, &req) {
                     let (leader, peer) = (from, to);
                     self.send(Message::Response {
                         leader,
                         peer,
-                        req,
+                        sent,
                         resp,
                     });
                 }
@@ -286,17 +297,20 @@ impl Schedule {
             Message::Response {
                 leader,
                 peer,
-                req,
+                sent,
                 resp,
             } => {
-                let status = self.cluster.deliver_response(leader, peer, &req, &resp);
+                let status = self.cluster.deliver_response(leader, peer, &sent, &resp);
                 if status == Some(ReplicationStatus::SendMore) {
                     let max = self.rng.below(4) + 1;
-                    if let Some(req) = self.cluster.request(leader, peer, max) {
+                    if let Some(Outgoing { request, sent }) =
+                        self.cluster.sync_request(leader, peer, max)
+                    {
                         self.send(Message::Request {
                             from: leader,
                             to: peer,
-                            req,
+                            req: request,
+                            sent,
                         });
                     }
                 }
