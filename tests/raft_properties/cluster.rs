@@ -179,6 +179,20 @@ impl Cluster {
         Ok(index)
     }
 
+    /// The next request the window lets `leader` send `peer`, recorded as
+    /// sent, if it can send.
+    pub fn next_append(
+        &mut self,
+        leader: ServerId,
+        peer: ServerId,
+        max: usize,
+    ) -> Option<Outgoing> {
+        let server = &mut self.servers[leader];
+        (!server.crashed)
+            .then(|| server.core.next_append(peer, max))
+            .flatten()
+    }
+
     /// A request outside the window (heartbeats, synchronous rounds), if
     /// `leader` can send.
     pub fn sync_request(&self, leader: ServerId, peer: ServerId, max: usize) -> Option<Outgoing> {
