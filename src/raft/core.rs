@@ -25,9 +25,44 @@
 //!
 //! Requests without `leaderId` (the original Go leader, hand-written tests)
 //! get the original semantics: no vote is checked or recorded.
+//!
+//! # Pipelined replication
+//!
+//! On a link with latency, one AppendEntries in flight per peer caps
+//! replication at one batch per round trip. So, as in etcd's raft, each
+//! peer is in one of two modes:
+//!
+//! * **Probe** (after `SetLeader`, a mismatch, a refusal or a failed call):
+//!   one request at a time from `nextIndex`, which is only a guess; a
+//!   mismatch backs it off, and a success showing the peer holds everything
+//!   before `nextIndex` switches to Replicate.
+//! * **Replicate**: the peer's log is known to match up to `matchIndex`, so
+//!   up to [`super::MAX_INFLIGHT`] requests go out ahead of the replies, each
+//!   starting right after the last one sent (`nextIndex` moves on send). A
+//!   success frees every request it covers; a mismatch or failure of any of
+//!   them means entries may be missing in the middle: back to Probe, the
+//!   window discarded.
+//!
+//! Every (re)entry into a mode starts a new epoch of that peer, and each
+//! request remembers its epoch: a mismatch, refusal or failure counts only
+//! for the current epoch, so late replies of a discarded window cannot move
+//! `nextIndex` again. Successes count whatever their epoch: in a term a peer
+//! follows only this leader, whose entries never conflict, so what it once
+//! matched stays matched. Empty requests (heartbeats, a new commit index)
+//! start at the peer's confirmed point, `matchIndex` while replicating,
+//! where they cannot mismatch; sent at the optimistic `nextIndex - 1` they
+//! could overtake the window's entries and make the peer look behind.
+//!
+//! The driver asks for requests with
+//! [`RaftCore::next_append`] until it says `None`, keeps the [`SentAppend`]
+//! of each, and hands it back with the reply
+//! ([`RaftCore::handle_append_response`]) or the failure
+//! ([`RaftCore::report_unreachable`]). Heartbeats, `SendHeartbeat`'s repair
+//! and read confirmation use [`RaftCore::sync_request`], which the window
+//! never holds back.
 
 use super::log::{RaftLog, Rejection};
-use super::progress::{Standing, Tracker};
+use super::progress::{Slice, Standing, Tracker};
 use super::{Entry, HardState, LogIndex, ServerId, Term};
 use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
 
@@ -50,14 +85,38 @@ pub enum ReplicationStatus {
     /// are behind [`RaftCore::log`].
     Matched,
     /// Send to this peer again now: `nextIndex` backed off, or there is more
-    /// to send.
+    /// to send (or in flight already: [`RaftCore::next_append`] knows).
     SendMore,
+    /// The peer follows another leader, or none because this leader's log is
+    /// behind its own (a denial that did not yet make a majority). Its
+    /// outstanding requests are void; ask it again later, not at once.
+    Denied,
     /// This server is not (or no longer) the leader.
     NotLeader,
     /// The reply carries nothing to act on: it is stale (another term, an
-    /// older probe), or the peer follows another leader (a denial that did
-    /// not yet make a majority).
+    /// older probe or window).
     Ignored,
+}
+
+/// What the leader keeps of an AppendEntries it built to interpret the
+/// reply: a few numbers rather than the request and its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentAppend {
+    term: Term,
+    slice: Slice,
+    leader_commit: LogIndex,
+    /// The peer's epoch when it was built.
+    epoch: u64,
+}
+
+/// An AppendEntries to send, and what to keep of it for the reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The request for the peer.
+    pub request: AppendEntryInput,
+    /// Hand this back with the reply ([`RaftCore::handle_append_response`])
+    /// or the failure ([`RaftCore::report_unreachable`]).
+    pub sent: SentAppend,
 }
 
 /// The effects of everything since the previous [`RaftCore::take_ready`].
@@ -209,33 +268,73 @@ impl RaftCore {
         Ok(index)
     }
 
-    /// The AppendEntries to send `peer` now: from its `nextIndex`, at most
-    /// `max_entries` entries (0 for a pure heartbeat), never an entry of the
-    /// current term before the leader is confirmed. `None` when this server
-    /// is not the leader or `peer` is itself or unknown.
-    pub fn append_request(&self, peer: ServerId, max_entries: usize) -> Option<AppendEntryInput> {
+    /// The next AppendEntries for `peer` under the window rule, recorded as
+    /// sent: in Probe one request at a time from `nextIndex`; in Replicate up
+    /// to [`super::MAX_INFLIGHT`] unanswered requests of at most `max_entries`
+    /// entries each, every one starting after the last one sent, plus an
+    /// empty request at the peer's `matchIndex` when it has not been told a
+    /// commit index it could apply. Never an entry of the current term before
+    /// the leader is confirmed. `None` when there is nothing to send now (the
+    /// window is full, or all is sent), when this server is not the leader,
+    /// or when `peer` is itself or unknown. Call it until `None` after every
+    /// proposal, reply and failure.
+    pub fn next_append(&mut self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
+        let last = last_of(self.unsent_start());
+        let commit = self.log.committed();
+        let progress = self.leader.as_mut()?.get_mut(peer)?;
+        let slice = progress.next_send(last, max_entries, commit)?;
+        let epoch = progress.epoch();
+        Some(self.outgoing(slice, epoch))
+    }
+
+    /// An AppendEntries for `peer` outside the window, recorded nowhere, so
+    /// it can always be sent: up to `max_entries` entries from the peer's
+    /// confirmed point (`matchIndex` while replicating, where it cannot
+    /// mismatch; the probe position `nextIndex - 1` while probing). For
+    /// heartbeats (`max_entries` 0), `SendHeartbeat`'s repair and read
+    /// confirmation. `None` when this server is not the leader or `peer` is
+    /// itself or unknown.
+    pub fn sync_request(&self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
         let progress = self.leader.as_ref()?.get(peer)?;
-        let sendable = self.unsent_start();
-        let next = progress.next.clamp(0, last_of(sendable) + 1);
-        let prev_log_index = next - 1;
-        let entries = self
+        let slice = progress.sync_send(last_of(self.unsent_start()), max_entries);
+        Some(self.outgoing(slice, progress.epoch()))
+    }
+
+    /// Builds the request carrying `slice`, stamped with `epoch`.
+    fn outgoing(&self, slice: Slice, epoch: u64) -> Outgoing {
+        let from = usize::try_from(slice.prev.saturating_add(1)).unwrap_or(0);
+        let entries: Vec<UpdateOperation> = self
             .log
-            .slice(usize::try_from(next).unwrap_or(0), sendable, max_entries)
+            .slice(from, self.log.len(), slice.count)
             .iter()
             .cloned()
             .map(UpdateOperation::from)
             .collect();
+        // What a success will be taken to prove: exactly what is sent.
+        let slice = Slice {
+            count: entries.len(),
+            ..slice
+        };
         let (last_log_term, last_log_index) = self.advertised_log();
-        Some(AppendEntryInput {
-            term: self.term,
-            prev_log_index,
-            prev_log_term: self.log.term_at(prev_log_index).unwrap_or(-1),
-            entries,
-            leader_commit: self.log.committed(),
-            leader_id: Some(wire_id(self.id)),
-            last_log_index,
-            last_log_term,
-        })
+        let leader_commit = self.log.committed();
+        Outgoing {
+            request: AppendEntryInput {
+                term: self.term,
+                prev_log_index: slice.prev,
+                prev_log_term: self.log.term_at(slice.prev).unwrap_or(-1),
+                entries,
+                leader_commit,
+                leader_id: Some(wire_id(self.id)),
+                last_log_index,
+                last_log_term,
+            },
+            sent: SentAppend {
+                term: self.term,
+                slice,
+                leader_commit,
+                epoch,
+            },
+        }
     }
 
     /// The AppendEntries receiver (SPEC §5, in order, with the vote rule of
@@ -276,30 +375,31 @@ impl RaftCore {
         }
     }
 
-    /// Feeds back `resp`, the reply of `peer` to `req` (built by
-    /// [`RaftCore::append_request`]). Safe with stale, duplicated and
-    /// reordered replies: `matchIndex` never decreases and only a reply to
-    /// the current probe backs `nextIndex` off. Steps down on a higher term;
-    /// records whether the peer follows this leader (confirming it, or
-    /// deposing it while unconfirmed); advances the commit index by the
-    /// commit rule.
+    /// Feeds back `resp`, the reply of `peer` to the request `sent` stands
+    /// for. Safe with stale, duplicated and reordered replies: `matchIndex`
+    /// never decreases, and only a reply of the peer's current epoch (the
+    /// current probe, or a request of the current window) backs `nextIndex`
+    /// off or voids the window, never below `matchIndex + 1`. Steps down on a
+    /// higher term; records whether the peer follows this leader (confirming
+    /// it, or deposing it while unconfirmed); advances the commit index by
+    /// the commit rule.
     pub fn handle_append_response(
         &mut self,
         peer: ServerId,
-        req: &AppendEntryInput,
+        sent: &SentAppend,
         resp: &AppendEntryOutput,
     ) -> ReplicationStatus {
         if resp.term > self.term {
             self.adopt_term(resp.term);
             return ReplicationStatus::NotLeader;
         }
-        let follows = self.acknowledges_leadership(req, resp);
+        let follows = self.acknowledges_leadership(sent, resp);
         let own_last = self.log.last_index();
         let term = self.term;
         let Some(tracker) = self.leader.as_mut() else {
             return ReplicationStatus::NotLeader;
         };
-        if req.term != term || resp.term != term || tracker.get(peer).is_none() {
+        if sent.term != term || resp.term != term || tracker.get(peer).is_none() {
             return ReplicationStatus::Ignored;
         }
         if tracker.record_stance(peer, follows) == Standing::Rejected {
@@ -310,23 +410,25 @@ impl RaftCore {
             return ReplicationStatus::Ignored;
         };
         if !follows {
-            return ReplicationStatus::Ignored;
+            return if progress.on_refused(sent.epoch) {
+                ReplicationStatus::Denied
+            } else {
+                ReplicationStatus::Ignored
+            };
         }
         if !resp.success {
-            return if progress.on_mismatch(req.prev_log_index, resp.matched_index) {
+            return if progress.on_mismatch(sent.epoch, sent.slice.prev, resp.matched_index) {
                 ReplicationStatus::SendMore
             } else {
                 ReplicationStatus::Ignored
             };
         }
-        let matched = req
-            .prev_log_index
-            .saturating_add(LogIndex::try_from(req.entries.len()).unwrap_or(LogIndex::MAX));
+        let matched = sent.slice.end();
         if matched > own_last {
             // Not a request this leader built: its log never shrinks in its term.
             return ReplicationStatus::Ignored;
         }
-        progress.on_success(matched);
+        progress.on_success(matched, sent.leader_commit.min(matched));
         let peer_matched = progress.matched;
         self.maybe_commit();
         if peer_matched >= last_of(self.unsent_start()) {
@@ -336,20 +438,29 @@ impl RaftCore {
         }
     }
 
+    /// Reports that the request `sent` stands for got no reply from `peer`
+    /// (the call failed or timed out): unless that request belongs to an
+    /// older epoch, the peer is probed again from `matchIndex + 1`, since
+    /// nothing sent after that can be assumed to have arrived.
+    pub fn report_unreachable(&mut self, peer: ServerId, sent: &SentAppend) {
+        if sent.term != self.term {
+            return;
+        }
+        if let Some(progress) = self.leader.as_mut().and_then(|t| t.get_mut(peer)) {
+            progress.on_unreachable(sent.epoch);
+        }
+    }
+
     /// Whether `resp` acknowledges this server as leader of the term of
-    /// `req`: the peer replied in that term naming this server as the leader
-    /// it follows (whether or not its log matched). A driver confirming a
-    /// read counts the peers whose replies to requests built after the read
-    /// arrived acknowledge; with the leader itself, a
-    /// [`super::quorum::majority`] of them, while still leading `req.term`,
-    /// shows no newer leader can have committed anything the read would miss.
-    pub fn acknowledges_leadership(
-        &self,
-        req: &AppendEntryInput,
-        resp: &AppendEntryOutput,
-    ) -> bool {
-        let me = Some(wire_id(self.id));
-        req.leader_id == me && resp.leader_id == me && resp.term == req.term
+    /// `sent`: the peer replied in that term naming this server as the
+    /// leader it follows (whether or not its log matched). A driver
+    /// confirming a read counts the peers whose replies to requests built
+    /// after the read arrived acknowledge; with the leader itself, a
+    /// [`super::quorum::majority`] of them, while still leading that term,
+    /// shows no newer leader can have committed anything the read would
+    /// miss.
+    pub fn acknowledges_leadership(&self, sent: &SentAppend, resp: &AppendEntryOutput) -> bool {
+        resp.leader_id == Some(wire_id(self.id)) && resp.term == sent.term
     }
 
     /// The effects since the last call (see [`Ready`]); the committed
@@ -557,11 +668,12 @@ mod tests {
         }
     }
 
-    /// One request/reply exchange from `leader` to `peer`.
+    /// One request/reply exchange from `leader` to `peer`, outside the
+    /// window (as `SendHeartbeat` repairs).
     fn exchange(leader: &mut RaftCore, peer: &mut RaftCore, max: usize) -> ReplicationStatus {
-        let req = leader.append_request(peer.id(), max).unwrap();
-        let resp = peer.handle_append_entries(&req);
-        leader.handle_append_response(peer.id(), &req, &resp)
+        let out = leader.sync_request(peer.id(), max).unwrap();
+        let resp = peer.handle_append_entries(&out.request);
+        leader.handle_append_response(peer.id(), &out.sent, &resp)
     }
 
     /// Exchanges until `peer` matches (or anything else than SendMore).
@@ -616,11 +728,15 @@ mod tests {
         let err = core.propose(meta("a", 1)).unwrap_err();
         assert_eq!(err.leader_hint, None);
         assert_eq!(err.to_string(), "Server is not the leader");
-        assert!(core.append_request(1, 10).is_none());
+        assert!(core.sync_request(1, 10).is_none());
+        assert!(core.next_append(1, 10).is_none());
         core.set_leader();
-        assert!(core.append_request(0, 10).is_none());
-        assert!(core.append_request(7, 10).is_none());
-        assert!(core.append_request(1, 10).is_some());
+        for peer in [0, 7] {
+            assert!(core.sync_request(peer, 10).is_none());
+            assert!(core.next_append(peer, 10).is_none());
+        }
+        assert!(core.sync_request(1, 10).is_some());
+        assert!(core.next_append(1, 10).is_some());
     }
 
     #[test]
@@ -772,7 +888,7 @@ mod tests {
         l.set_leader();
         assert_eq!(l.propose(meta("a", 1)), Ok(0));
         // Unconfirmed: its own-term proposal is not sent, nor persisted.
-        let req = l.append_request(1, 10).unwrap();
+        let req = l.sync_request(1, 10).unwrap().request;
         assert!(req.entries.is_empty());
         assert_eq!((req.last_log_term, req.last_log_index), (-1, -1));
         let ready = l.take_ready();
@@ -784,7 +900,7 @@ mod tests {
         let ready = l.take_ready();
         assert_eq!(ready.log_changed_from, Some(0));
         assert_eq!(ready.entries, l.log());
-        let req = l.append_request(2, 10).unwrap();
+        let req = l.sync_request(2, 10).unwrap().request;
         assert_eq!(req.entries.len(), 1);
         assert_eq!((req.last_log_term, req.last_log_index), (1, 0));
         assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
@@ -828,7 +944,7 @@ mod tests {
         l.propose(meta("mine", 1)).unwrap();
         // Probe at the log length fails, back off, then push only the old entry.
         assert_eq!(exchange(&mut l, &mut f, 10), ReplicationStatus::SendMore);
-        let req = l.append_request(1, 10).unwrap();
+        let req = l.sync_request(1, 10).unwrap().request;
         assert_eq!(req.entries.len(), 1);
         assert_eq!(req.entries[0].term, 1);
         assert_eq!((req.last_log_term, req.last_log_index), (1, 0));
@@ -844,7 +960,7 @@ mod tests {
         let mut c = follower(2, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
         a.set_leader();
         a.propose(meta("lost", 1)).unwrap();
-        assert_eq!(exchange(&mut a, &mut b, 10), ReplicationStatus::Ignored);
+        assert_eq!(exchange(&mut a, &mut b, 10), ReplicationStatus::Denied);
         assert!(a.is_leader());
         assert_eq!(exchange(&mut a, &mut c, 10), ReplicationStatus::NotLeader);
         assert!(!a.is_leader());
@@ -870,7 +986,7 @@ mod tests {
         let mut a = RaftCore::new(0, 3);
         a.set_leader();
         a.propose(meta("unsent", 1)).unwrap();
-        let req = a.append_request(1, 10).unwrap();
+        let sent = a.sync_request(1, 10).unwrap().sent;
         let resp = AppendEntryOutput {
             server_id: 1,
             term: 5,
@@ -879,7 +995,7 @@ mod tests {
             leader_id: None,
         };
         assert_eq!(
-            a.handle_append_response(1, &req, &resp),
+            a.handle_append_response(1, &sent, &resp),
             ReplicationStatus::NotLeader
         );
         assert!(!a.is_leader());
@@ -892,7 +1008,7 @@ mod tests {
         sync(&mut a, &mut b);
         a.propose(meta("kept", 1)).unwrap();
         assert_eq!(
-            a.handle_append_response(1, &req, &resp),
+            a.handle_append_response(1, &sent, &resp),
             ReplicationStatus::NotLeader
         );
         assert_eq!(a.log().len(), 1);
@@ -910,13 +1026,13 @@ mod tests {
         // C follows A; A is confirmed; B is refused by both.
         assert_eq!(exchange(&mut a, &mut c, 10), ReplicationStatus::Matched);
         assert!(a.is_confirmed_leader());
-        assert_eq!(exchange(&mut b, &mut c, 10), ReplicationStatus::Ignored);
-        let req = b.append_request(0, 10).unwrap();
+        assert_eq!(exchange(&mut b, &mut c, 10), ReplicationStatus::Denied);
+        let Outgoing { request: req, sent } = b.sync_request(0, 10).unwrap();
         let resp = a.handle_append_entries(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader(), "a confirmed leader never yields in its term");
         assert_eq!(
-            b.handle_append_response(0, &req, &resp),
+            b.handle_append_response(0, &sent, &resp),
             ReplicationStatus::NotLeader
         );
         assert!(b.log().is_empty());
@@ -933,18 +1049,18 @@ mod tests {
         b.set_leader();
         b.propose(meta("b's", 1)).unwrap();
         // B's log is behind A's: A refuses it and stays leader.
-        let req = b.append_request(0, 10).unwrap();
+        let req = b.sync_request(0, 10).unwrap().request;
         let resp = a.handle_append_entries(&req);
         assert!(!resp.success);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader());
         // A's log is ahead of B's: B gives way, drops its proposal, follows A.
-        let req = a.append_request(1, 10).unwrap();
+        let Outgoing { request: req, sent } = a.sync_request(1, 10).unwrap();
         let resp = b.handle_append_entries(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(!b.is_leader());
         assert!(b.log().is_empty());
-        assert!(a.acknowledges_leadership(&req, &resp));
+        assert!(a.acknowledges_leadership(&sent, &resp));
     }
 
     #[test]
@@ -953,10 +1069,10 @@ mod tests {
         let mut f = RaftCore::new(1, 3);
         l.set_leader();
         // Probe at index 2 fails; back off; its duplicate is ignored.
-        let probe = l.append_request(1, 1).unwrap();
-        let failed = f.handle_append_entries(&probe);
+        let probe = l.sync_request(1, 1).unwrap();
+        let failed = f.handle_append_entries(&probe.request);
         assert_eq!(
-            l.handle_append_response(1, &probe, &failed),
+            l.handle_append_response(1, &probe.sent, &failed),
             ReplicationStatus::SendMore
         );
         let after_backoff = l.peer_progress(1);
@@ -966,25 +1082,25 @@ mod tests {
             "the follower's hint skips ahead"
         );
         assert_eq!(
-            l.handle_append_response(1, &probe, &failed),
+            l.handle_append_response(1, &probe.sent, &failed),
             ReplicationStatus::Ignored
         );
         assert_eq!(l.peer_progress(1), after_backoff);
-        // Two requests in flight; the later reply arrives first.
-        let first = l.append_request(1, 1).unwrap();
-        let first_resp = f.handle_append_entries(&first);
+        // The reply to an earlier exchange arrives again after a later one.
+        let first = l.sync_request(1, 1).unwrap();
+        let first_resp = f.handle_append_entries(&first.request);
         assert_eq!(
-            l.handle_append_response(1, &first, &first_resp),
+            l.handle_append_response(1, &first.sent, &first_resp),
             ReplicationStatus::SendMore
         );
-        let second = l.append_request(1, 2).unwrap();
-        let second_resp = f.handle_append_entries(&second);
+        let second = l.sync_request(1, 2).unwrap();
+        let second_resp = f.handle_append_entries(&second.request);
         assert_eq!(
-            l.handle_append_response(1, &second, &second_resp),
+            l.handle_append_response(1, &second.sent, &second_resp),
             ReplicationStatus::Matched
         );
         assert_eq!(
-            l.handle_append_response(1, &first, &first_resp),
+            l.handle_append_response(1, &first.sent, &first_resp),
             ReplicationStatus::Matched
         );
         assert_eq!(
@@ -993,11 +1109,11 @@ mod tests {
             "matchIndex never decreases"
         );
         // A reply from an earlier term of this leader is ignored.
-        let old = l.append_request(1, 0).unwrap();
-        let old_resp = f.handle_append_entries(&old);
+        let old = l.sync_request(1, 0).unwrap();
+        let old_resp = f.handle_append_entries(&old.request);
         l.set_leader();
         assert_eq!(
-            l.handle_append_response(1, &old, &old_resp),
+            l.handle_append_response(1, &old.sent, &old_resp),
             ReplicationStatus::Ignored
         );
         assert_eq!(l.peer_progress(1), Some((3, -1)));
@@ -1014,7 +1130,8 @@ mod tests {
         assert_eq!(ready.log_changed_from, Some(0));
         assert_eq!(ready.committed.len(), 1);
         assert_eq!(ready.hard_state.map(|h| h.commit), Some(0));
-        assert!(core.append_request(0, 1).is_none());
+        assert!(core.sync_request(0, 1).is_none());
+        assert!(core.next_append(0, 1).is_none());
     }
 
     #[test]
@@ -1069,10 +1186,20 @@ mod tests {
                         matched_index: y,
                         leader_id: Some(1),
                     };
-                    if let Some(own) = leader.append_request(0, 5) {
-                        leader.handle_append_response(0, &own, &resp);
+                    if let Some(own) = leader.next_append(0, 5) {
+                        leader.handle_append_response(0, &own.sent, &resp);
                     }
-                    leader.handle_append_response(2, &req, &resp);
+                    let forged = SentAppend {
+                        term: y.clamp(0, 2),
+                        slice: Slice {
+                            prev: x,
+                            count: if y > 0 { usize::MAX } else { 1 },
+                        },
+                        leader_commit: y,
+                        epoch: 0,
+                    };
+                    leader.handle_append_response(2, &forged, &resp);
+                    leader.report_unreachable(2, &forged);
                     leader.take_ready();
                 }
             }
@@ -1084,7 +1211,7 @@ mod tests {
     fn acknowledgement_needs_same_term_and_this_leader() {
         let mut l = RaftCore::new(0, 3);
         l.set_leader();
-        let req = l.append_request(1, 0).unwrap();
+        let sent = l.sync_request(1, 0).unwrap().sent;
         let ack = AppendEntryOutput {
             server_id: 1,
             term: 1,
@@ -1092,14 +1219,180 @@ mod tests {
             matched_index: -1,
             leader_id: Some(0),
         };
-        assert!(l.acknowledges_leadership(&req, &ack));
+        assert!(l.acknowledges_leadership(&sent, &ack));
         let other = AppendEntryOutput {
             leader_id: Some(2),
             ..ack
         };
-        assert!(!l.acknowledges_leadership(&req, &other));
+        assert!(!l.acknowledges_leadership(&sent, &other));
         let later = AppendEntryOutput { term: 2, ..ack };
-        assert!(!l.acknowledges_leadership(&req, &later));
-        assert!(!l.acknowledges_leadership(&anonymous(1, -1, -1, &[], -1), &ack));
+        assert!(!l.acknowledges_leadership(&sent, &later));
+        l.set_leader();
+        assert!(
+            !l.acknowledges_leadership(&sent, &AppendEntryOutput { term: 2, ..ack }),
+            "a request of an earlier term"
+        );
+    }
+
+    /// Every request the window lets `leader` send `peer` now.
+    fn window(leader: &mut RaftCore, peer: ServerId, max: usize) -> Vec<Outgoing> {
+        std::iter::from_fn(|| leader.next_append(peer, max)).collect()
+    }
+
+    /// A leader of term 1 confirmed by `f`, which matched its empty log by
+    /// the first probe, then `n` proposals of the leader.
+    fn confirmed_with_proposals(n: usize) -> (RaftCore, RaftCore) {
+        let mut l = RaftCore::new(0, 3);
+        let mut f = RaftCore::new(1, 3);
+        l.set_leader();
+        let probe = l.next_append(1, 2).unwrap();
+        assert!(l.next_append(1, 2).is_none(), "one probe at a time");
+        for i in 0..n {
+            l.propose(meta(&format!("p{i}"), 1)).unwrap();
+        }
+        assert!(
+            l.next_append(1, 2).is_none(),
+            "an unconfirmed leader sends nothing of its term"
+        );
+        assert!(l.sync_request(1, 2).unwrap().request.entries.is_empty());
+        let resp = f.handle_append_entries(&probe.request);
+        assert_eq!(
+            l.handle_append_response(1, &probe.sent, &resp),
+            ReplicationStatus::SendMore
+        );
+        assert!(l.is_confirmed_leader());
+        (l, f)
+    }
+
+    /// Sends everything the window allows and feeds each reply back, in
+    /// order, until nothing more goes out; then `f` must hold `l`'s log.
+    fn drain(l: &mut RaftCore, f: &mut RaftCore) {
+        for _ in 0..l.log().len() + 4 {
+            let batch = window(l, f.id(), 2);
+            if batch.is_empty() {
+                break;
+            }
+            for out in batch {
+                let resp = f.handle_append_entries(&out.request);
+                l.handle_append_response(f.id(), &out.sent, &resp);
+            }
+        }
+        assert_eq!(f.log(), l.log());
+        assert_eq!(
+            l.peer_progress(f.id()),
+            Some((l.last_index() + 1, l.last_index()))
+        );
+    }
+
+    #[test]
+    fn a_replicating_peer_gets_max_inflight_requests_each_after_the_last() {
+        let (mut l, mut f) = confirmed_with_proposals(10);
+        let sent = window(&mut l, 1, 2);
+        let prevs: Vec<LogIndex> = sent.iter().map(|o| o.request.prev_log_index).collect();
+        assert_eq!(prevs, [-1, 1, 3, 5]);
+        assert_eq!(sent.len(), crate::raft::MAX_INFLIGHT);
+        assert!(sent.iter().all(|o| o.request.entries.len() == 2));
+        assert_eq!(l.peer_progress(1), Some((8, -1)), "nextIndex moved on send");
+        // Replies in order: each frees its slot and lets one more go.
+        let resp = f.handle_append_entries(&sent[0].request);
+        assert_eq!(
+            l.handle_append_response(1, &sent[0].sent, &resp),
+            ReplicationStatus::SendMore
+        );
+        assert_eq!(l.commit_index(), 1);
+        let more = window(&mut l, 1, 2);
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].request.prev_log_index, 7);
+        for out in sent[1..].iter().chain(&more) {
+            let resp = f.handle_append_entries(&out.request);
+            l.handle_append_response(1, &out.sent, &resp);
+        }
+        assert_eq!(l.commit_index(), 9);
+        assert_eq!(f.log(), l.log());
+    }
+
+    #[test]
+    fn reordered_and_duplicated_window_traffic_converges() {
+        let (mut l, mut f) = confirmed_with_proposals(10);
+        let sent = window(&mut l, 1, 2);
+        // The second request overtakes the first; the first arrives twice.
+        let replies: Vec<(usize, AppendEntryOutput)> = [1, 0, 3, 2, 0]
+            .into_iter()
+            .map(|i| (i, f.handle_append_entries(&sent[i].request)))
+            .collect();
+        // Replies come back in yet another order.
+        for &k in &[2, 4, 0, 3, 1] {
+            let (i, resp) = &replies[k];
+            l.handle_append_response(1, &sent[*i].sent, resp);
+            let (next, matched) = l.peer_progress(1).unwrap();
+            assert!(next > matched, "nextIndex {next} <= matchIndex {matched}");
+        }
+        assert_eq!(l.peer_progress(1).map(|p| p.1), Some(1));
+        drain(&mut l, &mut f);
+    }
+
+    #[test]
+    fn a_heartbeat_starts_at_match_index_and_cannot_back_off() {
+        let (mut l, mut f) = confirmed_with_proposals(10);
+        let sent = window(&mut l, 1, 2);
+        let before = l.peer_progress(1);
+        // Due while the window is full, and overtaking all of it.
+        let beat = l.sync_request(1, 0).unwrap();
+        assert_eq!(beat.request.prev_log_index, -1);
+        assert!(beat.request.entries.is_empty());
+        let resp = f.handle_append_entries(&beat.request);
+        assert!(resp.success);
+        l.handle_append_response(1, &beat.sent, &resp);
+        assert_eq!(l.peer_progress(1), before);
+        assert!(l.next_append(1, 2).is_none(), "the window is still full");
+        for out in &sent {
+            let resp = f.handle_append_entries(&out.request);
+            l.handle_append_response(1, &out.sent, &resp);
+        }
+        assert_eq!(l.peer_progress(1), Some((8, 7)));
+    }
+
+    #[test]
+    fn a_failed_call_probes_again_from_match_index() {
+        let (mut l, mut f) = confirmed_with_proposals(10);
+        let sent = window(&mut l, 1, 2);
+        let resp = f.handle_append_entries(&sent[0].request);
+        l.handle_append_response(1, &sent[0].sent, &resp);
+        l.report_unreachable(1, &sent[1].sent);
+        assert_eq!(l.peer_progress(1), Some((2, 1)));
+        let probe = l.next_append(1, 2).unwrap();
+        assert_eq!(probe.request.prev_log_index, 1);
+        // The window's other failures are stale now: the probe stays alone.
+        l.report_unreachable(1, &sent[2].sent);
+        l.report_unreachable(1, &sent[3].sent);
+        assert!(l.next_append(1, 2).is_none());
+        assert_eq!(l.peer_progress(1), Some((2, 1)));
+        // A late success of the old window still counts.
+        let resp = f.handle_append_entries(&sent[1].request);
+        l.handle_append_response(1, &sent[1].sent, &resp);
+        assert_eq!(l.peer_progress(1), Some((4, 3)));
+        drain(&mut l, &mut f);
+        // A report from an earlier term changes nothing.
+        l.set_leader();
+        l.report_unreachable(1, &probe.sent);
+        assert_eq!(l.peer_progress(1), Some((10, -1)));
+    }
+
+    #[test]
+    fn a_replicating_peer_is_told_a_new_commit_index_at_once() {
+        let (mut l, mut f) = confirmed_with_proposals(2);
+        let sent = window(&mut l, 1, 2);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].request.leader_commit, -1);
+        let resp = f.handle_append_entries(&sent[0].request);
+        l.handle_append_response(1, &sent[0].sent, &resp);
+        assert_eq!((l.commit_index(), f.commit_index()), (1, -1));
+        let notice = l.next_append(1, 2).unwrap();
+        assert_eq!(notice.request.prev_log_index, 1);
+        assert!(notice.request.entries.is_empty());
+        assert_eq!(notice.request.leader_commit, 1);
+        assert!(l.next_append(1, 2).is_none(), "told once");
+        f.handle_append_entries(&notice.request);
+        assert_eq!(f.commit_index(), 1);
     }
 }

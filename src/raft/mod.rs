@@ -14,7 +14,8 @@ pub mod quorum;
 pub mod service;
 pub mod storage;
 
-pub use self::core::{NotLeader, RaftCore, Ready, ReplicationStatus};
+pub use self::core::{NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend};
+pub use self::progress::MAX_INFLIGHT;
 
 use crate::proto::{FileMetaData, UpdateOperation};
 

@@ -6,6 +6,27 @@
 //! what to send, sends it with a deadline, feeds the reply back, persists and
 //! applies what [`RaftCore::take_ready`] hands out, and wakes waiters. The
 //! mutex is never held across an `.await`.
+//!
+//! # Pipelining
+//!
+//! One AppendEntries at a time per peer would cap replication at one batch
+//! per round trip. Each peer's replication task instead keeps every request
+//! the core's window allows in flight at once (up to [`super::MAX_INFLIGHT`]
+//! while the peer replicates, one while it is probed): it asks
+//! [`RaftCore::next_append`] for more whenever a proposal, a new commit
+//! index or a reply may have opened room, and reports each failed call with
+//! [`RaftCore::report_unreachable`], which sends the peer back to probing.
+//! Only a [`super::SentAppend`] is kept per call, not the request.
+//!
+//! A heartbeat goes out on the configured period only when nothing is in
+//! flight to the peer: any request in flight already carries the term and
+//! commit index, and every call ends, by its reply or its deadline, within
+//! seconds.
+//! `SendHeartbeat` and read confirmation do not use the window: they send
+//! [`RaftCore::sync_request`]s, built when the call runs, so their
+//! guarantees (every reachable peer repaired; a read confirmed by
+//! acknowledgements of requests built after it arrived) hold whatever the
+//! replication tasks have in flight.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,9 +35,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::core::{RaftCore, ReplicationStatus};
+use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend};
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::{Entry, LogIndex, ServerId, Term};
@@ -345,10 +367,13 @@ impl RaftNode {
     }
 
     /// One peer's part of a round; true if the peer acknowledged leadership.
+    /// A repair sends entries until the peer matches; a read only needs the
+    /// acknowledgement, so it sends an empty request.
     async fn exchange_until_done(&self, peer: ServerId, repair: bool) -> bool {
+        let max_entries = if repair { MAX_BATCH_ENTRIES } else { 0 };
         let mut acked = false;
         loop {
-            match self.exchange(peer).await {
+            match self.exchange(peer, max_entries).await {
                 Some((ack, ReplicationStatus::SendMore)) if repair => acked |= ack,
                 // The peer follows this leader but the reply was stale (the
                 // replication task's probe moved nextIndex first): a repair
@@ -360,34 +385,53 @@ impl RaftNode {
         }
     }
 
-    /// Sends `peer` what the core wants it to have and feeds the reply back.
-    /// Returns whether the reply acknowledged this leader, and the core's
-    /// verdict; `None` if nothing was sent or the call failed.
-    async fn exchange(&self, peer: ServerId) -> Option<(bool, ReplicationStatus)> {
-        let request = {
+    /// Sends `peer` a request built now, outside the replication window
+    /// ([`RaftCore::sync_request`]), and feeds the outcome back. `None` if
+    /// nothing was sent or the call failed.
+    async fn exchange(
+        &self,
+        peer: ServerId,
+        max_entries: usize,
+    ) -> Option<(bool, ReplicationStatus)> {
+        let outgoing = {
             let state = self.state();
             if state.crashed {
                 return None;
             }
-            state.core.append_request(peer, MAX_BATCH_ENTRIES)?
+            state.core.sync_request(peer, max_entries)?
         };
-        let mut client = self.shared.peers[peer].as_ref()?.client.clone();
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(APPEND_TIMEOUT);
-        let reply = match client.append_entries(call).await {
-            Ok(reply) => reply.into_inner(),
+        let client = self.shared.peers[peer].as_ref()?.client.clone();
+        let (sent, outcome) = call(client, outgoing).await;
+        self.feed_back(peer, &sent, outcome)
+    }
+
+    /// Feeds the outcome of a call to `peer` back to the core: the reply, or
+    /// the failure. A reply that arrives while crashed is not acted on (the
+    /// server takes part in nothing) and counts as a failure, so the core
+    /// does not wait for it. Returns whether the reply acknowledged this
+    /// leader, and the core's verdict; `None` for a failure.
+    fn feed_back(
+        &self,
+        peer: ServerId,
+        sent: &SentAppend,
+        outcome: Result<AppendEntryOutput, tonic::Status>,
+    ) -> Option<(bool, ReplicationStatus)> {
+        let mut state = self.state();
+        let reply = match outcome {
+            Ok(reply) if !state.crashed => reply,
+            Ok(_) => {
+                state.core.report_unreachable(peer, sent);
+                return None;
+            }
             Err(status) => {
                 tracing::debug!(peer, %status, "AppendEntries failed");
+                state.core.report_unreachable(peer, sent);
                 return None;
             }
         };
-        let mut state = self.state();
-        if state.crashed {
-            return None;
-        }
-        let acked = state.core.acknowledges_leadership(&request, &reply);
+        let acked = state.core.acknowledges_leadership(sent, &reply);
         let was_confirmed = state.core.is_confirmed_leader();
-        let status = state.core.handle_append_response(peer, &request, &reply);
+        let status = state.core.handle_append_response(peer, sent, &reply);
         if !was_confirmed && state.core.is_confirmed_leader() {
             // Proposals held back until now must reach every peer, including
             // those whose tasks went idle after matching what could be sent.
@@ -397,12 +441,34 @@ impl RaftNode {
         Some((acked, status))
     }
 
-    /// The per-peer replication loop: sends new entries as soon as they are
-    /// proposed, heartbeats on the configured period, and while entries wait
-    /// for a commit retries a failed peer every [`RETRY_INTERVAL`], so a
-    /// blocked `UpdateFile` completes by itself once a majority is back.
+    /// The requests the window lets the replication task send `peer` now.
+    fn window_requests(&self, peer: ServerId) -> Vec<Outgoing> {
+        let mut state = self.state();
+        if state.crashed {
+            return Vec::new();
+        }
+        std::iter::from_fn(|| state.core.next_append(peer, MAX_BATCH_ENTRIES)).collect()
+    }
+
+    /// A heartbeat for `peer`, unless crashed or not leading.
+    fn heartbeat_request(&self, peer: ServerId) -> Option<Outgoing> {
+        let state = self.state();
+        if state.crashed {
+            return None;
+        }
+        state.core.sync_request(peer, 0)
+    }
+
+    /// The per-peer replication loop. It keeps as many AppendEntries in
+    /// flight as the core's window allows, topping it up after every reply
+    /// and wake-up (a proposal, a new commit index, a confirmation,
+    /// `Restore`); heartbeats on the configured period when nothing is in
+    /// flight. After a failed call or a refusal it sends nothing new until
+    /// woken, the next heartbeat, or, while entries wait for a commit,
+    /// [`RETRY_INTERVAL`], so a blocked `UpdateFile` completes by itself once
+    /// a majority is back without a down peer being hammered.
     async fn replicate(self, peer: ServerId) {
-        let Some(wake) = self.shared.peers[peer].as_ref().map(|p| &p.wake) else {
+        let Some(link) = self.shared.peers[peer].as_ref() else {
             return;
         };
         let mut ticker = self.shared.config.heartbeat.map(|period| {
@@ -410,8 +476,22 @@ impl RaftNode {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        let mut lagging = false;
+        let mut calls = FuturesUnordered::new();
+        let mut paused = false;
+        let mut retry_at: Option<Instant> = None;
+        let mut beat_due = false;
         loop {
+            if !paused {
+                for outgoing in self.window_requests(peer) {
+                    calls.push(call(link.client.clone(), outgoing));
+                }
+            }
+            if std::mem::take(&mut beat_due)
+                && calls.is_empty()
+                && let Some(outgoing) = self.heartbeat_request(peer)
+            {
+                calls.push(call(link.client.clone(), outgoing));
+            }
             let tick = async {
                 match ticker.as_mut() {
                     Some(t) => {
@@ -421,26 +501,41 @@ impl RaftNode {
                 }
             };
             let retry = async {
-                if lagging {
-                    tokio::time::sleep(RETRY_INTERVAL).await;
-                } else {
-                    std::future::pending::<()>().await;
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                () = wake.notified() => {},
-                () = tick => {},
-                () = retry => {},
-            }
-            lagging = loop {
-                match self.exchange(peer).await {
-                    Some((_, ReplicationStatus::SendMore)) => continue,
-                    Some((_, ReplicationStatus::Matched | ReplicationStatus::NotLeader)) => {
-                        break false;
+                Some((sent, outcome)) = calls.next(), if !calls.is_empty() => {
+                    match self.feed_back(peer, &sent, outcome) {
+                        None | Some((_, ReplicationStatus::Denied)) => {
+                            paused = true;
+                            retry_at = self
+                                .awaits_commit()
+                                .then(|| Instant::now() + RETRY_INTERVAL);
+                        }
+                        Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
+                            paused = false;
+                            retry_at = None;
+                        }
+                        Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
                     }
-                    Some((_, ReplicationStatus::Ignored)) | None => break self.awaits_commit(),
                 }
-            };
+                () = link.wake.notified() => {
+                    paused = false;
+                    retry_at = None;
+                }
+                () = tick => {
+                    paused = false;
+                    retry_at = None;
+                    beat_due = true;
+                }
+                () = retry => {
+                    paused = false;
+                    retry_at = None;
+                }
+            }
         }
     }
 
@@ -567,6 +662,23 @@ impl RaftNode {
             map: state.map.to_proto(),
         }
     }
+}
+
+/// Sends one AppendEntries with a deadline. It owns what it needs, so calls
+/// to one peer can be in flight together while the node's mutex is free;
+/// the request is moved into the call, and only its [`SentAppend`] is kept.
+async fn call(
+    mut client: RaftSurfstoreClient<Channel>,
+    outgoing: Outgoing,
+) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
+    let Outgoing { request, sent } = outgoing;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(APPEND_TIMEOUT);
+    let outcome = client
+        .append_entries(request)
+        .await
+        .map(tonic::Response::into_inner);
+    (sent, outcome)
 }
 
 fn fail_waiters(state: &mut State, error: &NodeError) {

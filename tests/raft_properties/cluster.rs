@@ -12,7 +12,8 @@ use surfstore::meta_store::FileMap;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
 use surfstore::raft::quorum::is_majority;
 use surfstore::raft::{
-    Entry, HardState, LogIndex, NotLeader, RaftCore, Ready, ReplicationStatus, ServerId, Term,
+    Entry, HardState, LogIndex, NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus,
+    SentAppend, ServerId, Term,
 };
 
 /// Entries per request in synchronous rounds: small, so repairs take
@@ -178,17 +179,35 @@ impl Cluster {
         Ok(index)
     }
 
-    /// The request `leader` would send `peer` now, if it can send.
-    pub fn request(
-        &self,
+    /// The next request the window lets `leader` send `peer`, recorded as
+    /// sent, if it can send.
+    pub fn next_append(
+        &mut self,
         leader: ServerId,
         peer: ServerId,
         max: usize,
-    ) -> Option<AppendEntryInput> {
+    ) -> Option<Outgoing> {
+        let server = &mut self.servers[leader];
+        (!server.crashed)
+            .then(|| server.core.next_append(peer, max))
+            .flatten()
+    }
+
+    /// A request outside the window (heartbeats, synchronous rounds), if
+    /// `leader` can send.
+    pub fn sync_request(&self, leader: ServerId, peer: ServerId, max: usize) -> Option<Outgoing> {
         let server = &self.servers[leader];
         (!server.crashed)
-            .then(|| server.core.append_request(peer, max))
+            .then(|| server.core.sync_request(peer, max))
             .flatten()
+    }
+
+    /// The driver's report that the call `sent` stands for failed. The node
+    /// reports it even while crashed (a reply it may not act on counts as a
+    /// failure), so the simulation does too.
+    pub fn report_unreachable(&mut self, leader: ServerId, peer: ServerId, sent: &SentAppend) {
+        self.servers[leader].core.report_unreachable(peer, sent);
+        self.settle(leader);
     }
 
     /// Delivers a request to `to`; its reply, unless `to` is crashed.
@@ -205,27 +224,29 @@ impl Cluster {
         Some(resp)
     }
 
-    /// Delivers `peer`'s reply to `leader`, unless `leader` is crashed.
+    /// Delivers `peer`'s reply to `leader`; a crashed leader does not act
+    /// on it and, as the node does, counts it as a failed call.
     pub fn deliver_response(
         &mut self,
         leader: ServerId,
         peer: ServerId,
-        req: &AppendEntryInput,
+        sent: &SentAppend,
         resp: &AppendEntryOutput,
     ) -> Option<ReplicationStatus> {
         if self.servers[leader].crashed {
+            self.report_unreachable(leader, peer, sent);
             return None;
         }
         let status = self.servers[leader]
             .core
-            .handle_append_response(peer, req, resp);
+            .handle_append_response(peer, sent, resp);
         self.settle(leader);
         Some(status)
     }
 
     /// One synchronous `SendHeartbeat` round from `leader`, as the node runs
     /// it: every live peer is repaired until it matches (or the leader is
-    /// deposed). Returns the `flag`: a majority, the leader included,
+    /// deposed), with requests outside the window. Returns the `flag`: a majority, the leader included,
     /// acknowledged it.
     pub fn heartbeat(&mut self, leader: ServerId) -> bool {
         let mut acks = 1;
@@ -235,16 +256,18 @@ impl Cluster {
             // correct repair with room to spare.
             let bound = self.servers[leader].core.log().len() + 4;
             for _ in 0..bound {
-                let Some(req) = self.request(leader, peer, ROUND_BATCH) else {
+                let Some(Outgoing { request, sent }) = self.sync_request(leader, peer, ROUND_BATCH)
+                else {
                     break;
                 };
-                let Some(resp) = self.deliver_request(peer, &req) else {
+                let Some(resp) = self.deliver_request(peer, &request) else {
+                    self.report_unreachable(leader, peer, &sent);
                     break;
                 };
                 acked |= self.servers[leader]
                     .core
-                    .acknowledges_leadership(&req, &resp);
-                if self.deliver_response(leader, peer, &req, &resp)
+                    .acknowledges_leadership(&sent, &resp);
+                if self.deliver_response(leader, peer, &sent, &resp)
                     != Some(ReplicationStatus::SendMore)
                 {
                     break;

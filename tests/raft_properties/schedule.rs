@@ -1,16 +1,24 @@
 //! Seeded random schedules over a [`Cluster`]: `SetLeader` on any server,
 //! crashes, restores and restarts, proposals, heartbeats, and a network that
-//! drops, duplicates and reorders messages. Everything derives from one
-//! seed, so a failing seed replays exactly.
+//! drops, duplicates and reorders messages. Leaders replicate as the node
+//! does: they keep every request their window allows in flight per peer,
+//! top the windows up after every reply, send heartbeats and synchronous
+//! rounds outside the windows, and hear of failed calls (a dropped message
+//! or a crashed receiver, like a call that times out; sometimes a call
+//! "times out" whose reply still arrives later). Everything derives from
+//! one seed, so a failing seed replays exactly.
 
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
-use surfstore::raft::{ReplicationStatus, ServerId, Term};
+use surfstore::raft::{MAX_INFLIGHT, Outgoing, ReplicationStatus, SentAppend, ServerId, Term};
 
 use super::cluster::Cluster;
 
 /// Messages in flight beyond which the oldest are lost, so that duplicates
 /// cannot grow the network without bound.
-const MAX_IN_FLIGHT: usize = 48;
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Steps the liveness check may deliver messages for before giving up.
+const LIVENESS_DELIVERIES: usize = 20_000;
 
 /// Names proposals pick from: few, so the version rule both accepts and
 /// rejects.
@@ -57,13 +65,27 @@ enum Message {
         from: ServerId,
         to: ServerId,
         req: AppendEntryInput,
+        sent: SentAppend,
     },
     Response {
         leader: ServerId,
         peer: ServerId,
-        req: AppendEntryInput,
+        sent: SentAppend,
         resp: AppendEntryOutput,
     },
+}
+
+impl Message {
+    /// The leader that sent the request this message belongs to, the peer,
+    /// and what the leader keeps of it.
+    fn call(&self) -> (ServerId, ServerId, SentAppend) {
+        match self {
+            Message::Request { from, to, sent, .. } => (*from, *to, *sent),
+            Message::Response {
+                leader, peer, sent, ..
+            } => (*leader, *peer, *sent),
+        }
+    }
 }
 
 /// One step of a schedule, kept for the failure report.
@@ -75,7 +97,13 @@ pub enum Event {
     Restart(ServerId),
     Propose(ServerId),
     Broadcast(ServerId),
+    Heartbeat(ServerId),
     Round(ServerId),
+    Timeout {
+        leader: ServerId,
+        peer: ServerId,
+        lost: bool,
+    },
     Deliver {
         request: bool,
         from: ServerId,
@@ -137,8 +165,10 @@ impl Schedule {
             9..15 => self.random_restore(),
             15..16 => self.random_restart(),
             16..31 => self.random_propose(),
-            31..46 => self.random_broadcast(),
-            46..51 => self.random_round(),
+            31..41 => self.random_broadcast(),
+            41..44 => self.random_heartbeat(),
+            44..48 => self.random_round(),
+            48..52 => self.random_timeout(),
             _ => self.random_delivery(),
         };
         // Keep the schedule busy: an impossible action delivers instead.
@@ -222,7 +252,8 @@ impl Schedule {
         }
     }
 
-    /// Requests from a leader to all peers, onto the network.
+    /// A leader fills every peer's window, as its replication tasks do when
+    /// woken; `max` entries per request (0 at times: empty probes).
     fn random_broadcast(&mut self) -> Event {
         let leaders = self.live_leaders();
         let Some(from) = self.rng.pick(&leaders) else {
@@ -230,11 +261,61 @@ impl Schedule {
         };
         let max = self.rng.below(4);
         for to in 0..self.cluster.size() {
-            if let Some(req) = self.cluster.request(from, to, max) {
-                self.send(Message::Request { from, to, req });
-            }
+            self.fill_window(from, to, max);
         }
         Event::Broadcast(from)
+    }
+
+    /// Sends `leader`'s window requests to `peer` until the core says none.
+    fn fill_window(&mut self, leader: ServerId, peer: ServerId, max: usize) {
+        // A window holds MAX_INFLIGHT requests, plus one commit notice.
+        for _ in 0..=MAX_INFLIGHT + 1 {
+            let Some(outgoing) = self.cluster.next_append(leader, peer, max) else {
+                return;
+            };
+            self.send_request(leader, peer, outgoing);
+        }
+        panic!("leader {leader} sent {peer} more than its window allows");
+    }
+
+    /// Heartbeats from a leader to all peers, outside the windows.
+    fn random_heartbeat(&mut self) -> Event {
+        let leaders = self.live_leaders();
+        let Some(from) = self.rng.pick(&leaders) else {
+            return Event::Idle;
+        };
+        for to in 0..self.cluster.size() {
+            if let Some(outgoing) = self.cluster.sync_request(from, to, 0) {
+                self.send_request(from, to, outgoing);
+            }
+        }
+        Event::Heartbeat(from)
+    }
+
+    fn send_request(&mut self, from: ServerId, to: ServerId, outgoing: Outgoing) {
+        let Outgoing { request, sent } = outgoing;
+        self.send(Message::Request {
+            from,
+            to,
+            req: request,
+            sent,
+        });
+    }
+
+    /// A call's deadline passes: the leader hears it failed. Half the time
+    /// the message is lost too; otherwise its reply may still arrive late.
+    fn random_timeout(&mut self) -> Event {
+        if self.network.is_empty() {
+            return Event::Idle;
+        }
+        let at = self.rng.below(self.network.len());
+        let (leader, peer, sent) = self.network[at].call();
+        let lost = self.rng.chance(50);
+        if lost {
+            self.network.swap_remove(at);
+        }
+        self.cluster.report_unreachable(leader, peer, &sent);
+        Event::Timeout { leader, peer, lost }
     }
 
     /// A synchronous SendHeartbeat round, bypassing the network.
@@ -250,15 +331,15 @@ impl Schedule {
     }
 
     /// Delivers, duplicates or drops a random in-flight message. A reply
-    /// saying "send more" makes the leader send again, as the node's repair
-    /// loop does.
+    /// makes the leader top up its windows, as the node's replication tasks
+    /// do after every reply and wake-up.
     fn random_delivery(&mut self) -> Event {
         if self.network.is_empty() {
             return Event::Idle;
         }
         let at = self.rng.below(self.network.len());
         if self.rng.chance(10) {
-            self.network.swap_remove(at);
+            self.lose(at);
             return Event::Drop;
         }
         let message = if self.rng.chance(10) {
@@ -266,16 +347,29 @@ impl Schedule {
         } else {
             self.network.swap_remove(at)
         };
+        let max = self.rng.below(4) + 1;
+        self.deliver(message, max)
+    }
+
+    /// Delivers `message`; replies make the leader top up its windows with
+    /// requests of at most `max` entries.
+    fn deliver(&mut self, message: Message, max: usize) -> Event {
         match message {
-            Message::Request { from, to, req } => {
-                if let Some(resp) = self.cluster.deliver_request(to, &req) {
-                    let (leader, peer) = (from, to);
-                    self.send(Message::Response {
-                        leader,
-                        peer,
-                        req,
+            Message::Request {
+                from,
+                to,
+                req,
+                sent,
+            } => {
+                match self.cluster.deliver_request(to, &req) {
+                    Some(resp) => self.send(Message::Response {
+                        leader: from,
+                        peer: to,
+                        sent,
                         resp,
-                    });
+                    }),
+                    // The caller's call fails at once.
+                    None => self.cluster.report_unreachable(from, to, &sent),
                 }
                 Event::Deliver {
                     request: true,
@@ -286,18 +380,14 @@ impl Schedule {
             Message::Response {
                 leader,
                 peer,
-                req,
+                sent,
                 resp,
             } => {
-                let status = self.cluster.deliver_response(leader, peer, &req, &resp);
-                if status == Some(ReplicationStatus::SendMore) {
-                    let max = self.rng.below(4) + 1;
-                    if let Some(req) = self.cluster.request(leader, peer, max) {
-                        self.send(Message::Request {
-                            from: leader,
-                            to: peer,
-                            req,
-                        });
+                let status = self.cluster.deliver_response(leader, peer, &sent, &resp);
+                // A refusing peer is asked again only later (the node pauses).
+                if status.is_some_and(|s| s != ReplicationStatus::Denied) {
+                    for to in 0..self.cluster.size() {
+                        self.fill_window(leader, to, max);
                     }
                 }
                 Event::Deliver {
@@ -309,17 +399,29 @@ impl Schedule {
         }
     }
 
+    /// Loses the message at `at`; half the time its caller's deadline
+    /// passes and the leader hears the call failed.
+    fn lose(&mut self, at: usize) {
+        let message = self.network.swap_remove(at);
+        if self.rng.chance(50) {
+            let (leader, peer, sent) = message.call();
+            self.cluster.report_unreachable(leader, peer, &sent);
+        }
+    }
+
     fn send(&mut self, message: Message) {
         if self.network.len() >= MAX_IN_FLIGHT {
-            self.network.remove(0);
+            self.lose(0);
         }
         self.network.push(message);
     }
 
-    /// Liveness: with every server up, a quiet network and a leader whose
-    /// log is the most up-to-date, a few rounds confirm it, commit every
-    /// entry (a fresh proposal of its term included) and make all logs,
-    /// commit indices and maps equal.
+    /// Liveness: with every server up, a network that loses nothing (but
+    /// still reorders and duplicates) and a leader whose log is the most
+    /// up-to-date, the windows alone confirm it, commit every entry (a fresh
+    /// proposal of its term included) and make all logs, commit indices and
+    /// maps equal; a SendHeartbeat round then changes nothing and reports a
+    /// majority.
     pub fn check_liveness(&mut self) -> Result<(), String> {
         self.network.clear();
         let size = self.cluster.size();
@@ -343,9 +445,40 @@ impl Schedule {
         self.cluster
             .propose(best, meta)
             .map_err(|e| e.to_string())?;
-        for _ in 0..3 {
-            self.cluster.heartbeat(best);
+        for to in 0..size {
+            let max = self.rng.below(4) + 1;
+            self.fill_window(best, to, max);
         }
+        let mut deliveries = 0;
+        while !self.network.is_empty() {
+            deliveries += 1;
+            if deliveries > LIVENESS_DELIVERIES {
+                return Err(format!(
+                    "liveness: {} messages still in flight after {LIVENESS_DELIVERIES} deliveries",
+                    self.network.len()
+                ));
+            }
+            let at = self.rng.below(self.network.len());
+            let message = if self.rng.chance(5) {
+                self.network[at].clone()
+            } else {
+                self.network.swap_remove(at)
+            };
+            let max = self.rng.below(4) + 1;
+            self.deliver(message, max);
+            self.cluster.check()?;
+        }
+        self.check_converged(best)?;
+        if !self.cluster.heartbeat(best) {
+            return Err(format!("liveness: leader {best}'s round found no majority"));
+        }
+        self.check_converged(best)
+    }
+
+    /// Every server holds `best`'s log, committed in full, and the same map;
+    /// `best` is a confirmed leader.
+    fn check_converged(&mut self, best: ServerId) -> Result<(), String> {
+        let size = self.cluster.size();
         self.cluster.check()?;
         let leader = self.cluster.core(best);
         if !leader.is_confirmed_leader() {
