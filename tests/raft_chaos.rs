@@ -845,3 +845,39 @@ async fn client_fails_fast_without_a_majority_and_recovers() {
         .file_info_map;
     assert_eq!(map.get("new.txt").map(|m| m.version), Some(1));
 }
+
+#[tokio::test]
+async fn a_pipelined_leader_replicates_concurrent_updates_through_a_follower_crash() {
+    let cluster = start_cluster(3, &["--pipeline-depth", "4"]).await;
+    cluster.set_leader(0).await;
+    let metas: Vec<FileMetaData> = (0..200)
+        .map(|i| file_meta(&format!("f{i:03}"), 1, &[]))
+        .collect();
+    let (first, second) = metas.split_at(100);
+    let updates: Vec<_> = first.iter().map(|m| spawn_update(&cluster, 0, m)).collect();
+    cluster.crash(2).await;
+    let mut updates: Vec<_> = updates
+        .into_iter()
+        .chain(second.iter().map(|m| spawn_update(&cluster, 0, m)))
+        .collect();
+    cluster.restore(2).await;
+    for update in updates.drain(..) {
+        assert_eq!(finished(update, "a pipelined update").await.unwrap(), 1);
+    }
+    for i in [1, 2] {
+        eventually(
+            &format!("server {i} applies all 200"),
+            AUTO_WITHIN,
+            async || {
+                let s = cluster.state(i).await;
+                (s.meta_map.unwrap_or_default().file_info_map.len() == 200).then_some(())
+            },
+        )
+        .await;
+    }
+    let leader_log = cluster.state(0).await.log;
+    assert_eq!(leader_log.len(), 200);
+    for i in [1, 2] {
+        assert_eq!(cluster.state(i).await.log, leader_log, "server {i}: log");
+    }
+}

@@ -9,6 +9,7 @@ use clap::Parser;
 use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc;
+use surfstore::raft::MAX_INFLIGHT;
 use surfstore::raft::node::{NodeConfig, RaftNode, StartError};
 use surfstore::raft::service::RaftService;
 use surfstore::raft::storage::{FileStorage, MemoryStorage, RaftStorage};
@@ -37,6 +38,13 @@ struct Args {
     /// explicit SendHeartbeat calls still work).
     #[arg(long = "heartbeat-ms", default_value_t = 100)]
     heartbeat_ms: u64,
+    /// AppendEntries a leader keeps in flight to each follower (1 to 4).
+    /// One (the default) sends every pending entry in each request and
+    /// waits for the reply, the cheapest on a LAN; more keeps a link with
+    /// latency busy, at some CPU cost.
+    #[arg(long = "pipeline-depth", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
+    pipeline_depth: u64,
 }
 
 #[tokio::main]
@@ -91,6 +99,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
             addrs: config.meta_addrs,
             block_store_addr,
             heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
+            pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
         },
         storage,
     )

@@ -152,6 +152,9 @@ pub struct RaftCore {
     leader: Option<Tracker>,
     /// The hard state as last handed out by `take_ready`.
     reported: HardState,
+    /// Requests a Replicate window holds per peer (1 to
+    /// [`super::MAX_INFLIGHT`]).
+    pipeline_depth: usize,
 }
 
 /// Who an AppendEntries request says sent it.
@@ -184,7 +187,15 @@ impl RaftCore {
             log: RaftLog::restore(log, hard.commit),
             leader: None,
             reported: hard,
+            pipeline_depth: super::MAX_INFLIGHT,
         }
+    }
+
+    /// How many AppendEntries a leader keeps in flight to a peer it
+    /// replicates to, clamped to 1..=[`super::MAX_INFLIGHT`] (the default).
+    /// One is plain stop-and-wait with every pending entry in each request.
+    pub fn set_pipeline_depth(&mut self, depth: usize) {
+        self.pipeline_depth = depth.clamp(1, super::MAX_INFLIGHT);
     }
 
     /// Index of the last log entry (-1 when the log is empty).
@@ -270,10 +281,11 @@ impl RaftCore {
 
     /// The next AppendEntries for `peer` under the window rule, recorded as
     /// sent: in Probe one request at a time from `nextIndex`; in Replicate up
-    /// to [`super::MAX_INFLIGHT`] unanswered requests of at most `max_entries`
-    /// entries each, every one starting after the last one sent, plus an
-    /// empty request at the peer's `matchIndex` when it has not been told a
-    /// commit index it could apply. Never an entry of the current term before
+    /// to the pipeline depth ([`RaftCore::set_pipeline_depth`]) of unanswered
+    /// requests of at most `max_entries` entries each, every one starting
+    /// after the last one sent; with none unanswered, an empty request at
+    /// the peer's `matchIndex` when it has not been told a commit index it
+    /// could apply. Never an entry of the current term before
     /// the leader is confirmed. `None` when there is nothing to send now (the
     /// window is full, or all is sent), when this server is not the leader,
     /// or when `peer` is itself or unknown. Call it until `None` after every
@@ -281,8 +293,9 @@ impl RaftCore {
     pub fn next_append(&mut self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
         let last = last_of(self.unsent_start());
         let commit = self.log.committed();
+        let depth = self.pipeline_depth;
         let progress = self.leader.as_mut()?.get_mut(peer)?;
-        let slice = progress.next_send(last, max_entries, commit)?;
+        let slice = progress.next_send(last, max_entries, commit, depth)?;
         let epoch = progress.epoch();
         Some(self.outgoing(slice, epoch))
     }

@@ -11,8 +11,9 @@
 //!
 //! One AppendEntries at a time per peer would cap replication at one batch
 //! per round trip. Each peer's replication task instead keeps every request
-//! the core's window allows in flight at once (up to [`super::MAX_INFLIGHT`]
-//! while the peer replicates, one while it is probed): it asks
+//! the core's window allows in flight at once (the configured
+//! [`NodeConfig::pipeline_depth`], at most [`super::MAX_INFLIGHT`], while the
+//! peer replicates; one while it is probed): it asks
 //! [`RaftCore::next_append`] for more whenever a proposal, a new commit
 //! index or a reply may have opened room, and reports each failed call with
 //! [`RaftCore::report_unreachable`], which sends the peer back to probing.
@@ -95,6 +96,9 @@ pub struct NodeConfig {
     pub block_store_addr: String,
     /// Automatic heartbeat period of a leader; `None` turns them off.
     pub heartbeat: Option<Duration>,
+    /// AppendEntries a leader keeps in flight per peer (see
+    /// [`RaftCore::set_pipeline_depth`]).
+    pub pipeline_depth: usize,
 }
 
 /// A snapshot for `GetInternalState`.
@@ -172,8 +176,10 @@ impl RaftNode {
             entries = durable_len,
             "loaded raft state"
         );
+        let mut core = RaftCore::restore(config.id, config.addrs.len(), hard, log);
+        core.set_pipeline_depth(config.pipeline_depth);
         let state = State {
-            core: RaftCore::restore(config.id, config.addrs.len(), hard, log),
+            core,
             crashed: false,
             map: FileMap::default(),
             storage,
