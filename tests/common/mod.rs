@@ -9,10 +9,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -35,17 +36,27 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// `n` distinct free loopback ports. The listeners are held until all are
-/// chosen so the ports differ; a server that then fails to bind one (another
-/// process took it) makes the caller retry.
+/// `n` distinct free loopback ports, none handed out before in this test
+/// process. The kernel may offer a port again once its probe listener is
+/// closed; two tests of one binary then raced for it, and the loser's
+/// readiness poll reached the winner's server (a failure seen under load).
+/// A server that fails to bind (another process took it) makes the caller
+/// retry.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    // Held until all are chosen, so the kernel offers each port once here.
+    let mut probes = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = probe.local_addr().expect("local addr").port();
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+        probes.push(probe);
+    }
+    ports
 }
 
 /// A running child process, killed and reaped on drop.
