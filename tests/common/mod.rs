@@ -119,7 +119,7 @@ impl Drop for Proc {
 pub fn wait_listening(proc: &mut Proc, addr: &str) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if TcpStream::connect(addr).is_ok() {
+        if TcpStream::connect(addr).is_ok_and(|stream| !is_self_connected(&stream)) {
             return true;
         }
         if proc.has_exited() {
@@ -142,6 +142,14 @@ pub struct Server {
     pub port: u16,
     /// The process.
     pub proc: Proc,
+}
+
+/// Whether `stream` is connected to itself: connecting to a loopback port
+/// nobody listens on yet succeeds when the kernel happens to pick that same
+/// port as the local end (TCP simultaneous open), which would pass for a
+/// server being ready.
+fn is_self_connected(stream: &TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
 }
 
 /// Starts `surfstore-server -s <service> -p <free port> -l [extra...]`,
