@@ -38,8 +38,8 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// `n` distinct free loopback ports, none handed out before in this test
 /// process. The kernel may offer a port again once its probe listener is
-/// closed; two tests of one binary then raced for it, and the loser's
-/// readiness poll reached the winner's server (a failure seen under load).
+/// closed; two tests of one binary could then race for it, and the loser's
+/// readiness poll would reach the winner's server.
 /// A server that fails to bind (another process took it) makes the caller
 /// retry.
 pub fn free_ports(n: usize) -> Vec<u16> {
