@@ -1,9 +1,10 @@
 //! Block-sized read buffers that an upload reuses rather than allocates.
 //!
-//! A block read for upload lives only until its call is encoded. The client
-//! keeps glibc returning large allocations to the kernel (to bound its
-//! memory), so a fresh buffer per block meant a page fault for every 4 KiB
-//! read: half the client's page faults in a 512 MiB upload at 4 MiB blocks.
+//! A block read for upload lives only until its call is encoded. Whenever
+//! the allocator hands large buffers back to the kernel on free (glibc did,
+//! with the 128 KiB mmap threshold the client once pinned), a fresh buffer
+//! per block costs a page fault for every 4 KiB read: it was half the
+//! client's page faults in a 512 MiB upload at 4 MiB blocks.
 //! Buffers are taken before a read and given back once the call that
 //! carried them is done; one that something still refers to then is simply
 //! dropped.
