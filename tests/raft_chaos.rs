@@ -856,12 +856,12 @@ async fn a_pipelined_leader_replicates_concurrent_updates_through_a_follower_cra
     let (first, second) = metas.split_at(100);
     let updates: Vec<_> = first.iter().map(|m| spawn_update(&cluster, 0, m)).collect();
     cluster.crash(2).await;
-    let mut updates: Vec<_> = updates
+    let updates: Vec<_> = updates
         .into_iter()
         .chain(second.iter().map(|m| spawn_update(&cluster, 0, m)))
         .collect();
     cluster.restore(2).await;
-    for update in updates.drain(..) {
+    for update in updates {
         assert_eq!(finished(update, "a pipelined update").await.unwrap(), 1);
     }
     for i in [1, 2] {
