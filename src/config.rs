@@ -3,7 +3,9 @@
 //!
 //! Three forms are accepted: JSON with `MetaStoreAddrs`/`BlockStoreAddrs`, JSON
 //! with `RaftAddrs`/`BlockAddrs`, and the older text format
-//! (`M: <n>` then `n` lines `metadata<i>: <host:port>`).
+//! (`M: <n>` then `n` lines `metadata<i>: <host:port>`). As in the original,
+//! the text format's keys are not checked: the `i`-th line after the header
+//! is server `i`, because real configs repeat or misnumber keys.
 
 use std::path::{Path, PathBuf};
 
@@ -103,9 +105,11 @@ impl ClusterConfig {
                 .split_once(':')
                 .ok_or_else(|| format!("expected `metadata{i}: <host:port>`, found {line:?}"))?;
             if key.trim() != format!("metadata{i}") {
-                return Err(format!(
-                    "expected `metadata{i}: <host:port>`, found {line:?}"
-                ));
+                tracing::debug!(
+                    line = i + 1,
+                    key = key.trim(),
+                    "config key ignored; line order names the server"
+                );
             }
             meta_addrs.push(addr.trim().to_string());
         }
@@ -153,6 +157,26 @@ mod tests {
     }
 
     #[test]
+    fn text_keys_are_ignored_and_line_order_names_servers() {
+        // A real `5nodes.txt` from the wild: `metadata2` twice, no `metadata3`.
+        let c = ClusterConfig::parse(
+            "M: 5\nmetadata0: localhost:8080\nmetadata1: localhost:8081\n\
+             metadata2: localhost:8082\nmetadata2: localhost:8083\nserver4: localhost:8084\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.meta_addrs,
+            [
+                "localhost:8080",
+                "localhost:8081",
+                "localhost:8082",
+                "localhost:8083",
+                "localhost:8084"
+            ]
+        );
+    }
+
+    #[test]
     fn rejects_malformed_configs() {
         for (text, needle) in [
             ("", "empty"),
@@ -163,7 +187,7 @@ mod tests {
             ("M: 3\nmetadata0: localhost:1\n", "expected 3 servers"),
             ("M: x\n", "bad server count"),
             ("hello\n", "first line"),
-            ("M: 1\nmeta0: localhost:1\n", "metadata0"),
+            ("M: 1\nlocalhost\n", "metadata0"),
         ] {
             let err = ClusterConfig::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
