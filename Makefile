@@ -1,6 +1,5 @@
 # SurfStore: common tasks. `make demo` shows a round trip; `make test` runs the suite.
 CARGO ?= cargo
-BIN := target/debug
 CONFIG ?= example_config.json
 IDX ?= 0
 

@@ -1,6 +1,18 @@
 # Shared by the demo and cluster scripts: start processes in the background,
 # wait for their ports by polling, and stop everything on exit.
-BIN=${BIN:-target/debug}
+
+# target_dir: where cargo puts build output, CARGO_TARGET_DIR and
+# .cargo/config.toml included (cargo metadata resolves them all).
+target_dir() {
+    "${CARGO:-cargo}" metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
+
+# The debug binaries `cargo build --bins` made; BIN=... overrides.
+if [ -z "${BIN:-}" ]; then
+    BIN="$(target_dir)/debug"
+    [ -d "$BIN" ] || { echo "no build output in $BIN: run cargo build --bins" >&2; exit 1; }
+fi
 PIDS=()
 
 stop_all() {
