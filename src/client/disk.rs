@@ -6,8 +6,10 @@
 //! * a path is only reached through real directories: an ancestor that is a
 //!   symlink (or a file) is refused, never followed out of the base
 //!   directory;
-//! * a directory emptied by deletions is removed.
+//! * a directory emptied by deletions is removed once the run's deletions
+//!   are done, so no two steps race to remove it.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -131,12 +133,15 @@ pub fn commit(tmp: NamedTempFile, target: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Makes renames and deletions inside `dir` durable.
+/// Makes renames and deletions inside `dir` durable. A directory that is
+/// gone (another deletion emptied and removed it) has nothing left to make
+/// durable: its removal is an entry of its parent.
 pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
     #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(dir)(e)),
+        _ => {}
+    }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
@@ -150,9 +155,10 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DiskError> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Deletes the file `name` below `base` (nothing to do if it is gone), then
-/// removes the directories above it that this left empty, up to `base`.
-/// Returns the directory whose entries changed.
+/// Deletes the file `name` below `base` (nothing to do if it is gone) and
+/// returns the directory whose entries changed. Directories this empties
+/// stay until [`prune_emptied_dirs`]: removing them here would race with
+/// the run's other deletions and downloads in the same folders.
 pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError> {
     let Some(dir) = parent_dir(base, name, false)? else {
         return Ok(None);
@@ -164,14 +170,31 @@ pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(&path)(e)),
     }
-    let mut changed = dir;
-    while changed != base && fs::remove_dir(&changed).is_ok() {
-        tracing::debug!(dir = %changed.display(), "removed emptied directory");
-        if !changed.pop() {
-            break;
+    Ok(Some(dir))
+}
+
+/// Removes the directories of `dirs` that are empty, and the directories
+/// above them this empties in turn, up to `base` (never `base` itself).
+/// Returns the directories whose entries changed, to be [`sync_dir`]ed: for
+/// each of `dirs`, the nearest one that still exists. A directory already
+/// gone counts as removed.
+pub fn prune_emptied_dirs(base: &Path, dirs: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    let mut changed = BTreeSet::new();
+    // Deepest first: a directory sorts after its ancestors.
+    for dir in dirs.iter().rev() {
+        let mut dir = dir.clone();
+        while dir != base && dir.starts_with(base) {
+            match fs::remove_dir(&dir) {
+                Ok(()) => tracing::debug!(dir = %dir.display(), "removed emptied directory"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Not empty (or not ours to remove): it stays.
+                Err(_) => break,
+            }
+            dir.pop();
         }
+        changed.insert(dir);
     }
-    Ok(Some(changed))
+    changed
 }
 
 /// Keeps the file `name` below `base` as a conflict copy (see
@@ -275,13 +298,17 @@ mod tests {
     }
 
     #[test]
-    fn remove_prunes_emptied_directories_only() {
+    fn remove_deletes_only_the_file_and_pruning_removes_emptied_directories() {
         let base = tempfile::tempdir().unwrap();
         fs::create_dir_all(base.path().join("a/b/c")).unwrap();
         fs::write(base.path().join("a/keep"), "x").unwrap();
         fs::write(base.path().join("a/b/c/gone"), "x").unwrap();
 
-        remove_file(base.path(), "a/b/c/gone").unwrap();
+        let dir = remove_file(base.path(), "a/b/c/gone").unwrap().unwrap();
+        assert_eq!(dir, base.path().join("a/b/c"));
+        assert!(dir.is_dir());
+        let changed = prune_emptied_dirs(base.path(), &BTreeSet::from([dir]));
+        assert_eq!(changed, BTreeSet::from([base.path().join("a")]));
         assert!(!base.path().join("a/b").exists());
         assert!(base.path().join("a/keep").exists());
 
@@ -289,8 +316,35 @@ mod tests {
         assert!(remove_file(base.path(), "nope/missing").unwrap().is_none());
 
         fs::write(base.path().join("top"), "x").unwrap();
-        remove_file(base.path(), "top").unwrap();
+        let dir = remove_file(base.path(), "top").unwrap().unwrap();
+        let changed = prune_emptied_dirs(base.path(), &BTreeSet::from([dir]));
+        assert_eq!(changed, BTreeSet::from([base.path().to_path_buf()]));
         assert!(base.path().is_dir());
+    }
+
+    #[test]
+    fn directories_already_gone_are_pruned_and_synced_without_error() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir_all(base.path().join("gone/x")).unwrap();
+        fs::create_dir_all(base.path().join("kept/x")).unwrap();
+        fs::write(base.path().join("kept/file"), "x").unwrap();
+        let vanished = base.path().join("gone/x");
+        let dirs = BTreeSet::from([vanished.clone(), base.path().join("kept/x")]);
+        fs::remove_dir_all(base.path().join("gone")).unwrap();
+
+        sync_dir(&vanished).unwrap();
+        let changed = prune_emptied_dirs(base.path(), &dirs);
+        assert_eq!(
+            changed,
+            BTreeSet::from([base.path().to_path_buf(), base.path().join("kept")])
+        );
+        for dir in &changed {
+            sync_dir(dir).unwrap();
+        }
+        assert!(matches!(
+            sync_dir(&base.path().join("kept/file/not-a-dir")),
+            Err(DiskError::Io { .. })
+        ));
     }
 
     #[test]

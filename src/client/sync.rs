@@ -183,7 +183,8 @@ struct Done {
     /// The conflict copy kept of the losing local file.
     copy: Option<String>,
     /// A directory whose entries changed and must be synced to disk before
-    /// the index records the change.
+    /// the index records the change; after a deletion, one that may now be
+    /// empty and is pruned once every action is done.
     dir: Option<PathBuf>,
 }
 
@@ -263,6 +264,8 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     }
     let mut new_index = index.clone();
     let mut dirs = BTreeSet::new();
+    // Folders of deleted files, which may now be empty.
+    let mut emptied = BTreeSet::new();
     let mut unreachable = None;
     let mut results = stream::iter(plan.actions)
         .map(|(name, action)| {
@@ -276,16 +279,19 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     while let Some((name, result)) = results.next().await {
         match result {
             Ok(done) => {
+                tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
                 match done.effect {
                     Effect::Uploaded => report.uploaded += 1,
                     Effect::Downloaded => report.downloaded += 1,
                     Effect::Deleted => report.deleted += 1,
                     Effect::Recorded => {}
                 }
+                match done.effect {
+                    Effect::Deleted => emptied.extend(done.dir),
+                    _ => dirs.extend(done.dir),
+                }
                 report.conflicts += usize::from(done.conflict);
                 report.conflict_copies.extend(done.copy);
-                tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
-                dirs.extend(done.dir);
                 match done.entry {
                     Some(entry) => new_index.insert(name, entry),
                     None => new_index.remove(&name),
@@ -305,6 +311,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     // renamed into place in the meantime is unrecorded but harmless: next
     // run its content matches the server and is adopted.
     drop(results);
+    dirs.extend(disk::prune_emptied_dirs(base, &emptied));
     for dir in &dirs {
         disk::sync_dir(dir)?;
     }
