@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use surfstore::cli::{self, Fatal};
+use surfstore::client::conflict::{self, Copies};
 use surfstore::client::{self, MetaStore, Options, Progress};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
@@ -33,9 +34,10 @@ struct Args {
     /// to stderr.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
-    /// When the server's version wins over a local change, first keep the
-    /// local file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC); the copy
-    /// is an ordinary file and syncs on the next run.
+    /// When the server's version wins over a local change, keep the local
+    /// file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC), where it
+    /// syncs on the next run, instead of saving it under
+    /// $XDG_STATE_HOME/surfstore/conflicts (~/.local/state/...).
     #[arg(long = "keep-conflicts")]
     keep_conflicts: bool,
     /// Keep BASEDIR/.index.txt.cache, each file's size, times and block
@@ -115,9 +117,14 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
         Source::Cluster(config) => MetaStore::cluster(config),
     }
     .map_err(Fatal::usage)?;
+    let conflicts = if keep_conflicts {
+        Copies::Beside
+    } else {
+        Copies::Outside(conflict::state_dir_from_env())
+    };
     let options = Options {
         block_size,
-        keep_conflicts,
+        conflicts,
         hash_cache,
         progress,
     };

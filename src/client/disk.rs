@@ -197,36 +197,70 @@ pub fn prune_emptied_dirs(base: &Path, dirs: &BTreeSet<PathBuf>) -> BTreeSet<Pat
     changed
 }
 
-/// Keeps the file `name` below `base` as a conflict copy (see
-/// [`conflict`]) before the server's version replaces or deletes it, and
-/// returns the copy's name. The copy is a hard link, so it is made at once
-/// whatever the size and holds exactly the bytes that lose; where hard links
-/// are not supported the file is copied (temporary file and rename, like any
-/// write). An existing file is never overwritten by a copy.
-pub fn keep_conflict_copy(base: &Path, name: &str, at: SystemTime) -> Result<String, DiskError> {
-    let path = to_path(base, name);
+/// Saves the file at `from`, the local version of `name` that is about to
+/// lose a conflict, as its conflict copy below `root` (see [`conflict`]):
+/// `root/NAME.conflict-STAMP`, creating the folders on the way. Returns the
+/// copy's path. The copy is a hard link where it can be, so it is made at
+/// once whatever the size and holds exactly the bytes that lose; elsewhere
+/// (another file system) the file is copied (temporary file and rename,
+/// like any write). An existing file is never overwritten by a copy. When
+/// this returns, the copy's bytes and every directory entry leading to it
+/// are on disk, so the file may be replaced or deleted.
+pub fn keep_conflict_copy(
+    from: &Path,
+    root: &Path,
+    name: &str,
+    at: SystemTime,
+) -> Result<PathBuf, DiskError> {
     for attempt in 0..CONFLICT_NAME_ATTEMPTS {
-        let copy = conflict::copy_name(name, at, attempt);
-        let copy_path = to_path(base, &copy);
-        let made = match fs::hard_link(&path, &copy_path) {
+        let copy = to_path(root, &conflict::copy_name(name, at, attempt));
+        let dir = copy.parent().unwrap_or(root);
+        let grown = create_dirs(dir)?;
+        let made = match fs::hard_link(from, &copy) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "cannot hard-link; copying");
-                copy_file(&path, &copy_path)?
+                tracing::debug!(path = %from.display(), error = %e, "cannot hard-link; copying");
+                copy_file(from, &copy)?
             }
         };
         if made {
+            // A hard link shares the file's data, which the user may never
+            // have flushed.
+            File::open(&copy)
+                .and_then(|file| file.sync_all())
+                .map_err(io_error(&copy))?;
+            for dir in std::iter::once(dir).chain(grown.iter().map(PathBuf::as_path)) {
+                sync_dir(dir)?;
+            }
             return Ok(copy);
         }
     }
     Err(DiskError::Io {
-        path,
+        path: from.to_path_buf(),
         source: io::Error::new(
             io::ErrorKind::AlreadyExists,
             "every conflict-copy name for this file and second is taken",
         ),
     })
+}
+
+/// Creates `dir` and its missing ancestors. Returns the directories that
+/// gained an entry: the parent of each directory created.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, DiskError> {
+    let mut grown = Vec::new();
+    let mut missing = dir;
+    while !missing.exists() {
+        let Some(parent) = missing.parent() else {
+            break;
+        };
+        grown.push(parent.to_path_buf());
+        missing = parent;
+    }
+    if !grown.is_empty() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    Ok(grown)
 }
 
 /// Copies `from` to the new file `to`; `false` if `to` already exists.
@@ -386,15 +420,52 @@ mod tests {
         let path = base.path().join("d/f");
         fs::write(&path, "mine").unwrap();
         let at = SystemTime::UNIX_EPOCH;
-        let first = keep_conflict_copy(base.path(), "d/f", at).unwrap();
-        assert_eq!(first, "d/f.conflict-19700101-000000");
-        let second = keep_conflict_copy(base.path(), "d/f", at).unwrap();
-        assert_eq!(second, "d/f.conflict-19700101-000000-1");
+        let first = keep_conflict_copy(&path, base.path(), "d/f", at).unwrap();
+        assert_eq!(first, base.path().join("d/f.conflict-19700101-000000"));
+        let second = keep_conflict_copy(&path, base.path(), "d/f", at).unwrap();
+        assert_eq!(second, base.path().join("d/f.conflict-19700101-000000-1"));
 
         write_atomically(&path, b"theirs").unwrap();
-        assert_eq!(fs::read(base.path().join(&first)).unwrap(), b"mine");
-        assert_eq!(fs::read(base.path().join(&second)).unwrap(), b"mine");
+        assert_eq!(fs::read(&first).unwrap(), b"mine");
+        assert_eq!(fs::read(&second).unwrap(), b"mine");
         assert_eq!(fs::read(&path).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn conflict_copies_outside_create_their_folders_and_survive_a_deletion() {
+        let base = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().join("surfstore/conflicts/base-0123");
+        write_atomically(&base.path().join("f"), b"mine").unwrap();
+        fs::create_dir_all(base.path().join("a/b")).unwrap();
+        let nested = base.path().join("a/b/g");
+        fs::write(&nested, "nested").unwrap();
+        let at = SystemTime::UNIX_EPOCH;
+
+        let copy = keep_conflict_copy(&base.path().join("f"), &root, "f", at).unwrap();
+        assert_eq!(copy, root.join("f.conflict-19700101-000000"));
+        let nested_copy = keep_conflict_copy(&nested, &root, "a/b/g", at).unwrap();
+        assert_eq!(nested_copy, root.join("a/b/g.conflict-19700101-000000"));
+        remove_file(base.path(), "f").unwrap();
+        remove_file(base.path(), "a/b/g").unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"mine");
+        assert_eq!(fs::read(&nested_copy).unwrap(), b"nested");
+    }
+
+    #[test]
+    fn creating_folders_reports_where_entries_were_added() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("x/y/z");
+        assert_eq!(
+            create_dirs(&dir).unwrap(),
+            [
+                top.path().join("x/y"),
+                top.path().join("x"),
+                top.path().to_path_buf()
+            ]
+        );
+        assert!(dir.is_dir());
+        assert!(create_dirs(&dir).unwrap().is_empty());
     }
 
     #[test]

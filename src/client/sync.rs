@@ -34,6 +34,7 @@ use tokio::task::{JoinError, spawn_blocking};
 
 use super::buffers::BlockBuffers;
 use super::cache::HashCache;
+use super::conflict::{self, Copies};
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
@@ -88,9 +89,9 @@ fn calls_in_flight(block_size: usize) -> usize {
 pub struct Options {
     /// BLOCKSIZE: files are hashed and uploaded in blocks of this many bytes.
     pub block_size: usize,
-    /// Keep a local change the server wins over as a conflict copy (see
-    /// [`super::conflict`]) instead of losing it.
-    pub keep_conflicts: bool,
+    /// Where a local change the server wins over is saved (see
+    /// [`super::conflict`]).
+    pub conflicts: Copies,
     /// Keep a hash cache beside index.txt (see [`super::cache`]) so files
     /// unchanged since the last run are not read again. When off, the
     /// cache file is neither read nor written.
@@ -153,6 +154,13 @@ pub enum FileError {
     /// The remote entry lists something that is not a block hash.
     #[error("the server's entry lists {0:?}, which is not a block hash")]
     BadHash(String),
+    /// The server's version would replace or delete a local change, and
+    /// the environment names no place to save the local version.
+    #[error(
+        "the server's version wins over a local change, and there is nowhere to save the local version \
+         (neither XDG_STATE_HOME nor HOME is set; set one, or use --keep-conflicts); the file is left as it is"
+    )]
+    NowhereToSaveConflict,
     /// The server rejected an upload but then had no entry for the file.
     #[error("the server rejected version {0} but holds no version of the file")]
     Vanished(i32),
@@ -180,8 +188,8 @@ struct Done {
     entry: Option<Entry>,
     effect: Effect,
     conflict: bool,
-    /// The conflict copy kept of the losing local file.
-    copy: Option<String>,
+    /// The conflict copy saved of the losing local file.
+    copy: Option<PathBuf>,
     /// A directory whose entries changed and must be synced to disk before
     /// the index records the change; after a deletion, one that may now be
     /// empty and is pruned once every action is done.
@@ -208,6 +216,7 @@ impl Done {
 pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
     let started = Instant::now();
     let index = index::load(base)?;
+    let conflict_root = conflict_root(base, &options.conflicts)?;
     let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
     let (progress, use_cache) = (options.progress.clone(), options.hash_cache);
     // Before any stamp is taken: the cache trusts only files that had
@@ -256,8 +265,15 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         bytes_received: AtomicU64::new(0),
         blocks_on_server: AtomicU64::new(0),
         now: SystemTime::now(),
+        conflict_root: conflict_root.clone(),
     };
-    let mut report = Report::default();
+    let mut report = Report {
+        conflict_folder: match options.conflicts {
+            Copies::Beside => None,
+            Copies::Outside(_) => conflict_root,
+        },
+        ..Report::default()
+    };
     for (name, error) in plan.refused {
         tracing::warn!(file = ?name, %error, "refusing the server's file name");
         report.failures.push((name, FileError::Refused(error)));
@@ -332,6 +348,22 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     Ok(report)
 }
 
+/// The folder below which `copies` puts the conflict copies of `base`'s
+/// files, by their relative names.
+fn conflict_root(base: &Path, copies: &Copies) -> Result<Option<PathBuf>, DiskError> {
+    Ok(match copies {
+        Copies::Beside => Some(base.to_path_buf()),
+        Copies::Outside(None) => None,
+        Copies::Outside(Some(conflicts)) => {
+            let base = std::fs::canonicalize(base).map_err(|source| DiskError::Io {
+                path: base.to_path_buf(),
+                source,
+            })?;
+            Some(conflict::folder_for_base(conflicts, &base))
+        }
+    })
+}
+
 /// What every action of one run shares.
 struct Run<'a> {
     base: &'a Path,
@@ -350,6 +382,9 @@ struct Run<'a> {
     blocks_on_server: AtomicU64,
     /// When the run started: the stamp of its conflict copies.
     now: SystemTime,
+    /// The folder that conflict copies go below, by their relative names;
+    /// `None` when there is none.
+    conflict_root: Option<PathBuf>,
 }
 
 impl Run<'_> {
@@ -631,8 +666,8 @@ impl Run<'_> {
     /// place or a deletion, returning the directory whose entries changed),
     /// but only if the file is still what the scan
     /// saw: a local edit made during the run is never overwritten, and is
-    /// synced next run. With `--keep-conflicts`, a losing local file is kept
-    /// as a conflict copy first.
+    /// synced next run. A local change that loses a conflict is first saved
+    /// as a conflict copy, durably, with a warning.
     async fn replace(
         &self,
         name: &str,
@@ -642,12 +677,20 @@ impl Run<'_> {
         let base = self.base.to_path_buf();
         let owned_name = name.to_string();
         let scanned = self.scan.stamps.get(name).copied();
-        let keep = self.options.keep_conflicts && done.conflict && scanned.is_some();
-        let now = self.now;
+        let keep = done.conflict && scanned.is_some();
+        let (now, root) = (self.now, self.conflict_root.clone());
         let (copy, dir) = spawn_blocking(move || {
-            unchanged(&names::to_path(&base, &owned_name), scanned)?;
+            let path = names::to_path(&base, &owned_name);
+            unchanged(&path, scanned)?;
             let copy = if keep {
-                Some(disk::keep_conflict_copy(&base, &owned_name, now)?)
+                let root = root.ok_or(FileError::NowhereToSaveConflict)?;
+                let copy = disk::keep_conflict_copy(&path, &root, &owned_name, now)?;
+                tracing::warn!(
+                    "{owned_name:?} changed here and on the server; the server's version wins, \
+                     and the local version is saved as {}",
+                    copy.display()
+                );
+                Some(copy)
             } else {
                 None
             };
