@@ -107,18 +107,56 @@ fn is_real_dir(path: &Path) -> bool {
 /// replace, or the usual ones for a new file; it is deleted if dropped.
 pub fn temp_beside(target: &Path) -> Result<NamedTempFile, DiskError> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    let existing = fs::metadata(target).ok().map(|m| m.permissions());
     let mut builder = tempfile::Builder::new();
     builder.prefix(TEMP_PREFIX);
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let tmp = builder.tempfile_in(dir).map_err(io_error(dir))?;
-    if let Some(permissions) = existing {
-        tmp.as_file()
-            .set_permissions(permissions)
-            .map_err(io_error(tmp.path()))?;
-    }
+    take_permissions(target, tmp.as_file(), tmp.path())?;
     Ok(tmp)
+}
+
+/// Gives `file` (at `path`) the permissions of the file at `target`, which
+/// it will replace; a new file keeps the usual ones.
+fn take_permissions(target: &Path, file: &File, path: &Path) -> Result<(), DiskError> {
+    match fs::metadata(target) {
+        Ok(existing) => file
+            .set_permissions(existing.permissions())
+            .map_err(io_error(path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Opens the partial download at `path` (see
+/// [`super::names::partial_path`]) of the file at `target` for reading and
+/// writing, creating it empty if there is none, with the permissions of the
+/// file it will replace. What it holds is the caller's to check.
+pub fn open_partial(path: &Path, target: &Path) -> Result<File, DiskError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(DiskError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(path)(e)),
+        _ => {}
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error(path))?;
+    take_permissions(target, &file, path)?;
+    Ok(file)
+}
+
+/// Makes the complete download `file` (at `partial`) durable and renames
+/// it over `target`. The caller syncs the directory (see [`sync_dir`]).
+pub fn commit_partial(file: &File, partial: &Path, target: &Path) -> Result<(), DiskError> {
+    file.sync_all().map_err(io_error(partial))?;
+    fs::rename(partial, target).map_err(io_error(target))
 }
 
 /// Makes the temporary file's contents durable and renames it over `target`.
@@ -276,8 +314,9 @@ fn copy_file(from: &Path, to: &Path) -> Result<bool, DiskError> {
     }
 }
 
-/// Removes a temporary file an interrupted run left behind. Failing to is
-/// only worth a warning: the file is never synced either way.
+/// Removes a temporary file or partial download an interrupted run (or a
+/// failed download) left behind. Failing to is only worth a warning: the
+/// file is never synced either way.
 pub fn remove_stale_temp_file(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => tracing::debug!(path = %path.display(), "removed a stale temporary file"),
@@ -411,6 +450,37 @@ mod tests {
             fs::metadata(&fresh).unwrap().permissions().mode() & 0o044,
             0
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn partial_downloads_are_reopened_as_they_are_and_committed_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let (partial, target) = (base.path().join("partial"), base.path().join("f"));
+        fs::write(&target, "old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        open_partial(&partial, &target)
+            .unwrap()
+            .write_all(b"half")
+            .unwrap();
+        let mut reopened = open_partial(&partial, &target).unwrap();
+        assert_eq!(fs::read(&partial).unwrap(), b"half");
+        io::Seek::seek(&mut reopened, io::SeekFrom::End(0)).unwrap();
+        reopened.write_all(b" and the rest").unwrap();
+        commit_partial(&reopened, &partial, &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"half and the rest");
+        assert!(!partial.exists());
+        let mode = fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), &partial).unwrap();
+        assert!(matches!(
+            open_partial(&partial, &target),
+            Err(DiskError::NotAFile { .. })
+        ));
+        assert!(!outside.path().join("victim").exists());
     }
 
     #[test]

@@ -239,8 +239,26 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         refused = plan.refused.len(),
         "planned"
     );
-    for path in &scan.stale_temp_files {
+    // Folders of deleted files and of leftovers, which may now be empty.
+    let mut emptied = BTreeSet::new();
+    let resumable: BTreeSet<PathBuf> = plan
+        .actions
+        .iter()
+        .filter_map(|(name, action)| match action {
+            Action::Download { remote, .. } => {
+                Some(names::partial_path(base, name, &remote.hashes))
+            }
+            _ => None,
+        })
+        .collect();
+    // A partial download of a version no longer wanted is of no use.
+    let leftovers = scan
+        .stale_temp_files
+        .iter()
+        .chain(scan.partial_downloads.difference(&resumable));
+    for path in leftovers {
         disk::remove_stale_temp_file(path);
+        emptied.extend(path.parent().map(Path::to_path_buf));
     }
     options.progress.transfer().set_length(
         plan.actions
@@ -280,8 +298,6 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     }
     let mut new_index = index.clone();
     let mut dirs = BTreeSet::new();
-    // Folders of deleted files, which may now be empty.
-    let mut emptied = BTreeSet::new();
     let mut unreachable = None;
     let mut results = stream::iter(plan.actions)
         .map(|(name, action)| {
@@ -547,32 +563,66 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes the remote file into a temporary file block by block, then
-    /// puts it in place (see [`Self::replace`]). Each block comes from the
-    /// cheapest place that has it (see [`sources`]); every fetched or
-    /// locally read block is checked against its hash.
+    /// Writes the remote file into its partial download (see
+    /// [`names::partial_path`]) block by block, then puts it in place (see
+    /// [`Self::replace`]). Each block comes from the cheapest place that has
+    /// it (see [`sources`]); every fetched or locally read block is checked
+    /// against its hash. A partial download an interrupted run left behind
+    /// is resumed (see [`resume`]). The partial download stays when the
+    /// run is interrupted (the servers out of reach, or the run cancelled),
+    /// for the next run; any other failure removes it.
     async fn download(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
         if let Some(bad) = remote.hashes.iter().find(|h| !is_valid_hash(h)) {
             return Err(FileError::BadHash(bad.clone()));
         }
+        let partial = names::partial_path(self.base, name, &remote.hashes);
+        let result = self.download_into(name, remote, conflict, &partial).await;
+        match &result {
+            // The run stops here (see `sync`); the next one resumes.
+            Err(FileError::Rpc(error)) if error.is_unreachable() => {}
+            Err(_) => disk::remove_stale_temp_file(&partial),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// [`Self::download`] through the partial download at `partial`.
+    async fn download_into(
+        &self,
+        name: &str,
+        remote: Entry,
+        conflict: bool,
+        partial: &Path,
+    ) -> Result<Done, FileError> {
         let (base, owned_name) = (self.base.to_path_buf(), name.to_string());
-        let (target, tmp) = spawn_blocking(move || {
+        let (partial, block_size) = (partial.to_path_buf(), self.options.block_size);
+        let (target, mut out, kept, remote, partial) = spawn_blocking(move || {
             let target = disk::prepare_file(&base, &owned_name)?;
-            let tmp = disk::temp_beside(&target)?;
-            Ok::<_, DiskError>((target, tmp))
+            let mut out = disk::open_partial(&partial, &target)?;
+            let kept =
+                resume(&mut out, &remote.hashes, block_size).map_err(|source| DiskError::Io {
+                    path: partial.clone(),
+                    source,
+                })?;
+            Ok::<_, DiskError>((target, out, kept, remote, partial))
         })
         .await??;
-        let tmp_path = tmp.path().to_path_buf();
         let io_error = |source| DiskError::Io {
-            path: tmp_path.clone(),
+            path: partial.clone(),
             source,
         };
-        if !remote.hashes.is_empty() {
+        // Offset and length of each block written so far.
+        let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
+        written.extend((0..kept).map(|i| (i as u64 * block_size as u64, block_size)));
+        let mut offset = kept as u64 * block_size as u64;
+        if kept > 0 {
+            tracing::debug!(file = ?name, blocks = kept, "resuming a partial download");
+            self.options.progress.transfer().inc(offset);
+        }
+        if kept < remote.hashes.len() {
             let local = self.scan.files.get(name).map(Vec::as_slice);
-            let steps = steps(
-                &sources(&remote.hashes, local),
-                blocks_per_call(self.options.block_size),
-            );
+            let sources = sources(&remote.hashes, local);
+            let steps = steps(&sources[kept..], kept, blocks_per_call(block_size));
             let blocks = self.blocks().await?;
             let (target, hashes) = (&target, &remote.hashes);
             // Permits are taken step by step in block order, so the blocks
@@ -583,12 +633,8 @@ impl Run<'_> {
                     let data = self.gather(blocks, target, hashes, step).await?;
                     Ok::<_, FileError>((held, data))
                 })
-                .buffered(calls_in_flight(self.options.block_size));
+                .buffered(calls_in_flight(block_size));
             let mut arriving = std::pin::pin!(arriving);
-            let mut out = tmp.as_file().try_clone().map_err(io_error)?;
-            // Offset and length of each block written so far.
-            let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
-            let mut offset = 0;
             while let Some(next) = arriving.next().await {
                 let (held, data) = next?;
                 // Earlier blocks are written by now: steps arrive in order.
@@ -626,7 +672,7 @@ impl Run<'_> {
         done.conflict = conflict;
         self.replace(name, done, move |_| {
             let dir = target.parent().map(Path::to_path_buf);
-            disk::commit(tmp, &target).map(|()| dir)
+            disk::commit_partial(&out, &partial, &target).map(|()| dir)
         })
         .await
     }
@@ -840,11 +886,12 @@ impl Step {
     }
 }
 
-/// Groups a download's [`sources`] into steps, in block order: runs of
-/// consecutive fetched blocks go in calls of at most `per_call` blocks.
-fn steps(sources: &[Source], per_call: usize) -> Vec<Step> {
+/// Groups the [`sources`] of a download's blocks from `first` on into
+/// steps, in block order: runs of consecutive fetched blocks go in calls of
+/// at most `per_call` blocks.
+fn steps(sources: &[Source], first: usize, per_call: usize) -> Vec<Step> {
     let mut steps = Vec::new();
-    for (block, source) in sources.iter().enumerate() {
+    for (block, source) in (first..).zip(sources) {
         match (*source, steps.last_mut()) {
             (Source::Fetch, Some(Step::Fetch(range))) if range.len() < per_call => {
                 range.end = block + 1;
@@ -855,6 +902,32 @@ fn steps(sources: &[Source], per_call: usize) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// Keeps what an interrupted run already wrote to the partial download
+/// `file` of the blocks `hashes`: its leading blocks of `block_size` bytes
+/// that hash as listed (a download writes blocks in order, so an
+/// interruption leaves whole blocks, perhaps followed by a torn one). Cuts
+/// the file after them and leaves it positioned there, for the rest.
+/// Returns how many blocks were kept. A file uploaded in blocks of another
+/// size keeps none, and is downloaded whole.
+fn resume(file: &mut File, hashes: &[String], block_size: usize) -> std::io::Result<usize> {
+    let len = file.metadata()?.len();
+    let (mut kept, mut kept_len) = (0, 0);
+    let mut buf = Vec::new();
+    while kept < hashes.len() && kept_len < len {
+        scan::read_block_at_into(file, kept, block_size, &mut buf)?;
+        // Only the last block of a file may be short.
+        let whole = buf.len() == block_size || kept + 1 == hashes.len();
+        if !whole || hash_block(&buf) != hashes[kept] {
+            break;
+        }
+        kept += 1;
+        kept_len += buf.len() as u64;
+    }
+    file.set_len(kept_len)?;
+    file.seek(SeekFrom::Start(kept_len))?;
+    Ok(kept)
 }
 
 /// Reads `len` bytes at `offset` of `file`.
@@ -920,6 +993,45 @@ mod tests {
         unchanged(&path, None).unwrap();
     }
 
+    /// A partial download holding `data`, checked against the blocks of
+    /// `file` at block size 4: how many blocks are kept, and what the
+    /// partial download holds afterwards.
+    fn resumed(data: &[u8], file: &[u8]) -> (usize, Vec<u8>) {
+        let hashes: Vec<String> = file.chunks(4).map(hash_block).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, data).unwrap();
+        let mut partial = disk::open_partial(&path, &dir.path().join("target")).unwrap();
+        let kept = resume(&mut partial, &hashes, 4).unwrap();
+        // Writing goes on where the kept blocks end.
+        partial.write_all(b"|").unwrap();
+        let mut after = std::fs::read(&path).unwrap();
+        assert_eq!(after.pop(), Some(b'|'));
+        (kept, after)
+    }
+
+    #[test]
+    fn a_resumed_download_keeps_only_its_verified_leading_blocks() {
+        let file = b"abcdefghij";
+        // Nothing yet, two whole blocks, a torn third.
+        assert_eq!(resumed(b"", file), (0, b"".to_vec()));
+        assert_eq!(resumed(b"abcdefgh", file), (2, b"abcdefgh".to_vec()));
+        assert_eq!(resumed(b"abcdefghi", file), (2, b"abcdefgh".to_vec()));
+        // Complete, short last block included; junk after it makes the
+        // last block not match.
+        assert_eq!(resumed(b"abcdefghij", file), (3, file.to_vec()));
+        assert_eq!(resumed(b"abcdefghijXY", file), (2, b"abcdefgh".to_vec()));
+        // A block that does not match ends what is kept, even if later
+        // ones would.
+        assert_eq!(resumed(b"abcdXXghij", file), (1, b"abcd".to_vec()));
+        assert_eq!(resumed(b"Xbcdefghij", file), (0, b"".to_vec()));
+        // A short block is only whole at the end of the file.
+        assert_eq!(resumed(b"ab", b"ab"), (1, b"ab".to_vec()));
+        assert_eq!(resumed(b"ab", b"abcd"), (0, b"".to_vec()));
+        // Nothing to download, nothing kept.
+        assert_eq!(resumed(b"stale", b""), (0, b"".to_vec()));
+    }
+
     #[test]
     fn the_budget_is_16_mib_of_blocks_in_calls_of_about_1_mib() {
         assert_eq!(blocks_in_flight(4 << 20), 4);
@@ -949,7 +1061,7 @@ mod tests {
             Fetch,
         ];
         assert_eq!(
-            steps(&sources, 2),
+            steps(&sources, 0, 2),
             [
                 Step::Fetch(0..2),
                 Step::Fetch(2..3),
@@ -962,8 +1074,13 @@ mod tests {
                 Step::Fetch(6..8),
             ]
         );
-        let lens: usize = steps(&sources, 2).iter().map(Step::len).sum();
+        let lens: usize = steps(&sources, 0, 2).iter().map(Step::len).sum();
         assert_eq!(lens, sources.len());
-        assert_eq!(steps(&[], 4), []);
+        assert_eq!(steps(&[], 0, 4), []);
+        // The blocks of a resumed download keep their numbers.
+        assert_eq!(
+            steps(&sources[5..], 5, 2),
+            [Step::Earlier(0), Step::Fetch(6..8)]
+        );
     }
 }
