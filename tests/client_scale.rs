@@ -1,6 +1,7 @@
 //! `surfstore-client` at scale and under interruption: a 1 GiB file in
-//! 1 MiB blocks, and runs that die (SIGKILL) or lose the BlockStore in the
-//! middle of a download, after which the next run must finish the job.
+//! 1 MiB blocks, and runs that die (SIGKILL), are stopped (Ctrl-C) or lose
+//! the BlockStore in the middle of a download, after which the next run
+//! must finish the job, fetching only what had not arrived.
 
 mod common;
 
@@ -275,11 +276,20 @@ fn parse_index(text: &str) -> HashMap<String, Option<Vec<String>>> {
         .collect()
 }
 
-/// Names of the client's temporary files below `dir`.
+/// Names of the client's temporary files and partial downloads below
+/// `dir`.
 fn temp_files(dir: &Path) -> Vec<String> {
     tree(dir)
         .into_keys()
-        .filter(|name| name.contains(".surfstore-tmp-"))
+        .filter(|name| name.contains(".surfstore-tmp-") || name.contains(".surfstore-partial-"))
+        .collect()
+}
+
+/// Names of the partial downloads below `dir`.
+fn partial_downloads(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_keys()
+        .filter(|name| name.contains(".surfstore-partial-"))
         .collect()
 }
 
@@ -288,8 +298,14 @@ impl Interrupted {
     /// back, and returns once the small changes are on disk and the big
     /// download is stuck mid-file. `exited` tells whether the client has
     /// ended (it must not have).
-    fn stuck_mid_download(&self, mut exited: impl FnMut() -> bool) {
-        *self.blocks.hang.lock().unwrap() = self.big_v2_blocks_from(4);
+    fn stuck_mid_download(&self, exited: impl FnMut() -> bool) {
+        self.stuck_at_block(4, exited);
+    }
+
+    /// [`Self::stuck_mid_download`] with the big file's blocks from block
+    /// `from` on held back.
+    fn stuck_at_block(&self, from: usize, mut exited: impl FnMut() -> bool) {
+        *self.blocks.hang.lock().unwrap() = self.big_v2_blocks_from(from);
         self.blocks.served.store(0, Ordering::SeqCst);
         let b = self.b.path();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -298,7 +314,7 @@ impl Interrupted {
                 && b.join("new/c.txt").exists()
                 && !b.join("top.txt").exists();
             if small_done
-                && self.blocks.served.load(Ordering::SeqCst) >= 4
+                && self.blocks.served.load(Ordering::SeqCst) >= from
                 && !temp_files(&b.join("big")).is_empty()
             {
                 return;
@@ -347,7 +363,12 @@ fn a_blockstore_dropping_out_mid_download_stops_the_run_consistently() {
         fs::read(setup.b.path().join("big/data.bin")).unwrap(),
         setup.big_v1
     );
-    assert!(temp_files(setup.b.path()).is_empty());
+    // What arrived stays, as a partial download the next run resumes.
+    assert_eq!(
+        temp_files(setup.b.path()),
+        partial_downloads(setup.b.path())
+    );
+    assert!(partial_downloads(setup.b.path()).len() <= 1);
     setup.assert_old_or_new();
     setup.assert_next_run_completes();
 }
@@ -395,4 +416,97 @@ fn a_local_edit_during_a_download_is_never_overwritten() {
         .map(|(_, data)| data)
         .collect();
     assert_eq!(copies, [b"edited while the download ran".to_vec()]);
+}
+
+/// Waits until the one download in progress below `dir` (a temporary file
+/// or partial download) holds at least `len` bytes, and returns its path.
+fn download_of_at_least(dir: &Path, len: u64) -> std::path::PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let [name] = temp_files(dir).as_slice() {
+            let path = dir.join(name);
+            if fs::metadata(&path).map_or(0, |m| m.len()) >= len {
+                return path;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no download in progress of {len} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_mid_download_and_the_rerun_fetches_only_the_missing_blocks() {
+    let setup = interrupted_setup();
+    let b = setup.b.path();
+    let mut client = common::command(&bin("surfstore-client"))
+        .args(setup.client_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Blocks 0-15 (the first call's worth) arrive; the rest hang.
+    setup.stuck_at_block(16, || !matches!(client.try_wait(), Ok(None)));
+    let partial = download_of_at_least(&b.join("big"), 16 * BLOCK as u64);
+    let interrupted = Command::new("kill")
+        .args(["-INT", &client.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(client.try_wait(), Ok(None)) {
+        assert!(Instant::now() < deadline, "Ctrl-C did not stop the client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(stderr, "surfstore-client: interrupted; rerun to resume\n");
+    assert_eq!(fs::read(b.join("big/data.bin")).unwrap(), setup.big_v1);
+    assert_eq!(partial_downloads(b).len(), 1);
+    assert_eq!(fs::metadata(&partial).unwrap().len(), 16 * BLOCK as u64);
+    setup.assert_old_or_new();
+
+    // The rerun keeps the 16 blocks that arrived and fetches the other 16.
+    setup.blocks.hang.lock().unwrap().clear();
+    setup.blocks.served.store(0, Ordering::SeqCst);
+    let s = summary(&sync_ok(b, &setup.meta, BLOCK));
+    assert_eq!(s.downloaded, 1, "{s:?}");
+    assert_eq!(setup.blocks.served.load(Ordering::SeqCst), 16);
+    assert_eq!(s.received, "1.0 MiB");
+    assert_eq!(fs::read(b.join("big/data.bin")).unwrap(), setup.big_v2);
+    // Nothing of the partial download is left, nor was it ever uploaded.
+    assert_eq!(tree(b), tree(setup.a.path()));
+    assert_eq!(index_text(b), index_text(setup.a.path()));
+    assert_eq!(counts(&sync_ok(setup.a.path(), &setup.meta, BLOCK)), [0; 4]);
+}
+
+#[test]
+fn a_partial_download_of_a_version_no_longer_wanted_is_removed() {
+    for replaced in [true, false] {
+        let setup = interrupted_setup();
+        let (a, b) = (setup.a.path(), setup.b.path());
+        *setup.blocks.fail.lock().unwrap() = setup.big_v2_blocks_from(20);
+        assert_eq!(sync(b, &setup.meta, BLOCK).status.code(), Some(1));
+        // The first call's worth of blocks (0-15) arrived.
+        let partial = download_of_at_least(&b.join("big"), 16 * BLOCK as u64);
+        setup.blocks.fail.lock().unwrap().clear();
+
+        // The server moves on: a third version, or a deletion.
+        if replaced {
+            write(a, "big/data.bin", pseudo_random(32 * BLOCK, 3));
+        } else {
+            fs::remove_dir_all(a.join("big")).unwrap();
+        }
+        sync_ok(a, &setup.meta, BLOCK);
+        sync_ok(b, &setup.meta, BLOCK);
+        assert!(!partial.exists(), "replaced: {replaced}");
+        // The folder goes with the file and the partial download.
+        assert_eq!(b.join("big").exists(), replaced);
+        assert_eq!(tree(b), tree(a), "replaced: {replaced}");
+    }
 }

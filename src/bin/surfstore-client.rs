@@ -7,13 +7,17 @@
 //! On a terminal, progress bars for hashing and transfers are drawn on
 //! stderr; at the end one summary line goes to stdout (also when output is
 //! not a terminal, then without bars). `-q` prints neither: only warnings
-//! and errors remain, on stderr.
+//! and errors remain, on stderr. Ctrl-C (or SIGTERM) stops a run with
+//! `interrupted; rerun to resume` (exit 130): the next run resumes the
+//! downloads in progress.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use surfstore::cli::{self, Fatal};
+use surfstore::client::conflict::{self, Copies};
 use surfstore::client::{self, MetaStore, Options, Progress};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
@@ -33,9 +37,10 @@ struct Args {
     /// to stderr.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
-    /// When the server's version wins over a local change, first keep the
-    /// local file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC); the copy
-    /// is an ordinary file and syncs on the next run.
+    /// When the server's version wins over a local change, keep the local
+    /// file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC), where it
+    /// syncs on the next run, instead of saving it under
+    /// $XDG_STATE_HOME/surfstore/conflicts (~/.local/state/...).
     #[arg(long = "keep-conflicts")]
     keep_conflicts: bool,
     /// Keep BASEDIR/.index.txt.cache, each file's size, times and block
@@ -88,13 +93,29 @@ enum Source {
     Cluster(ClusterConfig),
 }
 
+/// Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// How long an interrupted run's leftover blocking work (hashing, writing
+/// a block) may delay the exit; it is safe to abandon, since every change
+/// to the base directory is a rename of a finished file.
+const ABANDON_AFTER: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
     // Before the runtime starts its threads.
     keep_large_allocations_returnable();
-    client_main()
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let fatal = Fatal::failure(format!("cannot start the async runtime: {e}"));
+            return cli::exit_code("surfstore-client", Err(fatal));
+        }
+    };
+    let code = runtime.block_on(client_main());
+    runtime.shutdown_timeout(ABANDON_AFTER);
+    code
 }
 
-#[tokio::main]
 async fn client_main() -> ExitCode {
     let args: Args = cli::parse_args();
     // Bars would only flicker between debug lines.
@@ -115,14 +136,31 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
         Source::Cluster(config) => MetaStore::cluster(config),
     }
     .map_err(Fatal::usage)?;
+    let conflicts = if keep_conflicts {
+        Copies::Beside
+    } else {
+        Copies::Outside(conflict::state_dir_from_env())
+    };
     let options = Options {
         block_size,
-        keep_conflicts,
+        conflicts,
         hash_cache,
         progress,
     };
-    let result = client::sync(&base, &options, &meta).await;
+    // On Ctrl-C the run is dropped where it stands: files are either old or
+    // new, and downloads in progress stay as partial downloads that the
+    // next run resumes.
+    let result = tokio::select! {
+        result = client::sync(&base, &options, &meta) => Some(result),
+        () = cli::shutdown_signal() => None,
+    };
     options.progress.finish();
+    let Some(result) = result else {
+        return Err(Fatal {
+            code: EXIT_INTERRUPTED,
+            message: "interrupted; rerun to resume".to_string(),
+        });
+    };
     let report = result.map_err(Fatal::failure)?;
     if !quiet {
         println!("{report}");

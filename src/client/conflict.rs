@@ -1,12 +1,67 @@
-//! Names of conflict copies (`--keep-conflicts`).
+//! Where the losing side of a conflict is saved (SPEC §8: a user's edit is
+//! never lost silently).
 //!
-//! When the server wins over a local change, the losing local file can be
-//! kept beside the file as `NAME.conflict-YYYYMMDD-HHMMSS` (the time of the
-//! sync, UTC), like Syncthing's `sync-conflict` files. A conflict copy is an
-//! ordinary file: the next run uploads it like any new file, so the losing
-//! version reaches every client and nothing is lost anywhere.
+//! When the server wins over a local change, the losing local file is first
+//! saved as `NAME.conflict-YYYYMMDD-HHMMSS` (the time of the sync, UTC; a
+//! `-1`, `-2`, ... follows for a second conflict of the file within a
+//! second), like Syncthing's `sync-conflict` files. By default the copy goes
+//! outside the base directory, because the original's test suites compare
+//! whole directory listings between clients: under
+//! `$XDG_STATE_HOME/surfstore/conflicts/` (`~/.local/state/...` when
+//! XDG_STATE_HOME is unset), in one folder per base directory named
+//! `BASENAME-HASH` (HASH: the first 16 hex digits of the SHA-256 of the
+//! base directory's canonical path), under the file's relative path. With
+//! `--keep-conflicts` the copy stays beside the file: an ordinary file that
+//! the next run uploads like any new one, so the losing version reaches
+//! every client.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::hash::hash_block;
+
+/// Where the losing local versions of a run's conflicts are saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copies {
+    /// Beside the file in the base directory (`--keep-conflicts`).
+    Beside,
+    /// In the per-base-directory folder below this one (see the module
+    /// docs); `None` when the environment names no such place, and a
+    /// conflict then fails its file instead of losing the local version.
+    Outside(Option<PathBuf>),
+}
+
+/// The conflicts folder the environment names:
+/// `$XDG_STATE_HOME/surfstore/conflicts`, or `$HOME/.local/state/...` when
+/// XDG_STATE_HOME is unset or not absolute (the XDG spec has relative
+/// values ignored); `None` without either.
+pub fn state_dir(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let state = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| {
+            home.filter(|home| !home.is_empty())
+                .map(|home| Path::new(&home).join(".local/state"))
+        })?;
+    Some(state.join("surfstore/conflicts"))
+}
+
+/// [`state_dir`] of this process's environment.
+pub fn state_dir_from_env() -> Option<PathBuf> {
+    state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+/// The folder below `conflicts` for the base directory whose canonical path
+/// is `base`: its name, for people, and a hash of the whole path, so two
+/// base directories of the same name never share a folder.
+pub fn folder_for_base(conflicts: &Path, base: &Path) -> PathBuf {
+    let hash = hash_block(base.as_os_str().as_encoded_bytes());
+    let name = base
+        .file_name()
+        .map_or_else(|| "root".into(), |name| name.to_string_lossy());
+    conflicts.join(format!("{name}-{}", &hash[..16]))
+}
 
 /// What separates a file's name from the conflict stamp.
 pub const MARKER: &str = ".conflict-";
@@ -70,6 +125,40 @@ mod tests {
         // Leap day and the last second of a year.
         assert_eq!(timestamp(at(951_782_400)), "20000229-000000");
         assert_eq!(timestamp(at(1_704_067_199)), "20231231-235959");
+    }
+
+    #[test]
+    fn the_state_dir_follows_xdg_and_falls_back_to_home() {
+        let some = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            state_dir(some("/xdg"), some("/home/u")),
+            Some(PathBuf::from("/xdg/surfstore/conflicts"))
+        );
+        for xdg in [None, some("relative/state")] {
+            assert_eq!(
+                state_dir(xdg, some("/home/u")),
+                Some(PathBuf::from("/home/u/.local/state/surfstore/conflicts"))
+            );
+        }
+        assert_eq!(state_dir(None, None), None);
+        assert_eq!(state_dir(some(""), some("")), None);
+    }
+
+    #[test]
+    fn each_base_directory_has_its_own_folder() {
+        let conflicts = Path::new("/state/conflicts");
+        let a = folder_for_base(conflicts, Path::new("/home/u/notes"));
+        let b = folder_for_base(conflicts, Path::new("/mnt/other/notes"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(conflicts));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        let (base, hash) = name.split_once('-').unwrap();
+        assert_eq!((base, hash.len()), ("notes", 16));
+        assert_eq!(a, folder_for_base(conflicts, Path::new("/home/u/notes")));
+        assert_eq!(
+            folder_for_base(conflicts, Path::new("/")).parent(),
+            Some(conflicts)
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! * a path is only reached through real directories: an ancestor that is a
 //!   symlink (or a file) is refused, never followed out of the base
 //!   directory;
-//! * a directory emptied by deletions is removed.
+//! * a directory emptied by deletions is removed once the run's deletions
+//!   are done, so no two steps race to remove it.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -105,18 +107,56 @@ fn is_real_dir(path: &Path) -> bool {
 /// replace, or the usual ones for a new file; it is deleted if dropped.
 pub fn temp_beside(target: &Path) -> Result<NamedTempFile, DiskError> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    let existing = fs::metadata(target).ok().map(|m| m.permissions());
     let mut builder = tempfile::Builder::new();
     builder.prefix(TEMP_PREFIX);
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let tmp = builder.tempfile_in(dir).map_err(io_error(dir))?;
-    if let Some(permissions) = existing {
-        tmp.as_file()
-            .set_permissions(permissions)
-            .map_err(io_error(tmp.path()))?;
-    }
+    take_permissions(target, tmp.as_file(), tmp.path())?;
     Ok(tmp)
+}
+
+/// Gives `file` (at `path`) the permissions of the file at `target`, which
+/// it will replace; a new file keeps the usual ones.
+fn take_permissions(target: &Path, file: &File, path: &Path) -> Result<(), DiskError> {
+    match fs::metadata(target) {
+        Ok(existing) => file
+            .set_permissions(existing.permissions())
+            .map_err(io_error(path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Opens the partial download at `path` (see
+/// [`super::names::partial_path`]) of the file at `target` for reading and
+/// writing, creating it empty if there is none, with the permissions of the
+/// file it will replace. What it holds is the caller's to check.
+pub fn open_partial(path: &Path, target: &Path) -> Result<File, DiskError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(DiskError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(path)(e)),
+        _ => {}
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error(path))?;
+    take_permissions(target, &file, path)?;
+    Ok(file)
+}
+
+/// Makes the complete download `file` (at `partial`) durable and renames
+/// it over `target`. The caller syncs the directory (see [`sync_dir`]).
+pub fn commit_partial(file: &File, partial: &Path, target: &Path) -> Result<(), DiskError> {
+    file.sync_all().map_err(io_error(partial))?;
+    fs::rename(partial, target).map_err(io_error(target))
 }
 
 /// Makes the temporary file's contents durable and renames it over `target`.
@@ -131,12 +171,15 @@ pub fn commit(tmp: NamedTempFile, target: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Makes renames and deletions inside `dir` durable.
+/// Makes renames and deletions inside `dir` durable. A directory that is
+/// gone (another deletion emptied and removed it) has nothing left to make
+/// durable: its removal is an entry of its parent.
 pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
     #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(dir)(e)),
+        _ => {}
+    }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
@@ -150,9 +193,10 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DiskError> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Deletes the file `name` below `base` (nothing to do if it is gone), then
-/// removes the directories above it that this left empty, up to `base`.
-/// Returns the directory whose entries changed.
+/// Deletes the file `name` below `base` (nothing to do if it is gone) and
+/// returns the directory whose entries changed. Directories this empties
+/// stay until [`prune_emptied_dirs`]: removing them here would race with
+/// the run's other deletions and downloads in the same folders.
 pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError> {
     let Some(dir) = parent_dir(base, name, false)? else {
         return Ok(None);
@@ -164,46 +208,97 @@ pub fn remove_file(base: &Path, name: &str) -> Result<Option<PathBuf>, DiskError
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(&path)(e)),
     }
-    let mut changed = dir;
-    while changed != base && fs::remove_dir(&changed).is_ok() {
-        tracing::debug!(dir = %changed.display(), "removed emptied directory");
-        if !changed.pop() {
-            break;
-        }
-    }
-    Ok(Some(changed))
+    Ok(Some(dir))
 }
 
-/// Keeps the file `name` below `base` as a conflict copy (see
-/// [`conflict`]) before the server's version replaces or deletes it, and
-/// returns the copy's name. The copy is a hard link, so it is made at once
-/// whatever the size and holds exactly the bytes that lose; where hard links
-/// are not supported the file is copied (temporary file and rename, like any
-/// write). An existing file is never overwritten by a copy.
-pub fn keep_conflict_copy(base: &Path, name: &str, at: SystemTime) -> Result<String, DiskError> {
-    let path = to_path(base, name);
+/// Removes the directories of `dirs` that are empty, and the directories
+/// above them this empties in turn, up to `base` (never `base` itself).
+/// Returns the directories whose entries changed, to be [`sync_dir`]ed: for
+/// each of `dirs`, the nearest one that still exists. A directory already
+/// gone counts as removed.
+pub fn prune_emptied_dirs(base: &Path, dirs: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    let mut changed = BTreeSet::new();
+    // Deepest first: a directory sorts after its ancestors.
+    for dir in dirs.iter().rev() {
+        let mut dir = dir.clone();
+        while dir != base && dir.starts_with(base) {
+            match fs::remove_dir(&dir) {
+                Ok(()) => tracing::debug!(dir = %dir.display(), "removed emptied directory"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Not empty (or not ours to remove): it stays.
+                Err(_) => break,
+            }
+            dir.pop();
+        }
+        changed.insert(dir);
+    }
+    changed
+}
+
+/// Saves the file at `from`, the local version of `name` that is about to
+/// lose a conflict, as its conflict copy below `root` (see [`conflict`]):
+/// `root/NAME.conflict-STAMP`, creating the folders on the way. Returns the
+/// copy's path. The copy is a hard link where it can be, so it is made at
+/// once whatever the size and holds exactly the bytes that lose; elsewhere
+/// (another file system) the file is copied (temporary file and rename,
+/// like any write). An existing file is never overwritten by a copy. When
+/// this returns, the copy's bytes and every directory entry leading to it
+/// are on disk, so the file may be replaced or deleted.
+pub fn keep_conflict_copy(
+    from: &Path,
+    root: &Path,
+    name: &str,
+    at: SystemTime,
+) -> Result<PathBuf, DiskError> {
     for attempt in 0..CONFLICT_NAME_ATTEMPTS {
-        let copy = conflict::copy_name(name, at, attempt);
-        let copy_path = to_path(base, &copy);
-        let made = match fs::hard_link(&path, &copy_path) {
+        let copy = to_path(root, &conflict::copy_name(name, at, attempt));
+        let dir = copy.parent().unwrap_or(root);
+        let grown = create_dirs(dir)?;
+        let made = match fs::hard_link(from, &copy) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "cannot hard-link; copying");
-                copy_file(&path, &copy_path)?
+                tracing::debug!(path = %from.display(), error = %e, "cannot hard-link; copying");
+                copy_file(from, &copy)?
             }
         };
         if made {
+            // A hard link shares the file's data, which the user may never
+            // have flushed.
+            File::open(&copy)
+                .and_then(|file| file.sync_all())
+                .map_err(io_error(&copy))?;
+            for dir in std::iter::once(dir).chain(grown.iter().map(PathBuf::as_path)) {
+                sync_dir(dir)?;
+            }
             return Ok(copy);
         }
     }
     Err(DiskError::Io {
-        path,
+        path: from.to_path_buf(),
         source: io::Error::new(
             io::ErrorKind::AlreadyExists,
             "every conflict-copy name for this file and second is taken",
         ),
     })
+}
+
+/// Creates `dir` and its missing ancestors. Returns the directories that
+/// gained an entry: the parent of each directory created.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, DiskError> {
+    let mut grown = Vec::new();
+    let mut missing = dir;
+    while !missing.exists() {
+        let Some(parent) = missing.parent() else {
+            break;
+        };
+        grown.push(parent.to_path_buf());
+        missing = parent;
+    }
+    if !grown.is_empty() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    Ok(grown)
 }
 
 /// Copies `from` to the new file `to`; `false` if `to` already exists.
@@ -219,8 +314,9 @@ fn copy_file(from: &Path, to: &Path) -> Result<bool, DiskError> {
     }
 }
 
-/// Removes a temporary file an interrupted run left behind. Failing to is
-/// only worth a warning: the file is never synced either way.
+/// Removes a temporary file or partial download an interrupted run (or a
+/// failed download) left behind. Failing to is only worth a warning: the
+/// file is never synced either way.
 pub fn remove_stale_temp_file(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => tracing::debug!(path = %path.display(), "removed a stale temporary file"),
@@ -275,13 +371,17 @@ mod tests {
     }
 
     #[test]
-    fn remove_prunes_emptied_directories_only() {
+    fn remove_deletes_only_the_file_and_pruning_removes_emptied_directories() {
         let base = tempfile::tempdir().unwrap();
         fs::create_dir_all(base.path().join("a/b/c")).unwrap();
         fs::write(base.path().join("a/keep"), "x").unwrap();
         fs::write(base.path().join("a/b/c/gone"), "x").unwrap();
 
-        remove_file(base.path(), "a/b/c/gone").unwrap();
+        let dir = remove_file(base.path(), "a/b/c/gone").unwrap().unwrap();
+        assert_eq!(dir, base.path().join("a/b/c"));
+        assert!(dir.is_dir());
+        let changed = prune_emptied_dirs(base.path(), &BTreeSet::from([dir]));
+        assert_eq!(changed, BTreeSet::from([base.path().join("a")]));
         assert!(!base.path().join("a/b").exists());
         assert!(base.path().join("a/keep").exists());
 
@@ -289,8 +389,35 @@ mod tests {
         assert!(remove_file(base.path(), "nope/missing").unwrap().is_none());
 
         fs::write(base.path().join("top"), "x").unwrap();
-        remove_file(base.path(), "top").unwrap();
+        let dir = remove_file(base.path(), "top").unwrap().unwrap();
+        let changed = prune_emptied_dirs(base.path(), &BTreeSet::from([dir]));
+        assert_eq!(changed, BTreeSet::from([base.path().to_path_buf()]));
         assert!(base.path().is_dir());
+    }
+
+    #[test]
+    fn directories_already_gone_are_pruned_and_synced_without_error() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir_all(base.path().join("gone/x")).unwrap();
+        fs::create_dir_all(base.path().join("kept/x")).unwrap();
+        fs::write(base.path().join("kept/file"), "x").unwrap();
+        let vanished = base.path().join("gone/x");
+        let dirs = BTreeSet::from([vanished.clone(), base.path().join("kept/x")]);
+        fs::remove_dir_all(base.path().join("gone")).unwrap();
+
+        sync_dir(&vanished).unwrap();
+        let changed = prune_emptied_dirs(base.path(), &dirs);
+        assert_eq!(
+            changed,
+            BTreeSet::from([base.path().to_path_buf(), base.path().join("kept")])
+        );
+        for dir in &changed {
+            sync_dir(dir).unwrap();
+        }
+        assert!(matches!(
+            sync_dir(&base.path().join("kept/file/not-a-dir")),
+            Err(DiskError::Io { .. })
+        ));
     }
 
     #[test]
@@ -325,6 +452,37 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn partial_downloads_are_reopened_as_they_are_and_committed_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let (partial, target) = (base.path().join("partial"), base.path().join("f"));
+        fs::write(&target, "old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        open_partial(&partial, &target)
+            .unwrap()
+            .write_all(b"half")
+            .unwrap();
+        let mut reopened = open_partial(&partial, &target).unwrap();
+        assert_eq!(fs::read(&partial).unwrap(), b"half");
+        io::Seek::seek(&mut reopened, io::SeekFrom::End(0)).unwrap();
+        reopened.write_all(b" and the rest").unwrap();
+        commit_partial(&reopened, &partial, &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"half and the rest");
+        assert!(!partial.exists());
+        let mode = fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), &partial).unwrap();
+        assert!(matches!(
+            open_partial(&partial, &target),
+            Err(DiskError::NotAFile { .. })
+        ));
+        assert!(!outside.path().join("victim").exists());
+    }
+
     #[test]
     fn conflict_copies_keep_the_old_bytes_and_never_overwrite() {
         let base = tempfile::tempdir().unwrap();
@@ -332,15 +490,52 @@ mod tests {
         let path = base.path().join("d/f");
         fs::write(&path, "mine").unwrap();
         let at = SystemTime::UNIX_EPOCH;
-        let first = keep_conflict_copy(base.path(), "d/f", at).unwrap();
-        assert_eq!(first, "d/f.conflict-19700101-000000");
-        let second = keep_conflict_copy(base.path(), "d/f", at).unwrap();
-        assert_eq!(second, "d/f.conflict-19700101-000000-1");
+        let first = keep_conflict_copy(&path, base.path(), "d/f", at).unwrap();
+        assert_eq!(first, base.path().join("d/f.conflict-19700101-000000"));
+        let second = keep_conflict_copy(&path, base.path(), "d/f", at).unwrap();
+        assert_eq!(second, base.path().join("d/f.conflict-19700101-000000-1"));
 
         write_atomically(&path, b"theirs").unwrap();
-        assert_eq!(fs::read(base.path().join(&first)).unwrap(), b"mine");
-        assert_eq!(fs::read(base.path().join(&second)).unwrap(), b"mine");
+        assert_eq!(fs::read(&first).unwrap(), b"mine");
+        assert_eq!(fs::read(&second).unwrap(), b"mine");
         assert_eq!(fs::read(&path).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn conflict_copies_outside_create_their_folders_and_survive_a_deletion() {
+        let base = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().join("surfstore/conflicts/base-0123");
+        write_atomically(&base.path().join("f"), b"mine").unwrap();
+        fs::create_dir_all(base.path().join("a/b")).unwrap();
+        let nested = base.path().join("a/b/g");
+        fs::write(&nested, "nested").unwrap();
+        let at = SystemTime::UNIX_EPOCH;
+
+        let copy = keep_conflict_copy(&base.path().join("f"), &root, "f", at).unwrap();
+        assert_eq!(copy, root.join("f.conflict-19700101-000000"));
+        let nested_copy = keep_conflict_copy(&nested, &root, "a/b/g", at).unwrap();
+        assert_eq!(nested_copy, root.join("a/b/g.conflict-19700101-000000"));
+        remove_file(base.path(), "f").unwrap();
+        remove_file(base.path(), "a/b/g").unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"mine");
+        assert_eq!(fs::read(&nested_copy).unwrap(), b"nested");
+    }
+
+    #[test]
+    fn creating_folders_reports_where_entries_were_added() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("x/y/z");
+        assert_eq!(
+            create_dirs(&dir).unwrap(),
+            [
+                top.path().join("x/y"),
+                top.path().join("x"),
+                top.path().to_path_buf()
+            ]
+        );
+        assert!(dir.is_dir());
+        assert!(create_dirs(&dir).unwrap().is_empty());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! [`names`] says which names may be synced and where they live; [`disk`]
-//! makes every change to the base directory safely; [`conflict`] names the
-//! copies `--keep-conflicts` keeps; [`cache`] is the optional hash cache
+//! makes every change to the base directory safely; [`conflict`] says where
+//! a local change that loses to the server is saved; [`cache`] is the optional hash cache
 //! that spares a resync re-reading unchanged files; [`buffers`] recycles
 //! the upload's read buffers. [`progress`] draws the
 //! bars and [`report`] is the summary of a run.

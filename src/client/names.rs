@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::hash::hash_block;
+
 /// The client's record of the last sync, at the top of the base directory.
 pub const INDEX_FILE: &str = "index.txt";
 
@@ -20,6 +22,10 @@ pub const HASH_CACHE_FILE: &str = ".index.txt.cache";
 /// Prefix of the temporary files the client writes before renaming them into
 /// place; such files are never synced.
 pub const TEMP_PREFIX: &str = ".surfstore-tmp-";
+
+/// Prefix of a download in progress, kept when a run is interrupted so the
+/// next run resumes it (see [`partial_path`]); never synced either.
+pub const PARTIAL_PREFIX: &str = ".surfstore-partial-";
 
 /// Why a name cannot be synced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,9 +90,30 @@ pub fn is_reserved(name: &str) -> bool {
 }
 
 /// Whether the single path segment `file_name` is one of the client's
-/// temporary files.
+/// temporary files or partial downloads.
 pub fn is_temp_file(file_name: &str) -> bool {
-    file_name.starts_with(TEMP_PREFIX)
+    file_name.starts_with(TEMP_PREFIX) || is_partial_download(file_name)
+}
+
+/// Whether the single path segment `file_name` is a partial download.
+pub fn is_partial_download(file_name: &str) -> bool {
+    file_name.starts_with(PARTIAL_PREFIX)
+}
+
+/// Where the download of `hashes` into the file `name` below `base` is
+/// written until it is complete: beside the file, under a name fixed by the
+/// file's name and its block list, so an interrupted run's partial download
+/// is found again by the next run that downloads the same version, and a
+/// partial download of any other version is recognised as stale.
+pub fn partial_path(base: &Path, name: &str, hashes: &[String]) -> PathBuf {
+    let mut key = String::with_capacity(name.len() + 1 + hashes.len() * 65);
+    key.push_str(name);
+    for hash in hashes {
+        key.push('\n');
+        key.push_str(hash);
+    }
+    let digest = hash_block(key.as_bytes());
+    to_path(base, name).with_file_name(format!("{PARTIAL_PREFIX}{}", &digest[..32]))
 }
 
 /// The path of `name` below `base`. Only meaningful for a name [`check`]
@@ -140,9 +167,29 @@ mod tests {
             (".index.txt.cache", NameError::Reserved),
             (".surfstore-tmp-abc", NameError::Reserved),
             ("d/.surfstore-tmp-abc", NameError::Reserved),
+            (".surfstore-partial-abc", NameError::Reserved),
+            ("d/e/.surfstore-partial-abc", NameError::Reserved),
         ] {
             assert_eq!(check(name), Err(err), "{name:?}");
         }
+    }
+
+    #[test]
+    fn a_partial_download_is_named_for_its_file_and_version() {
+        let base = Path::new("/base");
+        let (v1, v2) = (vec![hash_block(b"1")], vec![hash_block(b"2")]);
+        let partial = partial_path(base, "d/f", &v1);
+        assert_eq!(partial.parent(), Some(Path::new("/base/d")));
+        let file_name = partial.file_name().unwrap().to_str().unwrap();
+        assert!(is_partial_download(file_name) && is_temp_file(file_name));
+        assert_eq!(partial, partial_path(base, "d/f", &v1));
+        assert_ne!(partial, partial_path(base, "d/f", &v2));
+        // Two files of one folder with the same contents never share one.
+        assert_ne!(partial, partial_path(base, "d/g", &v1));
+        assert_ne!(
+            partial_path(base, "d/f", &[]),
+            partial_path(base, "d/g", &[])
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! synced in 1.2s: 3 uploaded, 1 downloaded, 0 deleted, 0 conflicts; sent 12.0 MiB, received 4.0 MiB, 17 blocks already on server
 //! ```
 //!
-//! With `--keep-conflicts` the conflict count says how many copies were
-//! kept (`2 conflicts (2 kept as .conflict- copies)`); files that could not
-//! be synced add `, N failed` after the conflicts.
+//! The conflict count says where the losing local versions were saved:
+//! `2 conflicts (2 saved in FOLDER)` outside the base directory, `2
+//! conflicts (2 kept as .conflict- copies)` beside the files with
+//! `--keep-conflicts`. Files that could not be synced add `, N failed`
+//! after the conflicts.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::sync::FileError;
@@ -24,8 +27,11 @@ pub struct Report {
     pub deleted: usize,
     /// Local changes the server's newer version won over.
     pub conflicts: usize,
-    /// Names of the conflict copies kept (`--keep-conflicts`).
-    pub conflict_copies: Vec<String>,
+    /// Paths of the conflict copies saved.
+    pub conflict_copies: Vec<PathBuf>,
+    /// The folder outside the base directory that conflict copies go below;
+    /// `None` when they are kept beside the files.
+    pub conflict_folder: Option<PathBuf>,
     /// Block bytes sent to the BlockStore.
     pub bytes_sent: u64,
     /// Block bytes received from the BlockStore.
@@ -49,12 +55,11 @@ impl fmt::Display for Report {
             self.deleted,
             self.conflicts
         )?;
-        if !self.conflict_copies.is_empty() {
-            write!(
-                f,
-                " ({} kept as .conflict- copies)",
-                self.conflict_copies.len()
-            )?;
+        let copies = self.conflict_copies.len();
+        match &self.conflict_folder {
+            _ if copies == 0 => {}
+            Some(folder) => write!(f, " ({copies} saved in {})", folder.display())?,
+            None => write!(f, " ({copies} kept as .conflict- copies)")?,
         }
         if !self.failures.is_empty() {
             write!(f, ", {} failed", self.failures.len())?;
@@ -131,5 +136,11 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+        report.conflict_folder = Some("/state/conflicts/base-0123".into());
+        let line = report.to_string();
+        assert!(
+            line.contains("2 conflicts (2 saved in /state/conflicts/base-0123), 1 failed"),
+            "{line}"
+        );
     }
 }

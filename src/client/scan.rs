@@ -6,8 +6,9 @@
 //! once, across files and within one large file; each thread holds one
 //! block-sized buffer. Symlinks and special files are skipped with a warning
 //! and never followed; the client's own files (`index.txt`, temporary
-//! files) are not synced, and temporary files a killed run left behind are
-//! listed for removal.
+//! files, partial downloads) are not synced; temporary files a killed run
+//! left behind are listed for removal, and its partial downloads for
+//! resuming.
 //!
 //! With a [`HashCache`] (`--hash-cache`), a file whose stamp the cache
 //! trusts is not read at all: its cached hashes are taken as they are.
@@ -55,6 +56,9 @@ pub struct Scan {
     pub skipped: BTreeSet<String>,
     /// Temporary files an interrupted run left behind.
     pub stale_temp_files: Vec<PathBuf>,
+    /// Partial downloads an interrupted run left behind: each is resumed by
+    /// the download it belongs to, or removed.
+    pub partial_downloads: BTreeSet<PathBuf>,
 }
 
 /// What identifies one state of a file cheaply: if any of it differs, the
@@ -226,6 +230,8 @@ fn walk(base: &Path, scan: &mut Scan) -> Result<Vec<Found>, ScanError> {
             let kind = entry.file_type().map_err(ScanError::new(&path))?;
             if kind.is_dir() {
                 dirs.push((path, format!("{name}/")));
+            } else if kind.is_file() && names::is_partial_download(&file_name) {
+                scan.partial_downloads.insert(path);
             } else if kind.is_file() && names::is_temp_file(&file_name) {
                 scan.stale_temp_files.push(path);
             } else if names::is_reserved(&name) {
@@ -452,6 +458,7 @@ mod tests {
         fs::write(base.path().join("index.txt"), b"").unwrap();
         fs::write(base.path().join(".surfstore-tmp-x"), b"").unwrap();
         fs::write(base.path().join("d/.surfstore-tmp-y"), b"").unwrap();
+        fs::write(base.path().join("d/.surfstore-partial-z"), b"").unwrap();
         fs::write(
             base.path().join("d/index.txt"),
             b"nested index is a normal file",
@@ -460,6 +467,11 @@ mod tests {
 
         let scan = scan(base.path(), 4096, None, &Progress::hidden()).unwrap();
         assert_eq!(scan.files.keys().collect::<Vec<_>>(), ["d/index.txt"]);
+        assert_eq!(scan.stale_temp_files.len(), 2);
+        assert_eq!(
+            scan.partial_downloads,
+            BTreeSet::from([base.path().join("d/.surfstore-partial-z")])
+        );
     }
 
     #[cfg(unix)]

@@ -34,6 +34,7 @@ use tokio::task::{JoinError, spawn_blocking};
 
 use super::buffers::BlockBuffers;
 use super::cache::HashCache;
+use super::conflict::{self, Copies};
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
@@ -88,9 +89,9 @@ fn calls_in_flight(block_size: usize) -> usize {
 pub struct Options {
     /// BLOCKSIZE: files are hashed and uploaded in blocks of this many bytes.
     pub block_size: usize,
-    /// Keep a local change the server wins over as a conflict copy (see
-    /// [`super::conflict`]) instead of losing it.
-    pub keep_conflicts: bool,
+    /// Where a local change the server wins over is saved (see
+    /// [`super::conflict`]).
+    pub conflicts: Copies,
     /// Keep a hash cache beside index.txt (see [`super::cache`]) so files
     /// unchanged since the last run are not read again. When off, the
     /// cache file is neither read nor written.
@@ -153,6 +154,13 @@ pub enum FileError {
     /// The remote entry lists something that is not a block hash.
     #[error("the server's entry lists {0:?}, which is not a block hash")]
     BadHash(String),
+    /// The server's version would replace or delete a local change, and
+    /// the environment names no place to save the local version.
+    #[error(
+        "the server's version wins over a local change, and there is nowhere to save the local version \
+         (neither XDG_STATE_HOME nor HOME is set; set one, or use --keep-conflicts); the file is left as it is"
+    )]
+    NowhereToSaveConflict,
     /// The server rejected an upload but then had no entry for the file.
     #[error("the server rejected version {0} but holds no version of the file")]
     Vanished(i32),
@@ -180,10 +188,11 @@ struct Done {
     entry: Option<Entry>,
     effect: Effect,
     conflict: bool,
-    /// The conflict copy kept of the losing local file.
-    copy: Option<String>,
+    /// The conflict copy saved of the losing local file.
+    copy: Option<PathBuf>,
     /// A directory whose entries changed and must be synced to disk before
-    /// the index records the change.
+    /// the index records the change; after a deletion, one that may now be
+    /// empty and is pruned once every action is done.
     dir: Option<PathBuf>,
 }
 
@@ -207,6 +216,7 @@ impl Done {
 pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
     let started = Instant::now();
     let index = index::load(base)?;
+    let conflict_root = conflict_root(base, &options.conflicts)?;
     let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
     let (progress, use_cache) = (options.progress.clone(), options.hash_cache);
     // Before any stamp is taken: the cache trusts only files that had
@@ -229,8 +239,26 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         refused = plan.refused.len(),
         "planned"
     );
-    for path in &scan.stale_temp_files {
+    // Folders of deleted files and of leftovers, which may now be empty.
+    let mut emptied = BTreeSet::new();
+    let resumable: BTreeSet<PathBuf> = plan
+        .actions
+        .iter()
+        .filter_map(|(name, action)| match action {
+            Action::Download { remote, .. } => {
+                Some(names::partial_path(base, name, &remote.hashes))
+            }
+            _ => None,
+        })
+        .collect();
+    // A partial download of a version no longer wanted is of no use.
+    let leftovers = scan
+        .stale_temp_files
+        .iter()
+        .chain(scan.partial_downloads.difference(&resumable));
+    for path in leftovers {
         disk::remove_stale_temp_file(path);
+        emptied.extend(path.parent().map(Path::to_path_buf));
     }
     options.progress.transfer().set_length(
         plan.actions
@@ -255,8 +283,15 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         bytes_received: AtomicU64::new(0),
         blocks_on_server: AtomicU64::new(0),
         now: SystemTime::now(),
+        conflict_root: conflict_root.clone(),
     };
-    let mut report = Report::default();
+    let mut report = Report {
+        conflict_folder: match options.conflicts {
+            Copies::Beside => None,
+            Copies::Outside(_) => conflict_root,
+        },
+        ..Report::default()
+    };
     for (name, error) in plan.refused {
         tracing::warn!(file = ?name, %error, "refusing the server's file name");
         report.failures.push((name, FileError::Refused(error)));
@@ -276,16 +311,19 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     while let Some((name, result)) = results.next().await {
         match result {
             Ok(done) => {
+                tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
                 match done.effect {
                     Effect::Uploaded => report.uploaded += 1,
                     Effect::Downloaded => report.downloaded += 1,
                     Effect::Deleted => report.deleted += 1,
                     Effect::Recorded => {}
                 }
+                match done.effect {
+                    Effect::Deleted => emptied.extend(done.dir),
+                    _ => dirs.extend(done.dir),
+                }
                 report.conflicts += usize::from(done.conflict);
                 report.conflict_copies.extend(done.copy);
-                tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
-                dirs.extend(done.dir);
                 match done.entry {
                     Some(entry) => new_index.insert(name, entry),
                     None => new_index.remove(&name),
@@ -305,6 +343,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     // renamed into place in the meantime is unrecorded but harmless: next
     // run its content matches the server and is adopted.
     drop(results);
+    dirs.extend(disk::prune_emptied_dirs(base, &emptied));
     for dir in &dirs {
         disk::sync_dir(dir)?;
     }
@@ -325,6 +364,22 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     Ok(report)
 }
 
+/// The folder below which `copies` puts the conflict copies of `base`'s
+/// files, by their relative names.
+fn conflict_root(base: &Path, copies: &Copies) -> Result<Option<PathBuf>, DiskError> {
+    Ok(match copies {
+        Copies::Beside => Some(base.to_path_buf()),
+        Copies::Outside(None) => None,
+        Copies::Outside(Some(conflicts)) => {
+            let base = std::fs::canonicalize(base).map_err(|source| DiskError::Io {
+                path: base.to_path_buf(),
+                source,
+            })?;
+            Some(conflict::folder_for_base(conflicts, &base))
+        }
+    })
+}
+
 /// What every action of one run shares.
 struct Run<'a> {
     base: &'a Path,
@@ -343,6 +398,9 @@ struct Run<'a> {
     blocks_on_server: AtomicU64,
     /// When the run started: the stamp of its conflict copies.
     now: SystemTime,
+    /// The folder that conflict copies go below, by their relative names;
+    /// `None` when there is none.
+    conflict_root: Option<PathBuf>,
 }
 
 impl Run<'_> {
@@ -505,32 +563,66 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes the remote file into a temporary file block by block, then
-    /// puts it in place (see [`Self::replace`]). Each block comes from the
-    /// cheapest place that has it (see [`sources`]); every fetched or
-    /// locally read block is checked against its hash.
+    /// Writes the remote file into its partial download (see
+    /// [`names::partial_path`]) block by block, then puts it in place (see
+    /// [`Self::replace`]). Each block comes from the cheapest place that has
+    /// it (see [`sources`]); every fetched or locally read block is checked
+    /// against its hash. A partial download an interrupted run left behind
+    /// is resumed (see [`resume`]). The partial download stays when the
+    /// run is interrupted (the servers out of reach, or the run cancelled),
+    /// for the next run; any other failure removes it.
     async fn download(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
         if let Some(bad) = remote.hashes.iter().find(|h| !is_valid_hash(h)) {
             return Err(FileError::BadHash(bad.clone()));
         }
+        let partial = names::partial_path(self.base, name, &remote.hashes);
+        let result = self.download_into(name, remote, conflict, &partial).await;
+        match &result {
+            // The run stops here (see `sync`); the next one resumes.
+            Err(FileError::Rpc(error)) if error.is_unreachable() => {}
+            Err(_) => disk::remove_stale_temp_file(&partial),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// [`Self::download`] through the partial download at `partial`.
+    async fn download_into(
+        &self,
+        name: &str,
+        remote: Entry,
+        conflict: bool,
+        partial: &Path,
+    ) -> Result<Done, FileError> {
         let (base, owned_name) = (self.base.to_path_buf(), name.to_string());
-        let (target, tmp) = spawn_blocking(move || {
+        let (partial, block_size) = (partial.to_path_buf(), self.options.block_size);
+        let (target, mut out, kept, remote, partial) = spawn_blocking(move || {
             let target = disk::prepare_file(&base, &owned_name)?;
-            let tmp = disk::temp_beside(&target)?;
-            Ok::<_, DiskError>((target, tmp))
+            let mut out = disk::open_partial(&partial, &target)?;
+            let kept =
+                resume(&mut out, &remote.hashes, block_size).map_err(|source| DiskError::Io {
+                    path: partial.clone(),
+                    source,
+                })?;
+            Ok::<_, DiskError>((target, out, kept, remote, partial))
         })
         .await??;
-        let tmp_path = tmp.path().to_path_buf();
         let io_error = |source| DiskError::Io {
-            path: tmp_path.clone(),
+            path: partial.clone(),
             source,
         };
-        if !remote.hashes.is_empty() {
+        // Offset and length of each block written so far.
+        let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
+        written.extend((0..kept).map(|i| (i as u64 * block_size as u64, block_size)));
+        let mut offset = kept as u64 * block_size as u64;
+        if kept > 0 {
+            tracing::debug!(file = ?name, blocks = kept, "resuming a partial download");
+            self.options.progress.transfer().inc(offset);
+        }
+        if kept < remote.hashes.len() {
             let local = self.scan.files.get(name).map(Vec::as_slice);
-            let steps = steps(
-                &sources(&remote.hashes, local),
-                blocks_per_call(self.options.block_size),
-            );
+            let sources = sources(&remote.hashes, local);
+            let steps = steps(&sources[kept..], kept, blocks_per_call(block_size));
             let blocks = self.blocks().await?;
             let (target, hashes) = (&target, &remote.hashes);
             // Permits are taken step by step in block order, so the blocks
@@ -541,12 +633,8 @@ impl Run<'_> {
                     let data = self.gather(blocks, target, hashes, step).await?;
                     Ok::<_, FileError>((held, data))
                 })
-                .buffered(calls_in_flight(self.options.block_size));
+                .buffered(calls_in_flight(block_size));
             let mut arriving = std::pin::pin!(arriving);
-            let mut out = tmp.as_file().try_clone().map_err(io_error)?;
-            // Offset and length of each block written so far.
-            let mut written: Vec<(u64, usize)> = Vec::with_capacity(remote.hashes.len());
-            let mut offset = 0;
             while let Some(next) = arriving.next().await {
                 let (held, data) = next?;
                 // Earlier blocks are written by now: steps arrive in order.
@@ -584,7 +672,7 @@ impl Run<'_> {
         done.conflict = conflict;
         self.replace(name, done, move |_| {
             let dir = target.parent().map(Path::to_path_buf);
-            disk::commit(tmp, &target).map(|()| dir)
+            disk::commit_partial(&out, &partial, &target).map(|()| dir)
         })
         .await
     }
@@ -624,8 +712,8 @@ impl Run<'_> {
     /// place or a deletion, returning the directory whose entries changed),
     /// but only if the file is still what the scan
     /// saw: a local edit made during the run is never overwritten, and is
-    /// synced next run. With `--keep-conflicts`, a losing local file is kept
-    /// as a conflict copy first.
+    /// synced next run. A local change that loses a conflict is first saved
+    /// as a conflict copy, durably, with a warning.
     async fn replace(
         &self,
         name: &str,
@@ -635,12 +723,20 @@ impl Run<'_> {
         let base = self.base.to_path_buf();
         let owned_name = name.to_string();
         let scanned = self.scan.stamps.get(name).copied();
-        let keep = self.options.keep_conflicts && done.conflict && scanned.is_some();
-        let now = self.now;
+        let keep = done.conflict && scanned.is_some();
+        let (now, root) = (self.now, self.conflict_root.clone());
         let (copy, dir) = spawn_blocking(move || {
-            unchanged(&names::to_path(&base, &owned_name), scanned)?;
+            let path = names::to_path(&base, &owned_name);
+            unchanged(&path, scanned)?;
             let copy = if keep {
-                Some(disk::keep_conflict_copy(&base, &owned_name, now)?)
+                let root = root.ok_or(FileError::NowhereToSaveConflict)?;
+                let copy = disk::keep_conflict_copy(&path, &root, &owned_name, now)?;
+                tracing::warn!(
+                    "{owned_name:?} changed here and on the server; the server's version wins, \
+                     and the local version is saved as {}",
+                    copy.display()
+                );
+                Some(copy)
             } else {
                 None
             };
@@ -790,11 +886,12 @@ impl Step {
     }
 }
 
-/// Groups a download's [`sources`] into steps, in block order: runs of
-/// consecutive fetched blocks go in calls of at most `per_call` blocks.
-fn steps(sources: &[Source], per_call: usize) -> Vec<Step> {
+/// Groups the [`sources`] of a download's blocks from `first` on into
+/// steps, in block order: runs of consecutive fetched blocks go in calls of
+/// at most `per_call` blocks.
+fn steps(sources: &[Source], first: usize, per_call: usize) -> Vec<Step> {
     let mut steps = Vec::new();
-    for (block, source) in sources.iter().enumerate() {
+    for (block, source) in (first..).zip(sources) {
         match (*source, steps.last_mut()) {
             (Source::Fetch, Some(Step::Fetch(range))) if range.len() < per_call => {
                 range.end = block + 1;
@@ -805,6 +902,32 @@ fn steps(sources: &[Source], per_call: usize) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// Keeps what an interrupted run already wrote to the partial download
+/// `file` of the blocks `hashes`: its leading blocks of `block_size` bytes
+/// that hash as listed (a download writes blocks in order, so an
+/// interruption leaves whole blocks, perhaps followed by a torn one). Cuts
+/// the file after them and leaves it positioned there, for the rest.
+/// Returns how many blocks were kept. A file uploaded in blocks of another
+/// size keeps none, and is downloaded whole.
+fn resume(file: &mut File, hashes: &[String], block_size: usize) -> std::io::Result<usize> {
+    let len = file.metadata()?.len();
+    let (mut kept, mut kept_len) = (0, 0);
+    let mut buf = Vec::new();
+    while kept < hashes.len() && kept_len < len {
+        scan::read_block_at_into(file, kept, block_size, &mut buf)?;
+        // Only the last block of a file may be short.
+        let whole = buf.len() == block_size || kept + 1 == hashes.len();
+        if !whole || hash_block(&buf) != hashes[kept] {
+            break;
+        }
+        kept += 1;
+        kept_len += buf.len() as u64;
+    }
+    file.set_len(kept_len)?;
+    file.seek(SeekFrom::Start(kept_len))?;
+    Ok(kept)
 }
 
 /// Reads `len` bytes at `offset` of `file`.
@@ -870,6 +993,45 @@ mod tests {
         unchanged(&path, None).unwrap();
     }
 
+    /// A partial download holding `data`, checked against the blocks of
+    /// `file` at block size 4: how many blocks are kept, and what the
+    /// partial download holds afterwards.
+    fn resumed(data: &[u8], file: &[u8]) -> (usize, Vec<u8>) {
+        let hashes: Vec<String> = file.chunks(4).map(hash_block).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, data).unwrap();
+        let mut partial = disk::open_partial(&path, &dir.path().join("target")).unwrap();
+        let kept = resume(&mut partial, &hashes, 4).unwrap();
+        // Writing goes on where the kept blocks end.
+        partial.write_all(b"|").unwrap();
+        let mut after = std::fs::read(&path).unwrap();
+        assert_eq!(after.pop(), Some(b'|'));
+        (kept, after)
+    }
+
+    #[test]
+    fn a_resumed_download_keeps_only_its_verified_leading_blocks() {
+        let file = b"abcdefghij";
+        // Nothing yet, two whole blocks, a torn third.
+        assert_eq!(resumed(b"", file), (0, b"".to_vec()));
+        assert_eq!(resumed(b"abcdefgh", file), (2, b"abcdefgh".to_vec()));
+        assert_eq!(resumed(b"abcdefghi", file), (2, b"abcdefgh".to_vec()));
+        // Complete, short last block included; junk after it makes the
+        // last block not match.
+        assert_eq!(resumed(b"abcdefghij", file), (3, file.to_vec()));
+        assert_eq!(resumed(b"abcdefghijXY", file), (2, b"abcdefgh".to_vec()));
+        // A block that does not match ends what is kept, even if later
+        // ones would.
+        assert_eq!(resumed(b"abcdXXghij", file), (1, b"abcd".to_vec()));
+        assert_eq!(resumed(b"Xbcdefghij", file), (0, b"".to_vec()));
+        // A short block is only whole at the end of the file.
+        assert_eq!(resumed(b"ab", b"ab"), (1, b"ab".to_vec()));
+        assert_eq!(resumed(b"ab", b"abcd"), (0, b"".to_vec()));
+        // Nothing to download, nothing kept.
+        assert_eq!(resumed(b"stale", b""), (0, b"".to_vec()));
+    }
+
     #[test]
     fn the_budget_is_16_mib_of_blocks_in_calls_of_about_1_mib() {
         assert_eq!(blocks_in_flight(4 << 20), 4);
@@ -899,7 +1061,7 @@ mod tests {
             Fetch,
         ];
         assert_eq!(
-            steps(&sources, 2),
+            steps(&sources, 0, 2),
             [
                 Step::Fetch(0..2),
                 Step::Fetch(2..3),
@@ -912,8 +1074,13 @@ mod tests {
                 Step::Fetch(6..8),
             ]
         );
-        let lens: usize = steps(&sources, 2).iter().map(Step::len).sum();
+        let lens: usize = steps(&sources, 0, 2).iter().map(Step::len).sum();
         assert_eq!(lens, sources.len());
-        assert_eq!(steps(&[], 4), []);
+        assert_eq!(steps(&[], 0, 4), []);
+        // The blocks of a resumed download keep their numbers.
+        assert_eq!(
+            steps(&sources[5..], 5, 2),
+            [Step::Earlier(0), Step::Fetch(6..8)]
+        );
     }
 }

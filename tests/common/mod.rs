@@ -36,6 +36,18 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// A command for `program` whose conflict copies (`$XDG_STATE_HOME`) go
+/// below cargo's scratch directory for tests, never into the real home.
+/// Tests that look at the copies set a directory of their own.
+pub fn command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.env(
+        "XDG_STATE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-state"),
+    );
+    command
+}
+
 /// `n` distinct free loopback ports, none handed out before in this test
 /// process. The kernel may offer a port again once its probe listener is
 /// closed; two tests of one binary could then race for it, and the loser's
@@ -78,7 +90,7 @@ impl Proc {
                 Stdio::null()
             }
         };
-        let child = Command::new(program)
+        let child = command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdio())
@@ -176,7 +188,7 @@ pub fn start_server_on(service: &str, port: u16, extra: &[&str]) -> Option<Serve
 
 /// Runs a binary to completion and returns its output (status, stdout, stderr).
 pub fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
+    command(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -192,7 +204,7 @@ pub fn run_with_timeout(program: &Path, args: &[&str], limit: Duration) -> (Outp
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     let started = Instant::now();
-    let mut child = Command::new(program)
+    let mut child = command(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
@@ -630,7 +642,8 @@ pub struct Summary {
     pub deleted: usize,
     /// Conflicts the server won.
     pub conflicts: usize,
-    /// Conflict copies kept (`--keep-conflicts`).
+    /// Conflict copies saved (outside BASEDIR, or beside the files with
+    /// `--keep-conflicts`).
     pub kept: usize,
     /// Files not synced.
     pub failed: usize,
