@@ -63,7 +63,7 @@
 
 use super::log::{RaftLog, Rejection};
 use super::progress::{Slice, Standing, Tracker};
-use super::{Entry, HardState, LogIndex, ServerId, Term};
+use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Term};
 use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
 
 /// A call that only the leader can serve reached another server.
@@ -72,6 +72,14 @@ use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOper
 pub struct NotLeader {
     /// The leader this server follows in its term, if it knows one.
     pub leader_hint: Option<ServerId>,
+}
+
+/// `SetLeader` on a server whose term is already [`MAX_TERM`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("term {term} is the highest a server may reach; SetLeader cannot start a newer one")]
+pub struct TermExhausted {
+    /// The server's term.
+    pub term: Term,
 }
 
 /// What the leader should do after a reply was fed back with
@@ -254,12 +262,20 @@ impl RaftCore {
     /// `SetLeader`: a new term (+1) led by this server, which votes for
     /// itself; `nextIndex` = log length and `matchIndex` = -1 for every peer.
     /// No entry is appended. A single-server cluster is confirmed at once.
-    pub fn set_leader(&mut self) {
+    /// At [`MAX_TERM`] nothing changes and the call is refused: leading the
+    /// same term again would let two servers lead it.
+    pub fn set_leader(&mut self) -> Result<(), TermExhausted> {
+        let term = self
+            .term
+            .checked_add(1)
+            .filter(|&t| t <= MAX_TERM)
+            .ok_or(TermExhausted { term: self.term })?;
         self.become_follower();
-        self.term = self.term.saturating_add(1);
+        self.term = term;
         self.voted_for = Some(self.id);
         let next = self.log.last_index() + 1;
         self.leader = Some(Tracker::new(self.id, self.cluster_size, next));
+        Ok(())
     }
 
     /// Appends `Entry{term, meta}` to the leader's log and returns its
@@ -354,34 +370,28 @@ impl RaftCore {
     /// the module docs); returns the reply. A crashed server must not call
     /// this. Changes to persist and entries to apply come out of
     /// [`RaftCore::take_ready`], which must be persisted before replying.
-    pub fn handle_append_entries(&mut self, req: &AppendEntryInput) -> AppendEntryOutput {
+    pub fn handle_append_entries(&mut self, req: AppendRequest) -> AppendEntryOutput {
         if req.term < self.term {
             return self.reply(false, -1);
         }
         if req.term > self.term {
             self.adopt_term(req.term);
         }
-        let claim = self.claim(req);
+        let claim = self.claim(&req);
         if self.is_leader() {
             // Another server leads this term too. Only an unconfirmed leader
             // may give way, and only to one it would vote for.
             let yields = !self.is_confirmed_leader()
-                && self.sender_acceptable(claim, req, self.unsent_start());
+                && self.sender_acceptable(claim, &req, self.unsent_start());
             if !yields {
                 return self.reply(false, -1);
             }
             self.become_follower();
         }
-        if !self.follows(claim, req) {
+        if !self.follows(claim, &req) {
             return self.reply(false, -1);
         }
-        let entries = req.entries.iter().cloned().map(Entry::from).collect();
-        match self.log.accept(
-            req.prev_log_index,
-            req.prev_log_term,
-            entries,
-            req.leader_commit,
-        ) {
+        match self.log.accept(req.prev, req.entries, req.leader_commit) {
             Ok(matched) => self.reply(true, matched),
             Err(Rejection::Mismatch { hint }) => self.reply(false, hint),
             Err(Rejection::ConflictsWithCommitted { commit }) => self.reply(false, commit),
@@ -402,6 +412,11 @@ impl RaftCore {
         sent: &SentAppend,
         resp: &AppendEntryOutput,
     ) -> ReplicationStatus {
+        if !(0..=MAX_TERM).contains(&resp.term) {
+            // No server holds such a term: adopting it would leave this one
+            // a term SetLeader cannot raise.
+            return ReplicationStatus::Ignored;
+        }
         if resp.term > self.term {
             self.adopt_term(resp.term);
             return ReplicationStatus::NotLeader;
@@ -545,32 +560,30 @@ impl RaftCore {
         self.voted_for = None;
     }
 
-    fn claim(&self, req: &AppendEntryInput) -> Claim {
-        match req.leader_id {
+    fn claim(&self, req: &AppendRequest) -> Claim {
+        match req.sender {
             None => Claim::Anonymous,
-            Some(id) => match usize::try_from(id) {
-                Ok(id) if id < self.cluster_size && id != self.id => Claim::Leader(id),
-                _ => Claim::Invalid,
-            },
+            Some(sender) if sender.id < self.cluster_size && sender.id != self.id => {
+                Claim::Leader(sender.id)
+            }
+            Some(_) => Claim::Invalid,
         }
     }
 
     /// Whether a server that has not voted in this term would follow the
     /// sender, its own log being the first `own_len` entries (Raft §5.4.1:
     /// a later last term wins, then a longer log).
-    fn sender_acceptable(&self, claim: Claim, req: &AppendEntryInput, own_len: usize) -> bool {
-        match claim {
-            Claim::Anonymous => true,
-            Claim::Invalid => false,
-            Claim::Leader(_) => {
-                (req.last_log_term, req.last_log_index) >= self.log.last_id_within(own_len)
-            }
+    fn sender_acceptable(&self, claim: Claim, req: &AppendRequest, own_len: usize) -> bool {
+        match (claim, req.sender) {
+            (Claim::Anonymous, _) => true,
+            (Claim::Leader(_), Some(sender)) => sender.last_log >= self.log.last_id_within(own_len),
+            _ => false,
         }
     }
 
     /// The follower's vote rule: vote for the sender if no vote was cast in
     /// this term and it is acceptable; follow it only if it has the vote.
-    fn follows(&mut self, claim: Claim, req: &AppendEntryInput) -> bool {
+    fn follows(&mut self, claim: Claim, req: &AppendRequest) -> bool {
         match claim {
             Claim::Anonymous => true,
             Claim::Invalid => false,
@@ -635,6 +648,18 @@ mod tests {
         }
     }
 
+    /// Hands the core a request as the service does: validated first.
+    trait Deliver {
+        fn deliver(&mut self, req: &AppendEntryInput) -> AppendEntryOutput;
+    }
+
+    impl Deliver for RaftCore {
+        fn deliver(&mut self, req: &AppendEntryInput) -> AppendEntryOutput {
+            let req = AppendRequest::try_from(req.clone()).expect("a valid request");
+            self.handle_append_entries(req)
+        }
+    }
+
     fn terms(core: &RaftCore) -> Vec<Term> {
         core.log().iter().map(|e| e.term).collect()
     }
@@ -685,7 +710,7 @@ mod tests {
     /// window (as `SendHeartbeat` repairs).
     fn exchange(leader: &mut RaftCore, peer: &mut RaftCore, max: usize) -> ReplicationStatus {
         let out = leader.sync_request(peer.id(), max).unwrap();
-        let resp = peer.handle_append_entries(&out.request);
+        let resp = peer.deliver(&out.request);
         leader.handle_append_response(peer.id(), &out.sent, &resp)
     }
 
@@ -712,7 +737,7 @@ mod tests {
     #[test]
     fn set_leader_starts_a_term_and_appends_nothing() {
         let mut core = follower(0, 3, 4, vec![entry(1, "a"), entry(2, "b")]);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert_eq!(core.term(), 5);
         assert!(core.is_leader() && !core.is_confirmed_leader());
         assert_eq!(terms(&core), [1, 2]);
@@ -731,7 +756,7 @@ mod tests {
             })
         );
         assert_eq!(ready.log_changed_from, None);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert_eq!(core.term(), 6);
     }
 
@@ -743,7 +768,7 @@ mod tests {
         assert_eq!(err.to_string(), "Server is not the leader");
         assert!(core.sync_request(1, 10).is_none());
         assert!(core.next_append(1, 10).is_none());
-        core.set_leader();
+        core.set_leader().unwrap();
         for peer in [0, 7] {
             assert!(core.sync_request(peer, 10).is_none());
             assert!(core.next_append(peer, 10).is_none());
@@ -755,7 +780,7 @@ mod tests {
     #[test]
     fn receiver_rejects_a_lower_term_with_its_own_term_and_keeps_its_log() {
         let mut core = follower(1, 3, 3, vec![entry(1, "a")]);
-        let resp = core.handle_append_entries(&anonymous(2, -1, -1, &[entry(2, "x")], 0));
+        let resp = core.deliver(&anonymous(2, -1, -1, &[entry(2, "x")], 0));
         assert!(!resp.success);
         assert_eq!((resp.term, resp.server_id), (3, 1));
         assert_eq!(terms(&core), [1]);
@@ -765,8 +790,8 @@ mod tests {
     #[test]
     fn receiver_adopts_a_higher_term_and_a_leader_steps_down() {
         let mut core = RaftCore::new(0, 3);
-        core.set_leader();
-        let resp = core.handle_append_entries(&anonymous(7, -1, -1, &[], -1));
+        core.set_leader().unwrap();
+        let resp = core.deliver(&anonymous(7, -1, -1, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.term, 7);
         assert!(!core.is_leader());
@@ -777,14 +802,14 @@ mod tests {
     fn receiver_checks_the_previous_entry() {
         let mut core = follower(1, 3, 1, vec![entry(1, "a"), entry(1, "b")]);
         // -1 matches whatever prevLogTerm says.
-        let resp = core.handle_append_entries(&anonymous(1, -1, 9, &[], -1));
+        let resp = core.deliver(&anonymous(1, -1, 9, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, -1);
         // Wrong term at prevLogIndex, then no entry at all there.
-        let resp = core.handle_append_entries(&anonymous(1, 1, 2, &[], -1));
+        let resp = core.deliver(&anonymous(2, 1, 2, &[], -1));
         assert!(!resp.success);
         assert_eq!(resp.matched_index, 0, "hint: try one lower");
-        let resp = core.handle_append_entries(&anonymous(1, 5, 1, &[], -1));
+        let resp = core.deliver(&anonymous(2, 5, 1, &[], -1));
         assert!(!resp.success);
         assert_eq!(resp.matched_index, 1, "hint: its last index");
         assert_eq!(terms(&core), [1, 1]);
@@ -797,13 +822,13 @@ mod tests {
         let c = entry(1, "c");
         let mut core = follower(1, 3, 2, vec![a.clone(), b.clone(), c.clone()]);
         // A duplicate or older request of the same leader removes nothing.
-        let resp = core.handle_append_entries(&anonymous(2, -1, -1, &[a.clone(), b.clone()], -1));
+        let resp = core.deliver(&anonymous(2, -1, -1, &[a.clone(), b.clone()], -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, 1);
         assert_eq!(core.log(), [a.clone(), b.clone(), c.clone()]);
         // A conflict at index 1 deletes 1.. and appends the new entries.
         let x = entry(2, "x");
-        let resp = core.handle_append_entries(&anonymous(2, 0, 1, std::slice::from_ref(&x), -1));
+        let resp = core.deliver(&anonymous(2, 0, 1, std::slice::from_ref(&x), -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, 1);
         assert_eq!(core.log(), [a, x]);
@@ -816,7 +841,7 @@ mod tests {
     fn receiver_commits_up_to_the_last_new_entry_and_applies_in_order() {
         let mut core = follower(1, 3, 1, vec![]);
         let sent = [entry(1, "a"), entry(1, "b"), entry(1, "c")];
-        core.handle_append_entries(&anonymous(1, -1, -1, &sent, 1));
+        core.deliver(&anonymous(1, -1, -1, &sent, 1));
         assert_eq!(core.commit_index(), 1);
         let ready = core.take_ready();
         assert_eq!(
@@ -825,9 +850,9 @@ mod tests {
         );
         assert_eq!(ready.hard_state.map(|h| h.commit), Some(1));
         // A heartbeat vouching only for index 0 cannot commit index 2.
-        core.handle_append_entries(&anonymous(1, 0, 1, &[], 5));
+        core.deliver(&anonymous(1, 0, 1, &[], 5));
         assert_eq!(core.commit_index(), 1);
-        core.handle_append_entries(&anonymous(1, 2, 1, &[], 5));
+        core.deliver(&anonymous(1, 2, 1, &[], 5));
         assert_eq!(core.commit_index(), 2);
         assert_eq!(core.take_ready().committed, vec![(2, sent[2].clone())]);
     }
@@ -836,12 +861,12 @@ mod tests {
     fn vote_rule_follows_the_first_up_to_date_leader_of_a_term() {
         let mut core = follower(2, 3, 1, vec![entry(1, "a")]);
         // Leader 0 is behind: refused, no vote, log untouched.
-        let resp = core.handle_append_entries(&from_leader(0, 2, (-1, -1)));
+        let resp = core.deliver(&from_leader(0, 2, (-1, -1)));
         assert!(!resp.success);
         assert_eq!((resp.term, resp.leader_id), (2, None));
         assert_eq!(terms(&core), [1]);
         // Leader 1 is as up-to-date: it gets the vote.
-        let resp = core.handle_append_entries(&from_leader(1, 2, (1, 0)));
+        let resp = core.deliver(&from_leader(1, 2, (1, 0)));
         assert!(resp.success);
         assert_eq!(resp.leader_id, Some(1));
         assert_eq!(core.leader_hint(), Some(1));
@@ -849,30 +874,19 @@ mod tests {
         // leader this server follows, and its entries are not taken.
         let mut req = from_leader(0, 2, (2, 5));
         req.entries = vec![entry(2, "x").into()];
-        let resp = core.handle_append_entries(&req);
+        let resp = core.deliver(&req);
         assert!(!resp.success);
         assert_eq!(resp.leader_id, Some(1));
         assert_eq!(terms(&core), [1]);
         // Original semantics without a leader id: no vote check.
-        let resp = core.handle_append_entries(&anonymous(2, 0, 1, &[], -1));
+        let resp = core.deliver(&anonymous(2, 0, 1, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.leader_id, Some(1));
         // A claim to be this server itself, or no server at all, is refused.
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(2, 3, (9, 9)))
-                .success
-        );
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(7, 3, (9, 9)))
-                .success
-        );
+        assert!(!core.deliver(&from_leader(2, 3, (3, 9))).success);
+        assert!(!core.deliver(&from_leader(7, 3, (3, 9))).success);
         assert_eq!(core.hard_state().voted_for, None);
-        assert!(
-            core.handle_append_entries(&from_leader(0, 3, (9, 9)))
-                .success
-        );
+        assert!(core.deliver(&from_leader(0, 3, (3, 9))).success);
         assert_eq!(
             core.take_ready().hard_state.and_then(|h| h.voted_for),
             Some(0)
@@ -882,15 +896,8 @@ mod tests {
     #[test]
     fn longer_log_of_the_same_last_term_is_more_up_to_date() {
         let mut core = follower(2, 3, 1, vec![entry(1, "a"), entry(1, "b")]);
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(0, 2, (1, 0)))
-                .success
-        );
-        assert!(
-            core.handle_append_entries(&from_leader(1, 2, (1, 1)))
-                .success
-        );
+        assert!(!core.deliver(&from_leader(0, 2, (1, 0))).success);
+        assert!(core.deliver(&from_leader(1, 2, (1, 1))).success);
     }
 
     #[test]
@@ -898,7 +905,7 @@ mod tests {
         let mut l = RaftCore::new(0, 3);
         let mut f1 = RaftCore::new(1, 3);
         let mut f2 = RaftCore::new(2, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         assert_eq!(l.propose(meta("a", 1)), Ok(0));
         // Unconfirmed: its own-term proposal is not sent, nor persisted.
         let req = l.sync_request(1, 10).unwrap().request;
@@ -930,7 +937,7 @@ mod tests {
         // Leader of term 3 holding an uncommitted entry of term 1.
         let mut l = follower(0, 3, 2, vec![entry(1, "old")]);
         let mut f1 = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         assert_eq!(sync(&mut l, &mut f1), ReplicationStatus::Matched);
         assert_eq!(f1.log(), l.log());
         assert_eq!(
@@ -953,7 +960,7 @@ mod tests {
     fn an_unconfirmed_leader_sends_entries_of_earlier_terms() {
         let mut l = follower(0, 5, 1, vec![entry(1, "old")]);
         let mut f = RaftCore::new(1, 5);
-        l.set_leader();
+        l.set_leader().unwrap();
         l.propose(meta("mine", 1)).unwrap();
         // Probe at the log length fails, back off, then push only the old entry.
         assert_eq!(exchange(&mut l, &mut f, 10), ReplicationStatus::SendMore);
@@ -971,7 +978,7 @@ mod tests {
         let mut a = follower(0, 3, 1, vec![entry(1, "x")]);
         let mut b = follower(1, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
         let mut c = follower(2, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
-        a.set_leader();
+        a.set_leader().unwrap();
         a.propose(meta("lost", 1)).unwrap();
         assert_eq!(exchange(&mut a, &mut b, 10), ReplicationStatus::Denied);
         assert!(a.is_leader());
@@ -988,7 +995,7 @@ mod tests {
         let ready = a.take_ready();
         assert!(ready.entries.is_empty());
         // B now leads term 3 and A follows it.
-        b.set_leader();
+        b.set_leader().unwrap();
         assert_eq!(sync(&mut b, &mut a), ReplicationStatus::Matched);
         assert!(b.is_confirmed_leader());
         assert_eq!(a.log(), b.log());
@@ -997,7 +1004,7 @@ mod tests {
     #[test]
     fn higher_term_deposes_an_unconfirmed_leader_but_a_confirmed_one_keeps_its_log() {
         let mut a = RaftCore::new(0, 3);
-        a.set_leader();
+        a.set_leader().unwrap();
         a.propose(meta("unsent", 1)).unwrap();
         let sent = a.sync_request(1, 10).unwrap().sent;
         let resp = AppendEntryOutput {
@@ -1017,7 +1024,7 @@ mod tests {
 
         let mut a = RaftCore::new(0, 3);
         let mut b = RaftCore::new(1, 3);
-        a.set_leader();
+        a.set_leader().unwrap();
         sync(&mut a, &mut b);
         a.propose(meta("kept", 1)).unwrap();
         assert_eq!(
@@ -1033,15 +1040,15 @@ mod tests {
         let mut a = RaftCore::new(0, 3);
         let mut b = RaftCore::new(1, 3);
         let mut c = RaftCore::new(2, 3);
-        a.set_leader();
-        b.set_leader();
+        a.set_leader().unwrap();
+        b.set_leader().unwrap();
         b.propose(meta("b's", 1)).unwrap();
         // C follows A; A is confirmed; B is refused by both.
         assert_eq!(exchange(&mut a, &mut c, 10), ReplicationStatus::Matched);
         assert!(a.is_confirmed_leader());
         assert_eq!(exchange(&mut b, &mut c, 10), ReplicationStatus::Denied);
         let Outgoing { request: req, sent } = b.sync_request(0, 10).unwrap();
-        let resp = a.handle_append_entries(&req);
+        let resp = a.deliver(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader(), "a confirmed leader never yields in its term");
         assert_eq!(
@@ -1058,18 +1065,18 @@ mod tests {
     fn an_unconfirmed_leader_yields_to_an_up_to_date_leader_of_its_term_only() {
         let mut a = follower(0, 3, 1, vec![entry(1, "x")]);
         let mut b = follower(1, 3, 1, vec![]);
-        a.set_leader();
-        b.set_leader();
+        a.set_leader().unwrap();
+        b.set_leader().unwrap();
         b.propose(meta("b's", 1)).unwrap();
         // B's log is behind A's: A refuses it and stays leader.
         let req = b.sync_request(0, 10).unwrap().request;
-        let resp = a.handle_append_entries(&req);
+        let resp = a.deliver(&req);
         assert!(!resp.success);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader());
         // A's log is ahead of B's: B gives way, drops its proposal, follows A.
         let Outgoing { request: req, sent } = a.sync_request(1, 10).unwrap();
-        let resp = b.handle_append_entries(&req);
+        let resp = b.deliver(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(!b.is_leader());
         assert!(b.log().is_empty());
@@ -1080,10 +1087,10 @@ mod tests {
     fn stale_duplicated_and_reordered_replies_change_nothing() {
         let mut l = follower(0, 3, 1, vec![entry(1, "a"), entry(1, "b"), entry(1, "c")]);
         let mut f = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         // Probe at index 2 fails; back off; its duplicate is ignored.
         let probe = l.sync_request(1, 1).unwrap();
-        let failed = f.handle_append_entries(&probe.request);
+        let failed = f.deliver(&probe.request);
         assert_eq!(
             l.handle_append_response(1, &probe.sent, &failed),
             ReplicationStatus::SendMore
@@ -1101,13 +1108,13 @@ mod tests {
         assert_eq!(l.peer_progress(1), after_backoff);
         // The reply to an earlier exchange arrives again after a later one.
         let first = l.sync_request(1, 1).unwrap();
-        let first_resp = f.handle_append_entries(&first.request);
+        let first_resp = f.deliver(&first.request);
         assert_eq!(
             l.handle_append_response(1, &first.sent, &first_resp),
             ReplicationStatus::SendMore
         );
         let second = l.sync_request(1, 2).unwrap();
-        let second_resp = f.handle_append_entries(&second.request);
+        let second_resp = f.deliver(&second.request);
         assert_eq!(
             l.handle_append_response(1, &second.sent, &second_resp),
             ReplicationStatus::Matched
@@ -1123,8 +1130,8 @@ mod tests {
         );
         // A reply from an earlier term of this leader is ignored.
         let old = l.sync_request(1, 0).unwrap();
-        let old_resp = f.handle_append_entries(&old.request);
-        l.set_leader();
+        let old_resp = f.deliver(&old.request);
+        l.set_leader().unwrap();
         assert_eq!(
             l.handle_append_response(1, &old.sent, &old_resp),
             ReplicationStatus::Ignored
@@ -1135,7 +1142,7 @@ mod tests {
     #[test]
     fn single_server_cluster_commits_at_once() {
         let mut core = RaftCore::new(0, 1);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert!(core.is_confirmed_leader());
         assert_eq!(core.propose(meta("a", 1)), Ok(0));
         assert_eq!(core.commit_index(), 0);
@@ -1176,7 +1183,7 @@ mod tests {
         let senders = [None, Some(0), Some(-1), Some(i64::MAX)];
         let mut follower = follower(1, 3, 1, vec![entry(1, "a")]);
         let mut leader = follower.clone();
-        leader.set_leader();
+        leader.set_leader().unwrap();
         for x in extremes {
             for y in extremes {
                 for sender in senders {
@@ -1190,7 +1197,9 @@ mod tests {
                         last_log_index: y,
                         last_log_term: x,
                     };
-                    follower.handle_append_entries(&req);
+                    if let Ok(req) = AppendRequest::try_from(req) {
+                        follower.handle_append_entries(req);
+                    }
                     follower.take_ready();
                     let resp = AppendEntryOutput {
                         server_id: x,
@@ -1221,9 +1230,46 @@ mod tests {
     }
 
     #[test]
+    fn set_leader_at_the_highest_term_is_refused_and_changes_nothing() {
+        let mut core = follower(0, 3, MAX_TERM - 1, vec![]);
+        core.set_leader().unwrap();
+        assert_eq!(core.term(), MAX_TERM);
+        let before = core.hard_state();
+        assert_eq!(core.set_leader(), Err(TermExhausted { term: MAX_TERM }));
+        assert_eq!(core.hard_state(), before);
+        assert!(core.is_leader(), "still the one leader of its term");
+
+        let mut other = follower(1, 3, MAX_TERM, vec![]);
+        assert!(other.set_leader().is_err());
+        assert!(!other.is_leader());
+        assert_eq!(other.hard_state().voted_for, None, "no vote for itself");
+    }
+
+    #[test]
+    fn a_reply_carrying_a_term_no_server_holds_is_ignored() {
+        let mut l = RaftCore::new(0, 3);
+        l.set_leader().unwrap();
+        let sent = l.sync_request(1, 0).unwrap().sent;
+        for term in [i64::MAX, -1] {
+            let resp = AppendEntryOutput {
+                server_id: 1,
+                term,
+                success: false,
+                matched_index: -1,
+                leader_id: None,
+            };
+            assert_eq!(
+                l.handle_append_response(1, &sent, &resp),
+                ReplicationStatus::Ignored
+            );
+            assert_eq!((l.is_leader(), l.term()), (true, 1));
+        }
+    }
+
+    #[test]
     fn acknowledgement_needs_same_term_and_this_leader() {
         let mut l = RaftCore::new(0, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         let sent = l.sync_request(1, 0).unwrap().sent;
         let ack = AppendEntryOutput {
             server_id: 1,
@@ -1240,7 +1286,7 @@ mod tests {
         assert!(!l.acknowledges_leadership(&sent, &other));
         let later = AppendEntryOutput { term: 2, ..ack };
         assert!(!l.acknowledges_leadership(&sent, &later));
-        l.set_leader();
+        l.set_leader().unwrap();
         assert!(
             !l.acknowledges_leadership(&sent, &AppendEntryOutput { term: 2, ..ack }),
             "a request of an earlier term"
@@ -1257,7 +1303,7 @@ mod tests {
     fn confirmed_with_proposals(n: usize) -> (RaftCore, RaftCore) {
         let mut l = RaftCore::new(0, 3);
         let mut f = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         let probe = l.next_append(1, 2).unwrap();
         assert!(l.next_append(1, 2).is_none(), "one probe at a time");
         for i in 0..n {
@@ -1268,7 +1314,7 @@ mod tests {
             "an unconfirmed leader sends nothing of its term"
         );
         assert!(l.sync_request(1, 2).unwrap().request.entries.is_empty());
-        let resp = f.handle_append_entries(&probe.request);
+        let resp = f.deliver(&probe.request);
         assert_eq!(
             l.handle_append_response(1, &probe.sent, &resp),
             ReplicationStatus::SendMore
@@ -1286,7 +1332,7 @@ mod tests {
                 break;
             }
             for out in batch {
-                let resp = f.handle_append_entries(&out.request);
+                let resp = f.deliver(&out.request);
                 l.handle_append_response(f.id(), &out.sent, &resp);
             }
         }
@@ -1307,7 +1353,7 @@ mod tests {
         assert!(sent.iter().all(|o| o.request.entries.len() == 2));
         assert_eq!(l.peer_progress(1), Some((8, -1)), "nextIndex moved on send");
         // Replies in order: each frees its slot and lets one more go.
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         assert_eq!(
             l.handle_append_response(1, &sent[0].sent, &resp),
             ReplicationStatus::SendMore
@@ -1317,7 +1363,7 @@ mod tests {
         assert_eq!(more.len(), 1);
         assert_eq!(more[0].request.prev_log_index, 7);
         for out in sent[1..].iter().chain(&more) {
-            let resp = f.handle_append_entries(&out.request);
+            let resp = f.deliver(&out.request);
             l.handle_append_response(1, &out.sent, &resp);
         }
         assert_eq!(l.commit_index(), 9);
@@ -1331,7 +1377,7 @@ mod tests {
         // The second request overtakes the first; the first arrives twice.
         let replies: Vec<(usize, AppendEntryOutput)> = [1, 0, 3, 2, 0]
             .into_iter()
-            .map(|i| (i, f.handle_append_entries(&sent[i].request)))
+            .map(|i| (i, f.deliver(&sent[i].request)))
             .collect();
         // Replies come back in yet another order.
         for &k in &[2, 4, 0, 3, 1] {
@@ -1353,13 +1399,13 @@ mod tests {
         let beat = l.sync_request(1, 0).unwrap();
         assert_eq!(beat.request.prev_log_index, -1);
         assert!(beat.request.entries.is_empty());
-        let resp = f.handle_append_entries(&beat.request);
+        let resp = f.deliver(&beat.request);
         assert!(resp.success);
         l.handle_append_response(1, &beat.sent, &resp);
         assert_eq!(l.peer_progress(1), before);
         assert!(l.next_append(1, 2).is_none(), "the window is still full");
         for out in &sent {
-            let resp = f.handle_append_entries(&out.request);
+            let resp = f.deliver(&out.request);
             l.handle_append_response(1, &out.sent, &resp);
         }
         assert_eq!(l.peer_progress(1), Some((8, 7)));
@@ -1369,7 +1415,7 @@ mod tests {
     fn a_failed_call_probes_again_from_match_index() {
         let (mut l, mut f) = confirmed_with_proposals(10);
         let sent = window(&mut l, 1, 2);
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         l.handle_append_response(1, &sent[0].sent, &resp);
         l.report_unreachable(1, &sent[1].sent);
         assert_eq!(l.peer_progress(1), Some((2, 1)));
@@ -1381,12 +1427,12 @@ mod tests {
         assert!(l.next_append(1, 2).is_none());
         assert_eq!(l.peer_progress(1), Some((2, 1)));
         // A late success of the old window still counts.
-        let resp = f.handle_append_entries(&sent[1].request);
+        let resp = f.deliver(&sent[1].request);
         l.handle_append_response(1, &sent[1].sent, &resp);
         assert_eq!(l.peer_progress(1), Some((4, 3)));
         drain(&mut l, &mut f);
         // A report from an earlier term changes nothing.
-        l.set_leader();
+        l.set_leader().unwrap();
         l.report_unreachable(1, &probe.sent);
         assert_eq!(l.peer_progress(1), Some((10, -1)));
     }
@@ -1397,7 +1443,7 @@ mod tests {
         let sent = window(&mut l, 1, 2);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].request.leader_commit, -1);
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         l.handle_append_response(1, &sent[0].sent, &resp);
         assert_eq!((l.commit_index(), f.commit_index()), (1, -1));
         let notice = l.next_append(1, 2).unwrap();
@@ -1405,7 +1451,7 @@ mod tests {
         assert!(notice.request.entries.is_empty());
         assert_eq!(notice.request.leader_commit, 1);
         assert!(l.next_append(1, 2).is_none(), "told once");
-        f.handle_append_entries(&notice.request);
+        f.deliver(&notice.request);
         assert_eq!(f.commit_index(), 1);
     }
 }

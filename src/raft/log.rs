@@ -128,26 +128,29 @@ impl RaftLog {
     }
 
     /// The AppendEntries receiver's log rules, in SPEC order: the entry at
-    /// `prev_index` must have `prev_term` (-1 always matches); then only
-    /// entries that CONFLICT with the new ones (same index, other term) are
-    /// deleted, with all that follow them; entries not already present are
-    /// appended; and the commit index becomes
-    /// `min(leader_commit, index of the last new entry)` if that is higher.
-    /// Returns the index of the last new entry (`prev_index + entries.len()`),
-    /// which is what the follower reports as matched.
+    /// `prev`'s index must have `prev`'s term (`None`, "before the first
+    /// entry", always matches); then only entries that CONFLICT with the
+    /// new ones (same index, other term) are deleted, with all that follow
+    /// them; entries not already present are appended; and the commit index
+    /// becomes `min(leader_commit, index of the last new entry)` if that is
+    /// higher. Returns the index of the last new entry (`prev`'s index +
+    /// `entries.len()`), which is what the follower reports as matched.
     pub(crate) fn accept(
         &mut self,
-        prev_index: LogIndex,
-        prev_term: Term,
+        prev: Option<(usize, Term)>,
         new: Vec<Entry>,
-        leader_commit: LogIndex,
+        leader_commit: Option<usize>,
     ) -> Result<LogIndex, Rejection> {
-        let prev_matches = prev_index == -1 || self.term_at(prev_index) == Some(prev_term);
-        if prev_index < -1 || !prev_matches {
-            let hint = prev_index.saturating_sub(1).min(self.last_index()).max(-1);
-            return Err(Rejection::Mismatch { hint });
-        }
-        let start = index_after(prev_index);
+        let start = match prev {
+            None => 0,
+            Some((at, term)) => {
+                if self.entries.get(at).map(|e| e.term) != Some(term) {
+                    let hint = index(at).saturating_sub(1).min(self.last_index());
+                    return Err(Rejection::Mismatch { hint });
+                }
+                at + 1
+            }
+        };
         let conflict = new.iter().enumerate().find_map(|(offset, entry)| {
             let at = start + offset;
             let existing = self.entries.get(at)?;
@@ -170,9 +173,9 @@ impl RaftLog {
         if already_present < new.len() {
             self.mark_changed(first_new);
         }
-        let last_new = prev_index + index(new.len());
+        let last_new = index(start + new.len()) - 1;
         self.entries.extend(new.into_iter().skip(already_present));
-        self.commit_to(leader_commit.min(last_new));
+        self.commit_to(leader_commit.map_or(-1, index).min(last_new));
         Ok(last_new)
     }
 
@@ -247,6 +250,16 @@ mod tests {
         RaftLog::restore(entries, -1)
     }
 
+    /// `prevLogIndex`/`prevLogTerm` as the edge turns them into `prev`.
+    fn prev(index: LogIndex, term: Term) -> Option<(usize, Term)> {
+        usize::try_from(index).ok().map(|at| (at, term))
+    }
+
+    /// `leaderCommit` as the edge turns it into a position.
+    fn commit(index: LogIndex) -> Option<usize> {
+        usize::try_from(index).ok()
+    }
+
     fn terms(log: &RaftLog) -> Vec<Term> {
         log.entries().iter().map(|e| e.term).collect()
     }
@@ -254,7 +267,10 @@ mod tests {
     #[test]
     fn prev_index_minus_one_matches_whatever_prev_term_says() {
         let mut log = RaftLog::default();
-        assert_eq!(log.accept(-1, 42, vec![entry(1, "a")], -1), Ok(0));
+        assert_eq!(
+            log.accept(prev(-1, 42), vec![entry(1, "a")], commit(-1)),
+            Ok(0)
+        );
         assert_eq!(terms(&log), [1]);
     }
 
@@ -262,19 +278,15 @@ mod tests {
     fn missing_or_mismatching_prev_entry_is_rejected_with_a_hint() {
         let mut log = log_of(&[1, 1]);
         assert_eq!(
-            log.accept(4, 1, vec![], -1),
+            log.accept(prev(4, 1), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: 1 })
         );
         assert_eq!(
-            log.accept(1, 2, vec![], -1),
+            log.accept(prev(1, 2), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: 0 })
         );
         assert_eq!(
-            log.accept(0, 2, vec![], -1),
-            Err(Rejection::Mismatch { hint: -1 })
-        );
-        assert_eq!(
-            log.accept(-3, 1, vec![], -1),
+            log.accept(prev(0, 2), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: -1 })
         );
         assert_eq!(terms(&log), [1, 1]);
@@ -285,7 +297,7 @@ mod tests {
         let mut log = log_of(&[1, 1, 1, 1]);
         let before = log.entries()[1].clone();
         assert_eq!(
-            log.accept(0, 1, vec![before.clone(), entry(2, "x")], -1),
+            log.accept(prev(0, 1), vec![before.clone(), entry(2, "x")], commit(-1)),
             Ok(2)
         );
         assert_eq!(terms(&log), [1, 1, 2]);
@@ -296,9 +308,9 @@ mod tests {
     fn a_stale_shorter_request_does_not_truncate() {
         let mut log = log_of(&[1, 1, 1, 1]);
         let dup = log.entries()[1].clone();
-        assert_eq!(log.accept(0, 1, vec![dup], -1), Ok(1));
+        assert_eq!(log.accept(prev(0, 1), vec![dup], commit(-1)), Ok(1));
         assert_eq!(terms(&log), [1, 1, 1, 1]);
-        assert_eq!(log.accept(2, 1, vec![], -1), Ok(2));
+        assert_eq!(log.accept(prev(2, 1), vec![], commit(-1)), Ok(2));
         assert_eq!(terms(&log), [1, 1, 1, 1]);
     }
 
@@ -306,11 +318,11 @@ mod tests {
     fn commit_is_min_of_leader_commit_and_last_new_entry_and_never_drops() {
         let mut log = log_of(&[1, 1, 1, 1]);
         // The follower's extra entries beyond the request are not vouched for.
-        assert_eq!(log.accept(0, 1, vec![], 3), Ok(0));
+        assert_eq!(log.accept(prev(0, 1), vec![], commit(3)), Ok(0));
         assert_eq!(log.committed(), 0);
-        assert_eq!(log.accept(1, 1, vec![], 1), Ok(1));
+        assert_eq!(log.accept(prev(1, 1), vec![], commit(1)), Ok(1));
         assert_eq!(log.committed(), 1);
-        assert_eq!(log.accept(0, 1, vec![], 0), Ok(0));
+        assert_eq!(log.accept(prev(0, 1), vec![], commit(0)), Ok(0));
         assert_eq!(log.committed(), 1);
     }
 
@@ -319,7 +331,7 @@ mod tests {
         let mut log = log_of(&[1, 1]);
         log.commit_to(0);
         assert_eq!(
-            log.accept(-1, -1, vec![entry(2, "x")], -1),
+            log.accept(prev(-1, -1), vec![entry(2, "x")], commit(-1)),
             Err(Rejection::ConflictsWithCommitted { commit: 0 })
         );
         log.truncate(0);
@@ -343,7 +355,8 @@ mod tests {
     fn unpersisted_changes_cover_appends_and_truncations() {
         let mut log = log_of(&[1, 1, 1]);
         assert_eq!(log.take_unpersisted(3), None);
-        log.accept(0, 1, vec![entry(2, "x")], -1).unwrap();
+        log.accept(prev(0, 1), vec![entry(2, "x")], commit(-1))
+            .unwrap();
         assert_eq!(log.take_unpersisted(2), Some((1, vec![entry(2, "x")])));
         log.append(entry(3, "y"));
         log.append(entry(3, "z"));

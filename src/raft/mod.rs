@@ -11,16 +11,27 @@ mod log;
 pub mod node;
 mod progress;
 pub mod quorum;
+mod request;
 pub mod service;
 pub mod storage;
 
-pub use self::core::{NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend};
+pub use self::core::{
+    NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted,
+};
 pub use self::progress::MAX_INFLIGHT;
+pub use self::request::{AppendRequest, InvalidAppend};
 
 use crate::proto::{FileMetaData, UpdateOperation};
 
 /// A Raft term. Every server starts at term 0.
 pub type Term = i64;
+
+/// The highest term a server may hold. SetLeader raises the term by one, so
+/// at `i64::MAX` it could not start a newer term, and leading the same one
+/// again would give a term two leaders; one below leaves no valid term that
+/// `+ 1` overflows. SetLeader refuses to go past it, and a request carrying
+/// a higher term is refused as forged.
+pub const MAX_TERM: Term = i64::MAX - 1;
 
 /// A 0-based log index; -1 means "before the first entry".
 pub type LogIndex = i64;

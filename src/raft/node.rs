@@ -39,14 +39,14 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend};
+use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend, TermExhausted};
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
-use super::{Entry, LogIndex, ServerId, Term};
+use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
 use crate::grpc;
 use crate::meta_store::FileMap;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{AppendEntryInput, AppendEntryOutput, FileInfoMap, FileMetaData};
+use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 
 /// The most entries one AppendEntries carries; more are sent in the next.
 const MAX_BATCH_ENTRIES: usize = 4096;
@@ -72,6 +72,9 @@ pub enum NodeError {
         /// The leader's address, if known.
         leader: Option<String>,
     },
+    /// `SetLeader` at the highest term.
+    #[error(transparent)]
+    TermExhausted(#[from] TermExhausted),
 }
 
 /// Why a node could not start.
@@ -246,7 +249,7 @@ impl RaftNode {
             if state.crashed {
                 return Err(NodeError::Crashed);
             }
-            state.core.set_leader();
+            state.core.set_leader()?;
             // Calls waiting on entries of the ended term get an error now:
             // such entries commit only with a later entry of the new term.
             let ended = self.not_leader(&state.core);
@@ -556,11 +559,8 @@ impl RaftNode {
             && state.core.commit_index() < state.core.last_index()
     }
 
-    /// `AppendEntries` from a leader.
-    pub fn append_entries(
-        &self,
-        request: &AppendEntryInput,
-    ) -> Result<AppendEntryOutput, NodeError> {
+    /// `AppendEntries` from a leader, validated at the edge.
+    pub fn append_entries(&self, request: AppendRequest) -> Result<AppendEntryOutput, NodeError> {
         let mut state = self.state();
         if state.crashed {
             return Err(NodeError::Crashed);

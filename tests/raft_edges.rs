@@ -1,0 +1,234 @@
+//! Raft at its edges, with real `surfstore-raft-server` processes: forged or
+//! corrupt AppendEntries, terms at the top of their range, replies that
+//! would outgrow a gRPC message, and peer connections that die or go quiet.
+
+mod common;
+
+use common::{Cluster, MANUAL_HEARTBEATS, assert_status, file_meta, start_cluster};
+use surfstore::proto::{AppendEntryInput, FileMetaData, UpdateOperation};
+use tonic::Code;
+
+fn op(term: i64, meta: &FileMetaData) -> UpdateOperation {
+    UpdateOperation {
+        term,
+        file_meta_data: Some(meta.clone()),
+    }
+}
+
+/// A cluster whose leader 0 committed `a` in term 1 and told every server.
+async fn cluster_with_one_entry() -> (Cluster, FileMetaData) {
+    let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+    cluster.set_leader(0).await;
+    assert!(cluster.heartbeat(0).await);
+    let a = file_meta("a", 1, &["h"]);
+    assert_eq!(cluster.update(0, a.clone()).await.unwrap(), 1);
+    assert!(cluster.heartbeat(0).await);
+    (cluster, a)
+}
+
+#[tokio::test]
+async fn forged_append_entries_are_refused_and_change_nothing() {
+    let (cluster, a) = cluster_with_one_entry().await;
+    let x = file_meta("x", 1, &["forged"]);
+    let valid = AppendEntryInput {
+        term: 1,
+        prev_log_index: 0,
+        prev_log_term: 1,
+        entries: vec![],
+        leader_commit: 0,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, AppendEntryInput)> = vec![
+        (
+            "term",
+            AppendEntryInput {
+                term: -1,
+                ..valid.clone()
+            },
+        ),
+        (
+            "term",
+            AppendEntryInput {
+                term: i64::MAX,
+                ..valid.clone()
+            },
+        ),
+        (
+            "prevLogIndex",
+            AppendEntryInput {
+                prev_log_index: -2,
+                ..valid.clone()
+            },
+        ),
+        (
+            "prevLogTerm",
+            AppendEntryInput {
+                prev_log_term: -1,
+                ..valid.clone()
+            },
+        ),
+        (
+            "prevLogTerm",
+            AppendEntryInput {
+                term: 2,
+                prev_log_term: 7,
+                ..valid.clone()
+            },
+        ),
+        (
+            "leaderCommit",
+            AppendEntryInput {
+                leader_commit: -2,
+                ..valid.clone()
+            },
+        ),
+        (
+            "above the request's term",
+            AppendEntryInput {
+                term: 5,
+                entries: vec![op(6, &x)],
+                ..valid.clone()
+            },
+        ),
+        (
+            "below",
+            AppendEntryInput {
+                term: 2,
+                entries: vec![op(0, &x)],
+                ..valid.clone()
+            },
+        ),
+        (
+            "below",
+            AppendEntryInput {
+                term: 3,
+                entries: vec![op(3, &x), op(2, &x)],
+                ..valid.clone()
+            },
+        ),
+        (
+            "fileMetaData",
+            AppendEntryInput {
+                term: 2,
+                entries: vec![UpdateOperation {
+                    term: 2,
+                    file_meta_data: None,
+                }],
+                ..valid.clone()
+            },
+        ),
+        (
+            "prevLogIndex",
+            AppendEntryInput {
+                prev_log_index: i64::MAX,
+                entries: vec![op(1, &x)],
+                ..valid.clone()
+            },
+        ),
+        (
+            "leaderId",
+            AppendEntryInput {
+                leader_id: Some(-1),
+                ..valid.clone()
+            },
+        ),
+        (
+            "lastLogIndex",
+            AppendEntryInput {
+                leader_id: Some(0),
+                last_log_index: -2,
+                ..valid.clone()
+            },
+        ),
+        (
+            "lastLogTerm",
+            AppendEntryInput {
+                leader_id: Some(0),
+                last_log_term: 2,
+                ..valid.clone()
+            },
+        ),
+    ];
+    let before = cluster.state(1).await;
+    assert_eq!(before.log, [op(1, &a)]);
+    for (needle, request) in cases {
+        let what = format!("{request:?}");
+        let reply = cluster.client(1).append_entries(request).await;
+        assert_status(reply, Code::InvalidArgument, needle, &what);
+        assert_eq!(cluster.state(1).await, before, "changed by {what}");
+    }
+
+    // The cluster still works: a new leader, an update, every server has it.
+    cluster.set_leader(2).await;
+    assert!(cluster.heartbeat(2).await);
+    let b = file_meta("b", 1, &["h"]);
+    assert_eq!(cluster.update(2, b.clone()).await.unwrap(), 1);
+    assert!(cluster.heartbeat(2).await);
+    for i in 0..3 {
+        let s = cluster.state(i).await;
+        assert_eq!((s.is_leader, s.term), (i == 2, 2), "server {i}");
+        assert_eq!(s.log, [op(1, &a), op(2, &b)], "server {i}");
+        assert_eq!(s.meta_map.unwrap_or_default().file_info_map.len(), 2);
+    }
+}
+
+/// Asserts that no two servers call themselves leader of the same term.
+async fn assert_one_leader_per_term(cluster: &Cluster) {
+    let mut leaders = Vec::new();
+    for i in 0..cluster.addrs.len() {
+        let s = cluster.state(i).await;
+        if s.is_leader {
+            assert!(
+                !leaders.contains(&s.term),
+                "two leaders of term {}: {leaders:?} and server {i}",
+                s.term
+            );
+            leaders.push(s.term);
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_two_leaders_share_a_term_at_the_top_of_the_range() {
+    let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+    let top = AppendEntryInput {
+        term: i64::MAX,
+        prev_log_index: -1,
+        prev_log_term: -1,
+        leader_commit: -1,
+        ..Default::default()
+    };
+    // A term SetLeader could not raise is refused.
+    cluster.crash(0).await;
+    for i in [1, 2] {
+        let reply = cluster.client(i).append_entries(top.clone()).await;
+        assert_status(reply, Code::InvalidArgument, "term", "term i64::MAX");
+    }
+    // Server 1 leads with 2; then server 2 with 0 while 1 is down.
+    cluster.set_leader(1).await;
+    assert!(cluster.heartbeat(1).await);
+    cluster.restore(0).await;
+    cluster.crash(1).await;
+    cluster.set_leader(2).await;
+    assert!(cluster.heartbeat(2).await);
+    cluster.restore(1).await;
+    assert_one_leader_per_term(&cluster).await;
+
+    // At the highest term a server may take, SetLeader is refused.
+    let highest = AppendEntryInput {
+        term: i64::MAX - 1,
+        ..top
+    };
+    let reply = cluster.client(0).append_entries(highest).await;
+    assert!(reply.is_ok(), "the highest term is still a term: {reply:?}");
+    let refused = cluster.client(0).set_leader(()).await;
+    assert_status(
+        refused,
+        Code::FailedPrecondition,
+        "highest",
+        "SetLeader at the top",
+    );
+    let s = cluster.state(0).await;
+    assert_eq!((s.is_leader, s.term), (false, i64::MAX - 1));
+    assert_one_leader_per_term(&cluster).await;
+}
