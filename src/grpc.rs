@@ -13,6 +13,38 @@ pub const MAX_BLOCK_BYTES: usize = 128 << 20;
 /// plus room for framing, or a large FileInfoMap.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BLOCK_BYTES + (4 << 20);
 
+/// The bytes a length-delimited protobuf field (a string, or a message as
+/// one element of a repeated or map field) of `body` bytes takes with its
+/// key; every such field of ours has a number below 16, so a one-byte key.
+pub fn field_len(body: usize) -> usize {
+    1 + prost::length_delimiter_len(body) + body
+}
+
+/// A change refused because a reply that must hold it would outgrow one
+/// message: once in, nobody could ever read that reply again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} would be {bytes} bytes, over the {} MiB ({limit}-byte) gRPC message limit",
+    limit >> 20
+)]
+pub struct TooLarge {
+    /// What would not fit, e.g. "GetFileInfoMap's reply".
+    pub what: &'static str,
+    /// How large it would be.
+    pub bytes: usize,
+    /// The limit, [`MAX_MESSAGE_BYTES`] outside tests.
+    pub limit: usize,
+}
+
+/// Checks that `what`, at `bytes` bytes, fits within `limit`.
+pub fn fits(what: &'static str, bytes: usize, limit: usize) -> Result<(), TooLarge> {
+    if bytes <= limit {
+        Ok(())
+    } else {
+        Err(TooLarge { what, bytes, limit })
+    }
+}
+
 /// The largest HTTP/2 DATA frame either side accepts. The protocol's
 /// default of 16 KiB cuts a 4 MiB block into 256 frames, each handled and
 /// copied on its own; 1 MiB frames cost the server about a fifth less CPU

@@ -255,6 +255,20 @@ pub fn file_meta(name: &str, version: i32, hashes: &[&str]) -> FileMetaData {
     }
 }
 
+/// Metadata of about `bytes` bytes: `name` at `version` with 16 KiB
+/// "hashes" (the MetaStore stores names and hash lists as given), so large
+/// messages cost few allocations.
+pub fn large_meta(name: &str, version: i32, bytes: usize) -> FileMetaData {
+    const HASH_BYTES: usize = 16 << 10;
+    FileMetaData {
+        filename: name.to_string(),
+        version,
+        block_hash_list: (0..bytes.div_ceil(HASH_BYTES))
+            .map(|i| format!("{i:0HASH_BYTES$}"))
+            .collect(),
+    }
+}
+
 /// Extra `surfstore-raft-server` arguments that turn automatic heartbeats
 /// off, so only explicit `SendHeartbeat` calls replicate (the reference
 /// scenarios' semantics).
