@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Cluster, MANUAL_HEARTBEATS, assert_status, file_meta, start_cluster};
+use std::time::Duration;
+
+use common::{Cluster, MANUAL_HEARTBEATS, assert_status, file_meta, large_meta, start_cluster};
 use surfstore::proto::{AppendEntryInput, FileMetaData, UpdateOperation};
 use tonic::Code;
 
@@ -231,4 +233,67 @@ async fn no_two_leaders_share_a_term_at_the_top_of_the_range() {
     let s = cluster.state(0).await;
     assert_eq!((s.is_leader, s.term), (false, i64::MAX - 1));
     assert_one_leader_per_term(&cluster).await;
+}
+
+/// How long a repair of a backlog of a whole message may take (debug builds).
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_with_large_entries_catches_up() {
+    let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+    cluster.set_leader(0).await;
+    assert!(cluster.heartbeat(0).await);
+    cluster.crash(2).await;
+    // 4 MiB updates of one file while server 2 is down, until the leader
+    // refuses one or the backlog is well past what one message holds.
+    let limit = surfstore::grpc::MAX_MESSAGE_BYTES;
+    let size = 4 << 20;
+    let mut accepted = 0;
+    let mut refused = None;
+    while accepted * size < limit + (16 << 20) {
+        let version = i32::try_from(accepted + 1).unwrap();
+        match cluster.update(0, large_meta("big", version, size)).await {
+            Ok(v) => {
+                assert_eq!(v, version);
+                accepted += 1;
+            }
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    cluster.restore(2).await;
+    let round = tokio::time::timeout(CATCH_UP_WITHIN, cluster.client(0).send_heartbeat(()))
+        .await
+        .expect("SendHeartbeat returns")
+        .expect("SendHeartbeat");
+    assert!(round.into_inner().flag);
+    // Every server holds and applied the whole log, and says so in one
+    // reply; the follower that was behind first.
+    for i in [2, 1, 0] {
+        let s = cluster.state(i).await;
+        assert_eq!(s.log.len(), accepted, "server {i}'s log");
+        let map = s.meta_map.unwrap_or_default().file_info_map;
+        assert_eq!(
+            map.get("big").map(|m| m.version),
+            Some(i32::try_from(accepted).unwrap())
+        );
+    }
+    assert!(
+        accepted * size > limit - (16 << 20),
+        "refused too early: {accepted}"
+    );
+    assert_status::<()>(
+        Err(refused.expect("no update was refused")),
+        Code::ResourceExhausted,
+        "132 MiB",
+        "an update past the reply limit",
+    );
+    let map = cluster
+        .client(0)
+        .get_file_info_map(())
+        .await
+        .expect("GetFileInfoMap");
+    assert_eq!(map.into_inner().file_info_map.len(), 1);
 }

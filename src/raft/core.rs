@@ -66,6 +66,11 @@ use super::progress::{Slice, Standing, Tracker};
 use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Term};
 use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
 
+/// The most bytes of entries one AppendEntries carries by default. Far below
+/// the gRPC message limit: a request is sent, decoded and persisted as one
+/// piece, and up to [`super::MAX_INFLIGHT`] of them are in flight per peer.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// A call that only the leader can serve reached another server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Server is not the leader")]
@@ -163,6 +168,9 @@ pub struct RaftCore {
     /// Requests a Replicate window holds per peer (1 to
     /// [`super::MAX_INFLIGHT`]).
     pipeline_depth: usize,
+    /// The most bytes of entries one request carries, if it has more than
+    /// one.
+    max_batch_bytes: usize,
 }
 
 /// Who an AppendEntries request says sent it.
@@ -196,6 +204,7 @@ impl RaftCore {
             leader: None,
             reported: hard,
             pipeline_depth: super::MAX_INFLIGHT,
+            max_batch_bytes: MAX_BATCH_BYTES,
         }
     }
 
@@ -204,6 +213,23 @@ impl RaftCore {
     /// One is plain stop-and-wait with every pending entry in each request.
     pub fn set_pipeline_depth(&mut self, depth: usize) {
         self.pipeline_depth = depth.clamp(1, super::MAX_INFLIGHT);
+    }
+
+    /// The most bytes of entries one AppendEntries carries (default
+    /// [`MAX_BATCH_BYTES`]); a single larger entry still goes, alone.
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch_bytes = bytes;
+    }
+
+    /// The encoded bytes of the whole log, as `GetInternalState` sends it.
+    pub fn log_bytes(&self) -> usize {
+        self.log.bytes()
+    }
+
+    /// The encoded bytes of the entries not yet handed out for applying by
+    /// [`RaftCore::take_ready`].
+    pub fn unapplied_bytes(&self) -> usize {
+        self.log.unapplied_bytes()
     }
 
     /// Index of the last log entry (-1 when the log is empty).
@@ -298,7 +324,9 @@ impl RaftCore {
     /// The next AppendEntries for `peer` under the window rule, recorded as
     /// sent: in Probe one request at a time from `nextIndex`; in Replicate up
     /// to the pipeline depth ([`RaftCore::set_pipeline_depth`]) of unanswered
-    /// requests of at most `max_entries` entries each, every one starting
+    /// requests of at most `max_entries` entries each and of at most the
+    /// batch budget ([`RaftCore::set_max_batch_bytes`]) but one entry at
+    /// least, every one starting
     /// after the last one sent; with none unanswered, an empty request at
     /// the peer's `matchIndex` when it has not been told a commit index it
     /// could apply. Never an entry of the current term before
@@ -310,14 +338,17 @@ impl RaftCore {
         let last = last_of(self.unsent_start());
         let commit = self.log.committed();
         let depth = self.pipeline_depth;
+        let (log, bytes) = (&self.log, self.max_batch_bytes);
         let progress = self.leader.as_mut()?.get_mut(peer)?;
-        let slice = progress.next_send(last, max_entries, commit, depth)?;
+        let fitting = |prev| log.fitting(index_after(prev), max_entries, bytes);
+        let slice = progress.next_send(last, fitting, commit, depth)?;
         let epoch = progress.epoch();
         Some(self.outgoing(slice, epoch))
     }
 
     /// An AppendEntries for `peer` outside the window, recorded nowhere, so
-    /// it can always be sent: up to `max_entries` entries from the peer's
+    /// it can always be sent: up to `max_entries` entries (and the batch
+    /// budget, as [`RaftCore::next_append`]) from the peer's
     /// confirmed point (`matchIndex` while replicating, where it cannot
     /// mismatch; the probe position `nextIndex - 1` while probing). For
     /// heartbeats (`max_entries` 0), `SendHeartbeat`'s repair and read
@@ -325,13 +356,17 @@ impl RaftCore {
     /// itself or unknown.
     pub fn sync_request(&self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
         let progress = self.leader.as_ref()?.get(peer)?;
-        let slice = progress.sync_send(last_of(self.unsent_start()), max_entries);
+        let fitting = |prev| {
+            self.log
+                .fitting(index_after(prev), max_entries, self.max_batch_bytes)
+        };
+        let slice = progress.sync_send(last_of(self.unsent_start()), fitting);
         Some(self.outgoing(slice, progress.epoch()))
     }
 
     /// Builds the request carrying `slice`, stamped with `epoch`.
     fn outgoing(&self, slice: Slice, epoch: u64) -> Outgoing {
-        let from = usize::try_from(slice.prev.saturating_add(1)).unwrap_or(0);
+        let from = index_after(slice.prev);
         let entries: Vec<UpdateOperation> = self
             .log
             .slice(from, self.log.len(), slice.count)
@@ -617,6 +652,11 @@ impl RaftCore {
             leader_id: self.voted_for.map(wire_id),
         }
     }
+}
+
+/// The position right after `index` (0 for -1 or anything lower).
+fn index_after(index: LogIndex) -> usize {
+    usize::try_from(index.saturating_add(1)).unwrap_or(0)
 }
 
 /// The index of the last of the first `len` entries.
@@ -1435,6 +1475,42 @@ mod tests {
         l.set_leader().unwrap();
         l.report_unreachable(1, &probe.sent);
         assert_eq!(l.peer_progress(1), Some((10, -1)));
+    }
+
+    #[test]
+    fn requests_carry_at_most_the_batch_budget_but_always_one_entry() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f = RaftCore::new(1, 3);
+        l.set_leader().unwrap();
+        assert_eq!(sync(&mut l, &mut f), ReplicationStatus::Matched);
+        assert!(l.is_confirmed_leader());
+        for i in 0..10 {
+            let mut update = meta(&format!("big{i}"), 1);
+            update.block_hash_list = vec!["h".repeat(1000)];
+            l.propose(update).unwrap();
+        }
+        let size = l.log()[0].wire_len();
+        assert!(l.log().iter().all(|e| e.wire_len() == size));
+        l.set_max_batch_bytes(3 * size + size / 2);
+        let sync = l.sync_request(1, 100).unwrap().request;
+        assert_eq!(sync.entries.len(), 3);
+        let sent = window(&mut l, 1, 100);
+        let counts: Vec<usize> = sent.iter().map(|o| o.request.entries.len()).collect();
+        assert_eq!(counts, [3, 3, 3, 1]);
+        // A budget below one entry still sends one per request.
+        l.set_max_batch_bytes(1);
+        assert_eq!(l.sync_request(1, 100).unwrap().request.entries.len(), 1);
+        // The window is lost; the peer is probed and caught up again.
+        l.report_unreachable(1, &sent[0].sent);
+        for _ in 0..l.log().len() * 2 + 4 {
+            let Some(out) = l.next_append(1, 100) else {
+                break;
+            };
+            assert!(out.request.entries.len() <= 1, "{:?}", out.request);
+            let resp = f.deliver(&out.request);
+            l.handle_append_response(1, &out.sent, &resp);
+        }
+        assert_eq!(f.log(), l.log());
     }
 
     #[test]

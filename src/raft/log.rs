@@ -28,6 +28,9 @@ pub(crate) enum Rejection {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RaftLog {
     entries: Vec<Entry>,
+    /// `ends[i]`: the encoded bytes of entries `0..=i` ([`Entry::wire_len`]),
+    /// so that batching and size checks never walk the log.
+    ends: Vec<usize>,
     committed: LogIndex,
     applied: LogIndex,
     /// Lowest index changed (appended or truncated) since the last
@@ -54,13 +57,15 @@ impl RaftLog {
     /// damaged store) is clamped rather than trusted.
     pub(crate) fn restore(entries: Vec<Entry>, committed: LogIndex) -> Self {
         let last = index(entries.len()) - 1;
-        Self {
+        let mut log = Self {
             committed: committed.clamp(-1, last),
             applied: -1,
             unpersisted_from: None,
             durable_len: entries.len(),
-            entries,
-        }
+            ..Self::default()
+        };
+        log.extend(entries);
+        log
     }
 
     /// All entries, index 0 first.
@@ -104,6 +109,39 @@ impl RaftLog {
             .map_or(0, |p| p + 1)
     }
 
+    /// The encoded bytes of the whole log.
+    pub(crate) fn bytes(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// The encoded bytes of the entries not yet handed out for applying.
+    pub(crate) fn unapplied_bytes(&self) -> usize {
+        self.bytes() - self.bytes_before(index_after(self.applied))
+    }
+
+    /// The encoded bytes of the entries before position `at`.
+    fn bytes_before(&self, at: usize) -> usize {
+        match at.min(self.ends.len()) {
+            0 => 0,
+            n => self.ends[n - 1],
+        }
+    }
+
+    /// How many entries from position `from` one request carries: at most
+    /// `max` of them, of at most `max_bytes` together, but at least one
+    /// whatever its size (while `max` > 0), so that an entry larger than
+    /// the budget still goes out, alone.
+    pub(crate) fn fitting(&self, from: usize, max: usize, max_bytes: usize) -> usize {
+        let end = self.ends.len().min(from.saturating_add(max));
+        let Some(candidates) = self.ends.get(from..end) else {
+            return 0;
+        };
+        let budget = self.bytes_before(from).saturating_add(max_bytes);
+        candidates
+            .partition_point(|&total| total <= budget)
+            .max(usize::from(!candidates.is_empty()))
+    }
+
     /// Up to `max` entries starting at position `from`, ending before `end`.
     pub(crate) fn slice(&self, from: usize, end: usize, max: usize) -> &[Entry] {
         let end = end.min(self.entries.len()).min(from.saturating_add(max));
@@ -113,8 +151,23 @@ impl RaftLog {
     /// Appends one entry (a leader's proposal) and returns its index.
     pub(crate) fn append(&mut self, entry: Entry) -> LogIndex {
         self.mark_changed(self.entries.len());
-        self.entries.push(entry);
+        self.extend([entry]);
         self.last_index()
+    }
+
+    /// Appends `new` with their sizes; the one way entries are added.
+    fn extend(&mut self, new: impl IntoIterator<Item = Entry>) {
+        for entry in new {
+            self.ends.push(self.bytes() + entry.wire_len());
+            self.entries.push(entry);
+        }
+    }
+
+    /// Keeps the first `len` entries and their sizes; the one way entries
+    /// are removed.
+    fn cut(&mut self, len: usize) {
+        self.entries.truncate(len);
+        self.ends.truncate(len);
     }
 
     /// Keeps only the first `len` entries. Committed entries are never
@@ -122,7 +175,7 @@ impl RaftLog {
     pub(crate) fn truncate(&mut self, len: usize) {
         let len = len.max(position(self.committed + 1).unwrap_or(0));
         if len < self.entries.len() {
-            self.entries.truncate(len);
+            self.cut(len);
             self.mark_changed(len);
         }
     }
@@ -163,7 +216,7 @@ impl RaftLog {
                 });
             }
             Some(at) => {
-                self.entries.truncate(at);
+                self.cut(at);
                 self.mark_changed(at);
                 at
             }
@@ -174,7 +227,7 @@ impl RaftLog {
             self.mark_changed(first_new);
         }
         let last_new = index(start + new.len()) - 1;
-        self.entries.extend(new.into_iter().skip(already_present));
+        self.extend(new.into_iter().skip(already_present));
         self.commit_to(leader_commit.map_or(-1, index).min(last_new));
         Ok(last_new)
     }
@@ -368,6 +421,44 @@ mod tests {
         );
         log.truncate(2);
         assert_eq!(log.take_unpersisted(2), Some((2, vec![])));
+    }
+
+    /// The encoded bytes of `log`'s entries `from..to`, counted afresh.
+    fn counted(log: &RaftLog, from: usize, to: usize) -> usize {
+        log.entries()[from..to].iter().map(Entry::wire_len).sum()
+    }
+
+    #[test]
+    fn sizes_follow_appends_truncations_and_applying() {
+        let mut log = log_of(&[1, 1, 1]);
+        let one = log.entries()[0].wire_len();
+        assert_eq!(log.bytes(), 3 * one);
+        assert_eq!(log.unapplied_bytes(), 3 * one);
+        log.accept(prev(0, 1), vec![entry(2, "longer name")], commit(-1))
+            .unwrap();
+        assert_eq!(log.bytes(), counted(&log, 0, 2));
+        log.append(entry(2, "y"));
+        log.commit_to(1);
+        log.take_committed();
+        assert_eq!(log.bytes(), counted(&log, 0, 3));
+        assert_eq!(log.unapplied_bytes(), counted(&log, 2, 3));
+        log.truncate(2);
+        assert_eq!(log.bytes(), counted(&log, 0, 2));
+        assert_eq!(log.unapplied_bytes(), 0);
+    }
+
+    #[test]
+    fn fitting_counts_entries_within_the_budget_and_at_least_one() {
+        let log = log_of(&[1, 1, 1, 1, 1]);
+        let one = log.entries()[0].wire_len();
+        assert_eq!(log.fitting(0, 10, 2 * one), 2);
+        assert_eq!(log.fitting(0, 10, 2 * one - 1), 1);
+        assert_eq!(log.fitting(1, 10, 0), 1, "one entry whatever its size");
+        assert_eq!(log.fitting(3, 10, usize::MAX), 2);
+        assert_eq!(log.fitting(0, 3, usize::MAX), 3);
+        assert_eq!(log.fitting(2, 0, usize::MAX), 0);
+        assert_eq!(log.fitting(5, 10, usize::MAX), 0);
+        assert_eq!(log.fitting(9, 10, usize::MAX), 0);
     }
 
     #[test]

@@ -35,11 +35,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use prost::Message;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend, TermExhausted};
+use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
@@ -51,8 +53,14 @@ use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 /// The most entries one AppendEntries carries; more are sent in the next.
 const MAX_BATCH_ENTRIES: usize = 4096;
 
-/// Deadline of one AppendEntries call to a peer.
+/// Deadline of one AppendEntries call to a peer, plus the time its bytes
+/// take at [`MIN_PEER_BYTES_PER_SEC`].
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The slowest link to a peer that a large AppendEntries (a batch, or one
+/// entry of up to a whole message) must still cross within its deadline:
+/// 8 MiB/s, a 64 Mbit/s link.
+const MIN_PEER_BYTES_PER_SEC: u64 = 8 << 20;
 
 /// How soon a peer that failed or lags is tried again, and how often a read
 /// re-checks for a majority.
@@ -75,6 +83,9 @@ pub enum NodeError {
     /// `SetLeader` at the highest term.
     #[error(transparent)]
     TermExhausted(#[from] TermExhausted),
+    /// An update refused because a message that must carry it could not.
+    #[error("UpdateFile refused: {0}")]
+    TooLarge(#[from] grpc::TooLarge),
 }
 
 /// Why a node could not start.
@@ -268,6 +279,14 @@ impl RaftNode {
             let mut state = self.state();
             self.check_leader(&state)?;
             let term = state.core.term();
+            limits::check_proposal(
+                state.core.log_bytes(),
+                state.core.unapplied_bytes(),
+                &state.map,
+                term,
+                &meta,
+                grpc::MAX_MESSAGE_BYTES,
+            )?;
             let index = state
                 .core
                 .propose(meta)
@@ -678,8 +697,11 @@ async fn call(
     outgoing: Outgoing,
 ) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
     let Outgoing { request, sent } = outgoing;
+    let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
     let mut request = tonic::Request::new(request);
-    request.set_timeout(APPEND_TIMEOUT);
+    request.set_timeout(
+        APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC),
+    );
     let outcome = client
         .append_entries(request)
         .await

@@ -60,6 +60,7 @@ impl From<NodeError> for Status {
             NodeError::NotLeader { .. } | NodeError::TermExhausted(_) => {
                 Status::failed_precondition(error.to_string())
             }
+            NodeError::TooLarge(_) => Status::resource_exhausted(error.to_string()),
         }
     }
 }
