@@ -76,19 +76,46 @@ pub struct AddrError {
 /// meant to be created once per server and cloned for every call: clones
 /// share one HTTP/2 connection.
 pub fn channel(addr: &str) -> Result<Channel, AddrError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    Ok(endpoint(addr)?
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Like [`channel`], for a Raft server's channel to a peer. Without the
+/// keepalive, a connection whose far end vanished without closing it (a
+/// firewall that dropped its state, a host gone) looks open while every
+/// call on it times out, until TCP gives up; a ping unanswered within
+/// [`PEER_KEEPALIVE_TIMEOUT`] closes it, and the next call dials afresh.
+/// Only for servers of ours: gRPC servers in Go refuse pings this frequent
+/// by default.
+pub fn peer_channel(addr: &str) -> Result<Channel, AddrError> {
+    Ok(endpoint(addr)?
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// How often a Raft server pings each peer connection.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a ping to a peer may go unanswered before its connection is
+/// dropped.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The settings every channel shares.
+fn endpoint(addr: &str) -> Result<Endpoint, AddrError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|source| AddrError {
             addr: addr.to_string(),
             source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-    Ok(endpoint.connect_lazy())
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES))
 }
 
 type HttpResponse = http::Response<tonic::body::Body>;

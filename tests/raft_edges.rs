@@ -4,11 +4,21 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use common::{Cluster, MANUAL_HEARTBEATS, assert_status, file_meta, large_meta, start_cluster};
+use common::{
+    Cluster, MANUAL_HEARTBEATS, Proc, all_ready, assert_status, eventually, file_meta, free_ports,
+    large_meta, raft_client, spawn_raft_server, start_cluster, within,
+};
+use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use surfstore::proto::{AppendEntryInput, FileMetaData, UpdateOperation};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tonic::Code;
+use tonic::transport::Channel;
 
 fn op(term: i64, meta: &FileMetaData) -> UpdateOperation {
     UpdateOperation {
@@ -296,4 +306,183 @@ async fn a_follower_far_behind_with_large_entries_catches_up() {
         .await
         .expect("GetFileInfoMap");
     assert_eq!(map.into_inner().file_info_map.len(), 1);
+}
+
+/// Raft servers started from config files of their own, so that one may
+/// reach a peer through an address the peer does not listen on itself.
+struct Servers {
+    clients: Vec<RaftSurfstoreClient<Channel>>,
+    _procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes a config listing `addrs` in `dir` as `name`.
+fn config(dir: &Path, name: &str, addrs: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let json = serde_json::json!({
+        "MetaStoreAddrs": addrs,
+        "BlockStoreAddrs": ["localhost:8081"],
+    });
+    std::fs::write(&path, json.to_string()).expect("write a config");
+    path
+}
+
+/// Starts server `id` of each `(config, id, own address)` with automatic
+/// heartbeats and waits until all answer.
+async fn start_servers(dir: tempfile::TempDir, servers: &[(&Path, usize, &str)]) -> Servers {
+    let mut procs: Vec<Proc> = servers
+        .iter()
+        .map(|&(config, id, _)| spawn_raft_server(config, id, None, &[]))
+        .collect();
+    let clients: Vec<_> = servers
+        .iter()
+        .map(|&(_, _, addr)| raft_client(addr))
+        .collect();
+    assert!(all_ready(&mut procs, &clients).await, "a server exited");
+    Servers {
+        clients,
+        _procs: procs,
+        _dir: dir,
+    }
+}
+
+/// A loopback address where a listener accepts connections and closes
+/// them at once, as a peer whose port is open but whose server is gone;
+/// and how many connections it has taken.
+async fn closing_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_is_redialled_with_backoff() {
+    let (dead, accepted) = closing_listener().await;
+    let ports = free_ports(2);
+    let [a0, a1] = [0, 1].map(|i| format!("127.0.0.1:{}", ports[i]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "config.json", &[&a0, &a1, &dead]);
+    let servers = start_servers(dir, &[(&cfg, 0, &a0), (&cfg, 1, &a1)]).await;
+    let mut leader = servers.clients[0].clone();
+    within("SetLeader", leader.set_leader(()))
+        .await
+        .expect("SetLeader");
+    // Commits keep coming (each one wakes every peer's replication), while
+    // the third server stays unreachable.
+    let before = accepted.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut commits = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let meta = file_meta(&format!("f{commits}"), 1, &["h"]);
+        let version = within("UpdateFile", leader.update_file(meta)).await;
+        assert_eq!(version.expect("UpdateFile").into_inner().version, 1);
+        commits += 1;
+    }
+    let dials = accepted.load(Ordering::Relaxed) - before;
+    assert!(commits >= 20, "only {commits} commits in 2 s");
+    assert!(
+        dials < 50,
+        "{dials} connections to a dead peer in 2 s ({commits} commits)"
+    );
+}
+
+/// A TCP proxy to `target`. Sending on the returned channel turns every
+/// connection open at that moment half-dead: it stays open but nothing
+/// crosses it any more, as when the far end vanished without a word (a
+/// firewall dropping its state, a host gone). Later connections work.
+async fn proxy(target: String) -> (String, watch::Sender<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let (cut, generation) = watch::channel(0_u64);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cut_later = generation.clone();
+            let born = *cut_later.borrow();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    () = async { _ = cut_later.wait_for(|&g| g > born).await; } => {
+                        // Keep both ends open, and forward nothing.
+                        let _held = (inbound, outbound);
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_dead_peer_connection_is_replaced_within_seconds() {
+    let ports = free_ports(3);
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let (via_proxy, cut) = proxy(addrs[1].clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The leader reaches server 1 through the proxy; the rest directly.
+    let leader_cfg = config(
+        dir.path(),
+        "leader.json",
+        &[&addrs[0], &via_proxy, &addrs[2]],
+    );
+    let cfg = config(
+        dir.path(),
+        "config.json",
+        &[&addrs[0], &addrs[1], &addrs[2]],
+    );
+    let servers = start_servers(
+        dir,
+        &[
+            (&leader_cfg, 0, &addrs[0]),
+            (&cfg, 1, &addrs[1]),
+            (&cfg, 2, &addrs[2]),
+        ],
+    )
+    .await;
+    let mut leader = servers.clients[0].clone();
+    within("SetLeader", leader.set_leader(()))
+        .await
+        .expect("SetLeader");
+    let log_len = async |n: usize| {
+        let mut follower = servers.clients[1].clone();
+        eventually(
+            &format!("server 1 holds {n} entries"),
+            Duration::from_secs(10),
+            async || {
+                let state = follower.get_internal_state(()).await.ok()?.into_inner();
+                (state.log.len() == n).then_some(())
+            },
+        )
+        .await;
+    };
+    let update = async |name: &str| {
+        let meta = file_meta(name, 1, &["h"]);
+        let version = within("UpdateFile", leader.clone().update_file(meta)).await;
+        assert_eq!(version.expect("UpdateFile").into_inner().version, 1);
+    };
+    update("before").await;
+    log_len(1).await;
+
+    // The leader's connection to server 1 goes half-dead; a new one would work.
+    cut.send_modify(|g| *g += 1);
+    let cut_at = Instant::now();
+    update("after").await;
+    log_len(2).await;
+    let healed = cut_at.elapsed();
+    assert!(
+        healed < Duration::from_secs(8),
+        "server 1 caught up only after {healed:?}"
+    );
 }

@@ -45,6 +45,7 @@ use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
+use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::FileMap;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
@@ -62,9 +63,13 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// 8 MiB/s, a 64 Mbit/s link.
 const MIN_PEER_BYTES_PER_SEC: u64 = 8 << 20;
 
-/// How soon a peer that failed or lags is tried again, and how often a read
-/// re-checks for a majority.
+/// How soon a peer that failed or lags is tried again at first, and how
+/// often a read re-checks for a majority.
 const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The longest a peer that keeps failing is left alone between attempts:
+/// a peer that comes back is caught up within about this long.
+const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a node refused or abandoned a request; the service maps each to the
 /// gRPC status SPEC §3 asks for.
@@ -174,7 +179,7 @@ impl RaftNode {
             peers.push(if id == config.id {
                 None
             } else {
-                let client = RaftSurfstoreClient::new(grpc::channel(addr)?)
+                let client = RaftSurfstoreClient::new(grpc::peer_channel(addr)?)
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
                 Some(Peer {
@@ -491,10 +496,13 @@ impl RaftNode {
     /// flight as the core's window allows, topping it up after every reply
     /// and wake-up (a proposal, a new commit index, a confirmation,
     /// `Restore`); heartbeats on the configured period when nothing is in
-    /// flight. After a failed call or a refusal it sends nothing new until
-    /// woken, the next heartbeat, or, while entries wait for a commit,
-    /// [`RETRY_INTERVAL`], so a blocked `UpdateFile` completes by itself once
-    /// a majority is back without a down peer being hammered.
+    /// flight. After a failed call or a refusal the peer is left alone for a
+    /// backoff ([`RETRY_INTERVAL`] doubling up to [`MAX_RETRY_INTERVAL`],
+    /// with jitter) whatever wakes the task meanwhile: every proposal and
+    /// commit wakes it, and trying a down peer at that rate redialled it
+    /// hundreds of times a second. When the backoff ends it tries again if
+    /// anything asked it to meanwhile or entries wait for a commit, so a
+    /// blocked `UpdateFile` completes by itself once a majority is back.
     async fn replicate(self, peer: ServerId) {
         let Some(link) = self.shared.peers[peer].as_ref() else {
             return;
@@ -505,8 +513,12 @@ impl RaftNode {
             t
         });
         let mut calls = FuturesUnordered::new();
+        let mut backoff = Backoff::new(RETRY_INTERVAL, MAX_RETRY_INTERVAL);
         let mut paused = false;
-        let mut retry_at: Option<Instant> = None;
+        // After a failure: when the peer may be tried again.
+        let mut held_until: Option<Instant> = None;
+        // Something asked for a send while the peer was held.
+        let mut asked = false;
         let mut beat_due = false;
         loop {
             if !paused {
@@ -528,8 +540,8 @@ impl RaftNode {
                     None => std::future::pending().await,
                 }
             };
-            let retry = async {
-                match retry_at {
+            let release = async {
+                match held_until {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -539,29 +551,37 @@ impl RaftNode {
                     match self.feed_back(peer, &sent, outcome) {
                         None | Some((_, ReplicationStatus::Denied)) => {
                             paused = true;
-                            retry_at = self
-                                .awaits_commit()
-                                .then(|| Instant::now() + RETRY_INTERVAL);
+                            held_until = Some(Instant::now() + backoff.next_delay());
+                            asked = false;
                         }
                         Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
                             paused = false;
-                            retry_at = None;
+                            held_until = None;
+                            backoff.reset();
                         }
                         Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
                     }
                 }
                 () = link.wake.notified() => {
-                    paused = false;
-                    retry_at = None;
+                    if held_until.is_some() {
+                        asked = true;
+                    } else {
+                        paused = false;
+                    }
                 }
                 () = tick => {
-                    paused = false;
-                    retry_at = None;
-                    beat_due = true;
+                    if held_until.is_some() {
+                        asked = true;
+                    } else {
+                        paused = false;
+                        beat_due = true;
+                    }
                 }
-                () = retry => {
-                    paused = false;
-                    retry_at = None;
+                () = release => {
+                    held_until = None;
+                    if std::mem::take(&mut asked) || self.awaits_commit() {
+                        paused = false;
+                    }
                 }
             }
         }

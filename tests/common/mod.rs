@@ -372,7 +372,7 @@ fn block_args(data_dir: Option<&tempfile::TempDir>) -> Vec<&str> {
 }
 
 /// `surfstore-raft-server -f CONFIG -i ID [--data-dir DIR] extra...`.
-fn spawn_raft_server(
+pub fn spawn_raft_server(
     config: &Path,
     id: usize,
     data_dir: Option<&PathBuf>,
@@ -394,7 +394,7 @@ fn utf8(path: &Path) -> &str {
 
 /// Whether every server answers a RaftSurfstore call (not merely some
 /// process on its port) while its process is still alive.
-async fn all_ready(procs: &mut [Proc], clients: &[RaftSurfstoreClient<Channel>]) -> bool {
+pub async fn all_ready(procs: &mut [Proc], clients: &[RaftSurfstoreClient<Channel>]) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
     for (proc, client) in procs.iter_mut().zip(clients) {
         loop {
