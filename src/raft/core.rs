@@ -178,8 +178,8 @@ pub struct RaftCore {
 enum Claim {
     /// No `leaderId`: original semantics, no vote involved.
     Anonymous,
-    /// A valid peer id.
-    Leader(ServerId),
+    /// A valid peer id, and the `(lastLogTerm, lastLogIndex)` of its log.
+    Leader(ServerId, (Term, LogIndex)),
     /// Out of range or this server's own id: never followed.
     Invalid,
 }
@@ -324,9 +324,9 @@ impl RaftCore {
     /// The next AppendEntries for `peer` under the window rule, recorded as
     /// sent: in Probe one request at a time from `nextIndex`; in Replicate up
     /// to the pipeline depth ([`RaftCore::set_pipeline_depth`]) of unanswered
-    /// requests of at most `max_entries` entries each and of at most the
-    /// batch budget ([`RaftCore::set_max_batch_bytes`]) but one entry at
-    /// least, every one starting
+    /// requests of at most `max_entries` entries each, within the batch
+    /// budget ([`RaftCore::set_max_batch_bytes`]) unless one entry alone
+    /// exceeds it, every one starting
     /// after the last one sent; with none unanswered, an empty request at
     /// the peer's `matchIndex` when it has not been told a commit index it
     /// could apply. Never an entry of the current term before
@@ -416,14 +416,14 @@ impl RaftCore {
         if self.is_leader() {
             // Another server leads this term too. Only an unconfirmed leader
             // may give way, and only to one it would vote for.
-            let yields = !self.is_confirmed_leader()
-                && self.sender_acceptable(claim, &req, self.unsent_start());
+            let yields =
+                !self.is_confirmed_leader() && self.sender_acceptable(claim, self.unsent_start());
             if !yields {
                 return self.reply(false, -1);
             }
             self.become_follower();
         }
-        if !self.follows(claim, &req) {
+        if !self.follows(claim) {
             return self.reply(false, -1);
         }
         match self.log.accept(req.prev, req.entries, req.leader_commit) {
@@ -599,7 +599,7 @@ impl RaftCore {
         match req.sender {
             None => Claim::Anonymous,
             Some(sender) if sender.id < self.cluster_size && sender.id != self.id => {
-                Claim::Leader(sender.id)
+                Claim::Leader(sender.id, sender.last_log)
             }
             Some(_) => Claim::Invalid,
         }
@@ -608,22 +608,22 @@ impl RaftCore {
     /// Whether a server that has not voted in this term would follow the
     /// sender, its own log being the first `own_len` entries (Raft §5.4.1:
     /// a later last term wins, then a longer log).
-    fn sender_acceptable(&self, claim: Claim, req: &AppendRequest, own_len: usize) -> bool {
-        match (claim, req.sender) {
-            (Claim::Anonymous, _) => true,
-            (Claim::Leader(_), Some(sender)) => sender.last_log >= self.log.last_id_within(own_len),
-            _ => false,
+    fn sender_acceptable(&self, claim: Claim, own_len: usize) -> bool {
+        match claim {
+            Claim::Anonymous => true,
+            Claim::Invalid => false,
+            Claim::Leader(_, last_log) => last_log >= self.log.last_id_within(own_len),
         }
     }
 
     /// The follower's vote rule: vote for the sender if no vote was cast in
     /// this term and it is acceptable; follow it only if it has the vote.
-    fn follows(&mut self, claim: Claim, req: &AppendRequest) -> bool {
+    fn follows(&mut self, claim: Claim) -> bool {
         match claim {
             Claim::Anonymous => true,
             Claim::Invalid => false,
-            Claim::Leader(leader) => {
-                if self.voted_for.is_none() && self.sender_acceptable(claim, req, self.log.len()) {
+            Claim::Leader(leader, _) => {
+                if self.voted_for.is_none() && self.sender_acceptable(claim, self.log.len()) {
                     self.voted_for = Some(leader);
                 }
                 self.voted_for == Some(leader)

@@ -3,8 +3,10 @@
 //! applied indices, and which part of the log still has to be made durable.
 //!
 //! Indices are 0-based `LogIndex` values (-1 = "before the first entry"), as
-//! on the wire; the conversions to `usize` live here so that the rest of the
-//! core never indexes a `Vec` with an unchecked wire value.
+//! on the wire, except the request values [`RaftLog::accept`] takes, which
+//! the service edge already turned into positions ([`super::AppendRequest`]);
+//! the conversions live here so that the rest of the core never indexes a
+//! `Vec` with an unchecked value.
 
 use super::{Entry, LogIndex, Term};
 

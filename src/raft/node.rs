@@ -551,8 +551,9 @@ impl RaftNode {
                     match self.feed_back(peer, &sent, outcome) {
                         None | Some((_, ReplicationStatus::Denied)) => {
                             paused = true;
-                            held_until = Some(Instant::now() + backoff.next_delay());
-                            asked = false;
+                            // The calls of one window fail together: one step.
+                            held_until
+                                .get_or_insert_with(|| Instant::now() + backoff.next_delay());
                         }
                         Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
                             paused = false;
