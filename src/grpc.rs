@@ -13,6 +13,38 @@ pub const MAX_BLOCK_BYTES: usize = 128 << 20;
 /// plus room for framing, or a large FileInfoMap.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BLOCK_BYTES + (4 << 20);
 
+/// The bytes a length-delimited protobuf field (a string, or a message as
+/// one element of a repeated or map field) of `body` bytes takes with its
+/// key; every such field of ours has a number below 16, so a one-byte key.
+pub fn field_len(body: usize) -> usize {
+    1 + prost::length_delimiter_len(body) + body
+}
+
+/// A change refused because a reply that must hold it would outgrow one
+/// message: once in, nobody could ever read that reply again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} would be {bytes} bytes, over the {} MiB ({limit}-byte) gRPC message limit",
+    limit >> 20
+)]
+pub struct TooLarge {
+    /// What would not fit, e.g. "GetFileInfoMap's reply".
+    pub what: &'static str,
+    /// How large it would be.
+    pub bytes: usize,
+    /// The limit, [`MAX_MESSAGE_BYTES`] outside tests.
+    pub limit: usize,
+}
+
+/// Checks that `what`, at `bytes` bytes, fits within `limit`.
+pub fn fits(what: &'static str, bytes: usize, limit: usize) -> Result<(), TooLarge> {
+    if bytes <= limit {
+        Ok(())
+    } else {
+        Err(TooLarge { what, bytes, limit })
+    }
+}
+
 /// The largest HTTP/2 DATA frame either side accepts. The protocol's
 /// default of 16 KiB cuts a 4 MiB block into 256 frames, each handled and
 /// copied on its own; 1 MiB frames cost the server about a fifth less CPU
@@ -44,19 +76,46 @@ pub struct AddrError {
 /// meant to be created once per server and cloned for every call: clones
 /// share one HTTP/2 connection.
 pub fn channel(addr: &str) -> Result<Channel, AddrError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    Ok(endpoint(addr)?
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Like [`channel`], for a Raft server's channel to a peer. Without the
+/// keepalive, a connection whose far end vanished without closing it (a
+/// firewall that dropped its state, a host gone) looks open while every
+/// call on it times out, until TCP gives up; a ping unanswered within
+/// [`PEER_KEEPALIVE_TIMEOUT`] closes it, and the next call dials afresh.
+/// Only for servers of ours: gRPC servers in Go refuse pings this frequent
+/// by default.
+pub fn peer_channel(addr: &str) -> Result<Channel, AddrError> {
+    Ok(endpoint(addr)?
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// How often a Raft server pings each peer connection.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a ping to a peer may go unanswered before its connection is
+/// dropped.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The settings every channel shares.
+fn endpoint(addr: &str) -> Result<Endpoint, AddrError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|source| AddrError {
             addr: addr.to_string(),
             source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-    Ok(endpoint.connect_lazy())
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES))
 }
 
 type HttpResponse = http::Response<tonic::body::Body>;

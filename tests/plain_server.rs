@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    Server, assert_status, bin, block_client, file_meta, meta_client, raft_client, run,
+    Server, assert_status, bin, block_client, file_meta, large_meta, meta_client, raft_client, run,
     start_server,
 };
 use surfstore::hash::hash_block;
@@ -477,4 +477,50 @@ async fn split_servers_each_serve_only_their_service() {
             .map(drop),
         "GetInternalState on -s meta",
     );
+}
+
+#[tokio::test]
+async fn an_update_that_would_outgrow_get_file_info_map_is_refused() {
+    let server = start_server("meta", &["localhost:8081"]);
+    let mut meta = meta_client(&server.addr);
+    let limit = surfstore::grpc::MAX_MESSAGE_BYTES;
+    let size = 4 << 20;
+    let mut accepted = 0;
+    let mut refused = None;
+    while accepted * size < limit + (16 << 20) {
+        match meta
+            .update_file(large_meta(&format!("f{accepted}"), 1, size))
+            .await
+        {
+            Ok(version) => {
+                assert_eq!(version.into_inner().version, 1);
+                accepted += 1;
+            }
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    // Everything accepted can still be read in one reply.
+    let map = meta
+        .get_file_info_map(())
+        .await
+        .expect("GetFileInfoMap after the refusal")
+        .into_inner()
+        .file_info_map;
+    assert_eq!(map.len(), accepted);
+    assert!(
+        accepted * size > limit - (16 << 20),
+        "refused too early: {accepted}"
+    );
+    assert_status::<()>(
+        Err(refused.expect("no update was refused")),
+        Code::ResourceExhausted,
+        "132 MiB",
+        "an update past the reply limit",
+    );
+    // A smaller update that fits is still accepted.
+    let small = meta.update_file(file_meta("small", 1, &["h"])).await;
+    assert_eq!(small.map(|v| v.into_inner().version).ok(), Some(1));
 }

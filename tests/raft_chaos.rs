@@ -642,7 +642,7 @@ async fn append_entries_receiver_follows_the_rules() {
         "no entry at prev",
     );
     check(
-        append(1, 0, 7, &[op(1, &b)], 0).await,
+        append(1, 0, 0, &[op(1, &b)], 0).await,
         reply(1, false, 0),
         "prev term differs",
     );

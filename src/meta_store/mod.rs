@@ -14,6 +14,9 @@ pub use service::MetaStoreService;
 
 use std::collections::HashMap;
 
+use prost::Message;
+
+use crate::grpc::field_len;
 use crate::proto::{FileInfoMap, FileMetaData};
 
 /// The version `UpdateFile` returns when the version rule rejects an update.
@@ -23,6 +26,26 @@ pub const REJECTED_VERSION: i32 = -1;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileMap {
     files: HashMap<String, FileMetaData>,
+    /// `FileInfoMap` encoded length of `files`, kept up to date on every
+    /// change so that a size check never walks the map.
+    encoded_len: usize,
+}
+
+/// The bytes one file takes in an encoded `FileInfoMap`: a map entry holding
+/// its name as the key and its metadata as the value (protobuf leaves out
+/// an empty key or a default value).
+pub fn map_entry_len(meta: &FileMetaData) -> usize {
+    let key = if meta.filename.is_empty() {
+        0
+    } else {
+        field_len(meta.filename.len())
+    };
+    let value = if *meta == FileMetaData::default() {
+        0
+    } else {
+        field_len(meta.encoded_len())
+    };
+    field_len(key + value)
 }
 
 impl FileMap {
@@ -35,8 +58,22 @@ impl FileMap {
             return REJECTED_VERSION;
         }
         let version = meta.version;
+        self.encoded_len = self.len_after(&meta);
         self.files.insert(meta.filename.clone(), meta);
         version
+    }
+
+    /// The encoded length of the map in a `FileInfoMap` (what
+    /// `GetFileInfoMap` replies).
+    pub fn encoded_len(&self) -> usize {
+        self.encoded_len
+    }
+
+    /// [`FileMap::encoded_len`] once `meta` replaces what the map holds for
+    /// its file, whether or not the version rule would accept it.
+    pub fn len_after(&self, meta: &FileMetaData) -> usize {
+        let old = self.files.get(&meta.filename).map_or(0, map_entry_len);
+        self.encoded_len - old + map_entry_len(meta)
     }
 
     /// Whether [`FileMap::apply`] would accept `meta`, without applying it:
@@ -111,5 +148,38 @@ mod tests {
         let mut map = FileMap::default();
         map.files.insert("a".into(), meta("a", i32::MAX));
         assert_eq!(map.apply(meta("a", i32::MIN)), REJECTED_VERSION);
+    }
+
+    #[test]
+    fn encoded_len_follows_every_change_exactly() {
+        let mut map = FileMap::default();
+        assert_eq!(map.encoded_len(), 0);
+        let big = FileMetaData {
+            block_hash_list: vec!["h".repeat(200); 3],
+            ..meta("a", 2)
+        };
+        let updates = [
+            meta("a", 1),
+            meta("b", 1),
+            big,
+            meta("a", 3),
+            meta("", 1),
+            FileMetaData::default(),
+            meta("a", 9),
+            FileMetaData {
+                filename: "c".into(),
+                version: 1,
+                block_hash_list: vec!["0".into()],
+            },
+        ];
+        for update in updates {
+            let projected = map.len_after(&update);
+            let accepted = map.apply(update) != REJECTED_VERSION;
+            let exact = map.to_proto().encoded_len();
+            assert_eq!(map.encoded_len(), exact);
+            if accepted {
+                assert_eq!(projected, exact);
+            }
+        }
     }
 }

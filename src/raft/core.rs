@@ -63,8 +63,13 @@
 
 use super::log::{RaftLog, Rejection};
 use super::progress::{Slice, Standing, Tracker};
-use super::{Entry, HardState, LogIndex, ServerId, Term};
+use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Term};
 use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
+
+/// The most bytes of entries one AppendEntries carries by default. Far below
+/// the gRPC message limit: a request is sent, decoded and persisted as one
+/// piece, and up to [`super::MAX_INFLIGHT`] of them are in flight per peer.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// A call that only the leader can serve reached another server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +77,14 @@ use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOper
 pub struct NotLeader {
     /// The leader this server follows in its term, if it knows one.
     pub leader_hint: Option<ServerId>,
+}
+
+/// `SetLeader` on a server whose term is already [`MAX_TERM`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("term {term} is the highest a server may reach; SetLeader cannot start a newer one")]
+pub struct TermExhausted {
+    /// The server's term.
+    pub term: Term,
 }
 
 /// What the leader should do after a reply was fed back with
@@ -155,6 +168,9 @@ pub struct RaftCore {
     /// Requests a Replicate window holds per peer (1 to
     /// [`super::MAX_INFLIGHT`]).
     pipeline_depth: usize,
+    /// The most bytes of entries one request carries, if it has more than
+    /// one.
+    max_batch_bytes: usize,
 }
 
 /// Who an AppendEntries request says sent it.
@@ -162,8 +178,8 @@ pub struct RaftCore {
 enum Claim {
     /// No `leaderId`: original semantics, no vote involved.
     Anonymous,
-    /// A valid peer id.
-    Leader(ServerId),
+    /// A valid peer id, and the `(lastLogTerm, lastLogIndex)` of its log.
+    Leader(ServerId, (Term, LogIndex)),
     /// Out of range or this server's own id: never followed.
     Invalid,
 }
@@ -188,6 +204,7 @@ impl RaftCore {
             leader: None,
             reported: hard,
             pipeline_depth: super::MAX_INFLIGHT,
+            max_batch_bytes: MAX_BATCH_BYTES,
         }
     }
 
@@ -196,6 +213,23 @@ impl RaftCore {
     /// One is plain stop-and-wait with every pending entry in each request.
     pub fn set_pipeline_depth(&mut self, depth: usize) {
         self.pipeline_depth = depth.clamp(1, super::MAX_INFLIGHT);
+    }
+
+    /// The most bytes of entries one AppendEntries carries (default
+    /// [`MAX_BATCH_BYTES`]); a single larger entry still goes, alone.
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch_bytes = bytes;
+    }
+
+    /// The encoded bytes of the whole log, as `GetInternalState` sends it.
+    pub fn log_bytes(&self) -> usize {
+        self.log.bytes()
+    }
+
+    /// The encoded bytes of the entries not yet handed out for applying by
+    /// [`RaftCore::take_ready`].
+    pub fn unapplied_bytes(&self) -> usize {
+        self.log.unapplied_bytes()
     }
 
     /// Index of the last log entry (-1 when the log is empty).
@@ -254,12 +288,20 @@ impl RaftCore {
     /// `SetLeader`: a new term (+1) led by this server, which votes for
     /// itself; `nextIndex` = log length and `matchIndex` = -1 for every peer.
     /// No entry is appended. A single-server cluster is confirmed at once.
-    pub fn set_leader(&mut self) {
+    /// At [`MAX_TERM`] nothing changes and the call is refused: leading the
+    /// same term again would let two servers lead it.
+    pub fn set_leader(&mut self) -> Result<(), TermExhausted> {
+        let term = self
+            .term
+            .checked_add(1)
+            .filter(|&t| t <= MAX_TERM)
+            .ok_or(TermExhausted { term: self.term })?;
         self.become_follower();
-        self.term = self.term.saturating_add(1);
+        self.term = term;
         self.voted_for = Some(self.id);
         let next = self.log.last_index() + 1;
         self.leader = Some(Tracker::new(self.id, self.cluster_size, next));
+        Ok(())
     }
 
     /// Appends `Entry{term, meta}` to the leader's log and returns its
@@ -282,7 +324,9 @@ impl RaftCore {
     /// The next AppendEntries for `peer` under the window rule, recorded as
     /// sent: in Probe one request at a time from `nextIndex`; in Replicate up
     /// to the pipeline depth ([`RaftCore::set_pipeline_depth`]) of unanswered
-    /// requests of at most `max_entries` entries each, every one starting
+    /// requests of at most `max_entries` entries each, within the batch
+    /// budget ([`RaftCore::set_max_batch_bytes`]) unless one entry alone
+    /// exceeds it, every one starting
     /// after the last one sent; with none unanswered, an empty request at
     /// the peer's `matchIndex` when it has not been told a commit index it
     /// could apply. Never an entry of the current term before
@@ -294,14 +338,17 @@ impl RaftCore {
         let last = last_of(self.unsent_start());
         let commit = self.log.committed();
         let depth = self.pipeline_depth;
+        let (log, bytes) = (&self.log, self.max_batch_bytes);
         let progress = self.leader.as_mut()?.get_mut(peer)?;
-        let slice = progress.next_send(last, max_entries, commit, depth)?;
+        let fitting = |prev| log.fitting(index_after(prev), max_entries, bytes);
+        let slice = progress.next_send(last, fitting, commit, depth)?;
         let epoch = progress.epoch();
         Some(self.outgoing(slice, epoch))
     }
 
     /// An AppendEntries for `peer` outside the window, recorded nowhere, so
-    /// it can always be sent: up to `max_entries` entries from the peer's
+    /// it can always be sent: up to `max_entries` entries (and the batch
+    /// budget, as [`RaftCore::next_append`]) from the peer's
     /// confirmed point (`matchIndex` while replicating, where it cannot
     /// mismatch; the probe position `nextIndex - 1` while probing). For
     /// heartbeats (`max_entries` 0), `SendHeartbeat`'s repair and read
@@ -309,13 +356,17 @@ impl RaftCore {
     /// itself or unknown.
     pub fn sync_request(&self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
         let progress = self.leader.as_ref()?.get(peer)?;
-        let slice = progress.sync_send(last_of(self.unsent_start()), max_entries);
+        let fitting = |prev| {
+            self.log
+                .fitting(index_after(prev), max_entries, self.max_batch_bytes)
+        };
+        let slice = progress.sync_send(last_of(self.unsent_start()), fitting);
         Some(self.outgoing(slice, progress.epoch()))
     }
 
     /// Builds the request carrying `slice`, stamped with `epoch`.
     fn outgoing(&self, slice: Slice, epoch: u64) -> Outgoing {
-        let from = usize::try_from(slice.prev.saturating_add(1)).unwrap_or(0);
+        let from = index_after(slice.prev);
         let entries: Vec<UpdateOperation> = self
             .log
             .slice(from, self.log.len(), slice.count)
@@ -354,34 +405,28 @@ impl RaftCore {
     /// the module docs); returns the reply. A crashed server must not call
     /// this. Changes to persist and entries to apply come out of
     /// [`RaftCore::take_ready`], which must be persisted before replying.
-    pub fn handle_append_entries(&mut self, req: &AppendEntryInput) -> AppendEntryOutput {
+    pub fn handle_append_entries(&mut self, req: AppendRequest) -> AppendEntryOutput {
         if req.term < self.term {
             return self.reply(false, -1);
         }
         if req.term > self.term {
             self.adopt_term(req.term);
         }
-        let claim = self.claim(req);
+        let claim = self.claim(&req);
         if self.is_leader() {
             // Another server leads this term too. Only an unconfirmed leader
             // may give way, and only to one it would vote for.
-            let yields = !self.is_confirmed_leader()
-                && self.sender_acceptable(claim, req, self.unsent_start());
+            let yields =
+                !self.is_confirmed_leader() && self.sender_acceptable(claim, self.unsent_start());
             if !yields {
                 return self.reply(false, -1);
             }
             self.become_follower();
         }
-        if !self.follows(claim, req) {
+        if !self.follows(claim) {
             return self.reply(false, -1);
         }
-        let entries = req.entries.iter().cloned().map(Entry::from).collect();
-        match self.log.accept(
-            req.prev_log_index,
-            req.prev_log_term,
-            entries,
-            req.leader_commit,
-        ) {
+        match self.log.accept(req.prev, req.entries, req.leader_commit) {
             Ok(matched) => self.reply(true, matched),
             Err(Rejection::Mismatch { hint }) => self.reply(false, hint),
             Err(Rejection::ConflictsWithCommitted { commit }) => self.reply(false, commit),
@@ -402,6 +447,11 @@ impl RaftCore {
         sent: &SentAppend,
         resp: &AppendEntryOutput,
     ) -> ReplicationStatus {
+        if !(0..=MAX_TERM).contains(&resp.term) {
+            // No server holds such a term: adopting it would leave this one
+            // a term SetLeader cannot raise.
+            return ReplicationStatus::Ignored;
+        }
         if resp.term > self.term {
             self.adopt_term(resp.term);
             return ReplicationStatus::NotLeader;
@@ -545,37 +595,35 @@ impl RaftCore {
         self.voted_for = None;
     }
 
-    fn claim(&self, req: &AppendEntryInput) -> Claim {
-        match req.leader_id {
+    fn claim(&self, req: &AppendRequest) -> Claim {
+        match req.sender {
             None => Claim::Anonymous,
-            Some(id) => match usize::try_from(id) {
-                Ok(id) if id < self.cluster_size && id != self.id => Claim::Leader(id),
-                _ => Claim::Invalid,
-            },
+            Some(sender) if sender.id < self.cluster_size && sender.id != self.id => {
+                Claim::Leader(sender.id, sender.last_log)
+            }
+            Some(_) => Claim::Invalid,
         }
     }
 
     /// Whether a server that has not voted in this term would follow the
     /// sender, its own log being the first `own_len` entries (Raft §5.4.1:
     /// a later last term wins, then a longer log).
-    fn sender_acceptable(&self, claim: Claim, req: &AppendEntryInput, own_len: usize) -> bool {
+    fn sender_acceptable(&self, claim: Claim, own_len: usize) -> bool {
         match claim {
             Claim::Anonymous => true,
             Claim::Invalid => false,
-            Claim::Leader(_) => {
-                (req.last_log_term, req.last_log_index) >= self.log.last_id_within(own_len)
-            }
+            Claim::Leader(_, last_log) => last_log >= self.log.last_id_within(own_len),
         }
     }
 
     /// The follower's vote rule: vote for the sender if no vote was cast in
     /// this term and it is acceptable; follow it only if it has the vote.
-    fn follows(&mut self, claim: Claim, req: &AppendEntryInput) -> bool {
+    fn follows(&mut self, claim: Claim) -> bool {
         match claim {
             Claim::Anonymous => true,
             Claim::Invalid => false,
-            Claim::Leader(leader) => {
-                if self.voted_for.is_none() && self.sender_acceptable(claim, req, self.log.len()) {
+            Claim::Leader(leader, _) => {
+                if self.voted_for.is_none() && self.sender_acceptable(claim, self.log.len()) {
                     self.voted_for = Some(leader);
                 }
                 self.voted_for == Some(leader)
@@ -606,6 +654,11 @@ impl RaftCore {
     }
 }
 
+/// The position right after `index` (0 for -1 or anything lower).
+fn index_after(index: LogIndex) -> usize {
+    usize::try_from(index.saturating_add(1)).unwrap_or(0)
+}
+
 /// The index of the last of the first `len` entries.
 fn last_of(len: usize) -> LogIndex {
     LogIndex::try_from(len).unwrap_or(LogIndex::MAX) - 1
@@ -632,6 +685,18 @@ mod tests {
         Entry {
             term,
             meta: meta(name, 1),
+        }
+    }
+
+    /// Hands the core a request as the service does: validated first.
+    trait Deliver {
+        fn deliver(&mut self, req: &AppendEntryInput) -> AppendEntryOutput;
+    }
+
+    impl Deliver for RaftCore {
+        fn deliver(&mut self, req: &AppendEntryInput) -> AppendEntryOutput {
+            let req = AppendRequest::try_from(req.clone()).expect("a valid request");
+            self.handle_append_entries(req)
         }
     }
 
@@ -685,7 +750,7 @@ mod tests {
     /// window (as `SendHeartbeat` repairs).
     fn exchange(leader: &mut RaftCore, peer: &mut RaftCore, max: usize) -> ReplicationStatus {
         let out = leader.sync_request(peer.id(), max).unwrap();
-        let resp = peer.handle_append_entries(&out.request);
+        let resp = peer.deliver(&out.request);
         leader.handle_append_response(peer.id(), &out.sent, &resp)
     }
 
@@ -712,7 +777,7 @@ mod tests {
     #[test]
     fn set_leader_starts_a_term_and_appends_nothing() {
         let mut core = follower(0, 3, 4, vec![entry(1, "a"), entry(2, "b")]);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert_eq!(core.term(), 5);
         assert!(core.is_leader() && !core.is_confirmed_leader());
         assert_eq!(terms(&core), [1, 2]);
@@ -731,7 +796,7 @@ mod tests {
             })
         );
         assert_eq!(ready.log_changed_from, None);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert_eq!(core.term(), 6);
     }
 
@@ -743,7 +808,7 @@ mod tests {
         assert_eq!(err.to_string(), "Server is not the leader");
         assert!(core.sync_request(1, 10).is_none());
         assert!(core.next_append(1, 10).is_none());
-        core.set_leader();
+        core.set_leader().unwrap();
         for peer in [0, 7] {
             assert!(core.sync_request(peer, 10).is_none());
             assert!(core.next_append(peer, 10).is_none());
@@ -755,7 +820,7 @@ mod tests {
     #[test]
     fn receiver_rejects_a_lower_term_with_its_own_term_and_keeps_its_log() {
         let mut core = follower(1, 3, 3, vec![entry(1, "a")]);
-        let resp = core.handle_append_entries(&anonymous(2, -1, -1, &[entry(2, "x")], 0));
+        let resp = core.deliver(&anonymous(2, -1, -1, &[entry(2, "x")], 0));
         assert!(!resp.success);
         assert_eq!((resp.term, resp.server_id), (3, 1));
         assert_eq!(terms(&core), [1]);
@@ -765,8 +830,8 @@ mod tests {
     #[test]
     fn receiver_adopts_a_higher_term_and_a_leader_steps_down() {
         let mut core = RaftCore::new(0, 3);
-        core.set_leader();
-        let resp = core.handle_append_entries(&anonymous(7, -1, -1, &[], -1));
+        core.set_leader().unwrap();
+        let resp = core.deliver(&anonymous(7, -1, -1, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.term, 7);
         assert!(!core.is_leader());
@@ -777,14 +842,14 @@ mod tests {
     fn receiver_checks_the_previous_entry() {
         let mut core = follower(1, 3, 1, vec![entry(1, "a"), entry(1, "b")]);
         // -1 matches whatever prevLogTerm says.
-        let resp = core.handle_append_entries(&anonymous(1, -1, 9, &[], -1));
+        let resp = core.deliver(&anonymous(1, -1, 9, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, -1);
         // Wrong term at prevLogIndex, then no entry at all there.
-        let resp = core.handle_append_entries(&anonymous(1, 1, 2, &[], -1));
+        let resp = core.deliver(&anonymous(2, 1, 2, &[], -1));
         assert!(!resp.success);
         assert_eq!(resp.matched_index, 0, "hint: try one lower");
-        let resp = core.handle_append_entries(&anonymous(1, 5, 1, &[], -1));
+        let resp = core.deliver(&anonymous(2, 5, 1, &[], -1));
         assert!(!resp.success);
         assert_eq!(resp.matched_index, 1, "hint: its last index");
         assert_eq!(terms(&core), [1, 1]);
@@ -797,13 +862,13 @@ mod tests {
         let c = entry(1, "c");
         let mut core = follower(1, 3, 2, vec![a.clone(), b.clone(), c.clone()]);
         // A duplicate or older request of the same leader removes nothing.
-        let resp = core.handle_append_entries(&anonymous(2, -1, -1, &[a.clone(), b.clone()], -1));
+        let resp = core.deliver(&anonymous(2, -1, -1, &[a.clone(), b.clone()], -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, 1);
         assert_eq!(core.log(), [a.clone(), b.clone(), c.clone()]);
         // A conflict at index 1 deletes 1.. and appends the new entries.
         let x = entry(2, "x");
-        let resp = core.handle_append_entries(&anonymous(2, 0, 1, std::slice::from_ref(&x), -1));
+        let resp = core.deliver(&anonymous(2, 0, 1, std::slice::from_ref(&x), -1));
         assert!(resp.success);
         assert_eq!(resp.matched_index, 1);
         assert_eq!(core.log(), [a, x]);
@@ -816,7 +881,7 @@ mod tests {
     fn receiver_commits_up_to_the_last_new_entry_and_applies_in_order() {
         let mut core = follower(1, 3, 1, vec![]);
         let sent = [entry(1, "a"), entry(1, "b"), entry(1, "c")];
-        core.handle_append_entries(&anonymous(1, -1, -1, &sent, 1));
+        core.deliver(&anonymous(1, -1, -1, &sent, 1));
         assert_eq!(core.commit_index(), 1);
         let ready = core.take_ready();
         assert_eq!(
@@ -825,9 +890,9 @@ mod tests {
         );
         assert_eq!(ready.hard_state.map(|h| h.commit), Some(1));
         // A heartbeat vouching only for index 0 cannot commit index 2.
-        core.handle_append_entries(&anonymous(1, 0, 1, &[], 5));
+        core.deliver(&anonymous(1, 0, 1, &[], 5));
         assert_eq!(core.commit_index(), 1);
-        core.handle_append_entries(&anonymous(1, 2, 1, &[], 5));
+        core.deliver(&anonymous(1, 2, 1, &[], 5));
         assert_eq!(core.commit_index(), 2);
         assert_eq!(core.take_ready().committed, vec![(2, sent[2].clone())]);
     }
@@ -836,12 +901,12 @@ mod tests {
     fn vote_rule_follows_the_first_up_to_date_leader_of_a_term() {
         let mut core = follower(2, 3, 1, vec![entry(1, "a")]);
         // Leader 0 is behind: refused, no vote, log untouched.
-        let resp = core.handle_append_entries(&from_leader(0, 2, (-1, -1)));
+        let resp = core.deliver(&from_leader(0, 2, (-1, -1)));
         assert!(!resp.success);
         assert_eq!((resp.term, resp.leader_id), (2, None));
         assert_eq!(terms(&core), [1]);
         // Leader 1 is as up-to-date: it gets the vote.
-        let resp = core.handle_append_entries(&from_leader(1, 2, (1, 0)));
+        let resp = core.deliver(&from_leader(1, 2, (1, 0)));
         assert!(resp.success);
         assert_eq!(resp.leader_id, Some(1));
         assert_eq!(core.leader_hint(), Some(1));
@@ -849,30 +914,19 @@ mod tests {
         // leader this server follows, and its entries are not taken.
         let mut req = from_leader(0, 2, (2, 5));
         req.entries = vec![entry(2, "x").into()];
-        let resp = core.handle_append_entries(&req);
+        let resp = core.deliver(&req);
         assert!(!resp.success);
         assert_eq!(resp.leader_id, Some(1));
         assert_eq!(terms(&core), [1]);
         // Original semantics without a leader id: no vote check.
-        let resp = core.handle_append_entries(&anonymous(2, 0, 1, &[], -1));
+        let resp = core.deliver(&anonymous(2, 0, 1, &[], -1));
         assert!(resp.success);
         assert_eq!(resp.leader_id, Some(1));
         // A claim to be this server itself, or no server at all, is refused.
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(2, 3, (9, 9)))
-                .success
-        );
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(7, 3, (9, 9)))
-                .success
-        );
+        assert!(!core.deliver(&from_leader(2, 3, (3, 9))).success);
+        assert!(!core.deliver(&from_leader(7, 3, (3, 9))).success);
         assert_eq!(core.hard_state().voted_for, None);
-        assert!(
-            core.handle_append_entries(&from_leader(0, 3, (9, 9)))
-                .success
-        );
+        assert!(core.deliver(&from_leader(0, 3, (3, 9))).success);
         assert_eq!(
             core.take_ready().hard_state.and_then(|h| h.voted_for),
             Some(0)
@@ -882,15 +936,8 @@ mod tests {
     #[test]
     fn longer_log_of_the_same_last_term_is_more_up_to_date() {
         let mut core = follower(2, 3, 1, vec![entry(1, "a"), entry(1, "b")]);
-        assert!(
-            !core
-                .handle_append_entries(&from_leader(0, 2, (1, 0)))
-                .success
-        );
-        assert!(
-            core.handle_append_entries(&from_leader(1, 2, (1, 1)))
-                .success
-        );
+        assert!(!core.deliver(&from_leader(0, 2, (1, 0))).success);
+        assert!(core.deliver(&from_leader(1, 2, (1, 1))).success);
     }
 
     #[test]
@@ -898,7 +945,7 @@ mod tests {
         let mut l = RaftCore::new(0, 3);
         let mut f1 = RaftCore::new(1, 3);
         let mut f2 = RaftCore::new(2, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         assert_eq!(l.propose(meta("a", 1)), Ok(0));
         // Unconfirmed: its own-term proposal is not sent, nor persisted.
         let req = l.sync_request(1, 10).unwrap().request;
@@ -930,7 +977,7 @@ mod tests {
         // Leader of term 3 holding an uncommitted entry of term 1.
         let mut l = follower(0, 3, 2, vec![entry(1, "old")]);
         let mut f1 = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         assert_eq!(sync(&mut l, &mut f1), ReplicationStatus::Matched);
         assert_eq!(f1.log(), l.log());
         assert_eq!(
@@ -953,7 +1000,7 @@ mod tests {
     fn an_unconfirmed_leader_sends_entries_of_earlier_terms() {
         let mut l = follower(0, 5, 1, vec![entry(1, "old")]);
         let mut f = RaftCore::new(1, 5);
-        l.set_leader();
+        l.set_leader().unwrap();
         l.propose(meta("mine", 1)).unwrap();
         // Probe at the log length fails, back off, then push only the old entry.
         assert_eq!(exchange(&mut l, &mut f, 10), ReplicationStatus::SendMore);
@@ -971,7 +1018,7 @@ mod tests {
         let mut a = follower(0, 3, 1, vec![entry(1, "x")]);
         let mut b = follower(1, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
         let mut c = follower(2, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
-        a.set_leader();
+        a.set_leader().unwrap();
         a.propose(meta("lost", 1)).unwrap();
         assert_eq!(exchange(&mut a, &mut b, 10), ReplicationStatus::Denied);
         assert!(a.is_leader());
@@ -988,7 +1035,7 @@ mod tests {
         let ready = a.take_ready();
         assert!(ready.entries.is_empty());
         // B now leads term 3 and A follows it.
-        b.set_leader();
+        b.set_leader().unwrap();
         assert_eq!(sync(&mut b, &mut a), ReplicationStatus::Matched);
         assert!(b.is_confirmed_leader());
         assert_eq!(a.log(), b.log());
@@ -997,7 +1044,7 @@ mod tests {
     #[test]
     fn higher_term_deposes_an_unconfirmed_leader_but_a_confirmed_one_keeps_its_log() {
         let mut a = RaftCore::new(0, 3);
-        a.set_leader();
+        a.set_leader().unwrap();
         a.propose(meta("unsent", 1)).unwrap();
         let sent = a.sync_request(1, 10).unwrap().sent;
         let resp = AppendEntryOutput {
@@ -1017,7 +1064,7 @@ mod tests {
 
         let mut a = RaftCore::new(0, 3);
         let mut b = RaftCore::new(1, 3);
-        a.set_leader();
+        a.set_leader().unwrap();
         sync(&mut a, &mut b);
         a.propose(meta("kept", 1)).unwrap();
         assert_eq!(
@@ -1033,15 +1080,15 @@ mod tests {
         let mut a = RaftCore::new(0, 3);
         let mut b = RaftCore::new(1, 3);
         let mut c = RaftCore::new(2, 3);
-        a.set_leader();
-        b.set_leader();
+        a.set_leader().unwrap();
+        b.set_leader().unwrap();
         b.propose(meta("b's", 1)).unwrap();
         // C follows A; A is confirmed; B is refused by both.
         assert_eq!(exchange(&mut a, &mut c, 10), ReplicationStatus::Matched);
         assert!(a.is_confirmed_leader());
         assert_eq!(exchange(&mut b, &mut c, 10), ReplicationStatus::Denied);
         let Outgoing { request: req, sent } = b.sync_request(0, 10).unwrap();
-        let resp = a.handle_append_entries(&req);
+        let resp = a.deliver(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader(), "a confirmed leader never yields in its term");
         assert_eq!(
@@ -1058,18 +1105,18 @@ mod tests {
     fn an_unconfirmed_leader_yields_to_an_up_to_date_leader_of_its_term_only() {
         let mut a = follower(0, 3, 1, vec![entry(1, "x")]);
         let mut b = follower(1, 3, 1, vec![]);
-        a.set_leader();
-        b.set_leader();
+        a.set_leader().unwrap();
+        b.set_leader().unwrap();
         b.propose(meta("b's", 1)).unwrap();
         // B's log is behind A's: A refuses it and stays leader.
         let req = b.sync_request(0, 10).unwrap().request;
-        let resp = a.handle_append_entries(&req);
+        let resp = a.deliver(&req);
         assert!(!resp.success);
         assert_eq!(resp.leader_id, Some(0));
         assert!(a.is_leader());
         // A's log is ahead of B's: B gives way, drops its proposal, follows A.
         let Outgoing { request: req, sent } = a.sync_request(1, 10).unwrap();
-        let resp = b.handle_append_entries(&req);
+        let resp = b.deliver(&req);
         assert_eq!(resp.leader_id, Some(0));
         assert!(!b.is_leader());
         assert!(b.log().is_empty());
@@ -1080,10 +1127,10 @@ mod tests {
     fn stale_duplicated_and_reordered_replies_change_nothing() {
         let mut l = follower(0, 3, 1, vec![entry(1, "a"), entry(1, "b"), entry(1, "c")]);
         let mut f = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         // Probe at index 2 fails; back off; its duplicate is ignored.
         let probe = l.sync_request(1, 1).unwrap();
-        let failed = f.handle_append_entries(&probe.request);
+        let failed = f.deliver(&probe.request);
         assert_eq!(
             l.handle_append_response(1, &probe.sent, &failed),
             ReplicationStatus::SendMore
@@ -1101,13 +1148,13 @@ mod tests {
         assert_eq!(l.peer_progress(1), after_backoff);
         // The reply to an earlier exchange arrives again after a later one.
         let first = l.sync_request(1, 1).unwrap();
-        let first_resp = f.handle_append_entries(&first.request);
+        let first_resp = f.deliver(&first.request);
         assert_eq!(
             l.handle_append_response(1, &first.sent, &first_resp),
             ReplicationStatus::SendMore
         );
         let second = l.sync_request(1, 2).unwrap();
-        let second_resp = f.handle_append_entries(&second.request);
+        let second_resp = f.deliver(&second.request);
         assert_eq!(
             l.handle_append_response(1, &second.sent, &second_resp),
             ReplicationStatus::Matched
@@ -1123,8 +1170,8 @@ mod tests {
         );
         // A reply from an earlier term of this leader is ignored.
         let old = l.sync_request(1, 0).unwrap();
-        let old_resp = f.handle_append_entries(&old.request);
-        l.set_leader();
+        let old_resp = f.deliver(&old.request);
+        l.set_leader().unwrap();
         assert_eq!(
             l.handle_append_response(1, &old.sent, &old_resp),
             ReplicationStatus::Ignored
@@ -1135,7 +1182,7 @@ mod tests {
     #[test]
     fn single_server_cluster_commits_at_once() {
         let mut core = RaftCore::new(0, 1);
-        core.set_leader();
+        core.set_leader().unwrap();
         assert!(core.is_confirmed_leader());
         assert_eq!(core.propose(meta("a", 1)), Ok(0));
         assert_eq!(core.commit_index(), 0);
@@ -1176,7 +1223,7 @@ mod tests {
         let senders = [None, Some(0), Some(-1), Some(i64::MAX)];
         let mut follower = follower(1, 3, 1, vec![entry(1, "a")]);
         let mut leader = follower.clone();
-        leader.set_leader();
+        leader.set_leader().unwrap();
         for x in extremes {
             for y in extremes {
                 for sender in senders {
@@ -1190,7 +1237,9 @@ mod tests {
                         last_log_index: y,
                         last_log_term: x,
                     };
-                    follower.handle_append_entries(&req);
+                    if let Ok(req) = AppendRequest::try_from(req) {
+                        follower.handle_append_entries(req);
+                    }
                     follower.take_ready();
                     let resp = AppendEntryOutput {
                         server_id: x,
@@ -1221,9 +1270,46 @@ mod tests {
     }
 
     #[test]
+    fn set_leader_at_the_highest_term_is_refused_and_changes_nothing() {
+        let mut core = follower(0, 3, MAX_TERM - 1, vec![]);
+        core.set_leader().unwrap();
+        assert_eq!(core.term(), MAX_TERM);
+        let before = core.hard_state();
+        assert_eq!(core.set_leader(), Err(TermExhausted { term: MAX_TERM }));
+        assert_eq!(core.hard_state(), before);
+        assert!(core.is_leader(), "still the one leader of its term");
+
+        let mut other = follower(1, 3, MAX_TERM, vec![]);
+        assert!(other.set_leader().is_err());
+        assert!(!other.is_leader());
+        assert_eq!(other.hard_state().voted_for, None, "no vote for itself");
+    }
+
+    #[test]
+    fn a_reply_carrying_a_term_no_server_holds_is_ignored() {
+        let mut l = RaftCore::new(0, 3);
+        l.set_leader().unwrap();
+        let sent = l.sync_request(1, 0).unwrap().sent;
+        for term in [i64::MAX, -1] {
+            let resp = AppendEntryOutput {
+                server_id: 1,
+                term,
+                success: false,
+                matched_index: -1,
+                leader_id: None,
+            };
+            assert_eq!(
+                l.handle_append_response(1, &sent, &resp),
+                ReplicationStatus::Ignored
+            );
+            assert_eq!((l.is_leader(), l.term()), (true, 1));
+        }
+    }
+
+    #[test]
     fn acknowledgement_needs_same_term_and_this_leader() {
         let mut l = RaftCore::new(0, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         let sent = l.sync_request(1, 0).unwrap().sent;
         let ack = AppendEntryOutput {
             server_id: 1,
@@ -1240,7 +1326,7 @@ mod tests {
         assert!(!l.acknowledges_leadership(&sent, &other));
         let later = AppendEntryOutput { term: 2, ..ack };
         assert!(!l.acknowledges_leadership(&sent, &later));
-        l.set_leader();
+        l.set_leader().unwrap();
         assert!(
             !l.acknowledges_leadership(&sent, &AppendEntryOutput { term: 2, ..ack }),
             "a request of an earlier term"
@@ -1257,7 +1343,7 @@ mod tests {
     fn confirmed_with_proposals(n: usize) -> (RaftCore, RaftCore) {
         let mut l = RaftCore::new(0, 3);
         let mut f = RaftCore::new(1, 3);
-        l.set_leader();
+        l.set_leader().unwrap();
         let probe = l.next_append(1, 2).unwrap();
         assert!(l.next_append(1, 2).is_none(), "one probe at a time");
         for i in 0..n {
@@ -1268,7 +1354,7 @@ mod tests {
             "an unconfirmed leader sends nothing of its term"
         );
         assert!(l.sync_request(1, 2).unwrap().request.entries.is_empty());
-        let resp = f.handle_append_entries(&probe.request);
+        let resp = f.deliver(&probe.request);
         assert_eq!(
             l.handle_append_response(1, &probe.sent, &resp),
             ReplicationStatus::SendMore
@@ -1286,7 +1372,7 @@ mod tests {
                 break;
             }
             for out in batch {
-                let resp = f.handle_append_entries(&out.request);
+                let resp = f.deliver(&out.request);
                 l.handle_append_response(f.id(), &out.sent, &resp);
             }
         }
@@ -1307,7 +1393,7 @@ mod tests {
         assert!(sent.iter().all(|o| o.request.entries.len() == 2));
         assert_eq!(l.peer_progress(1), Some((8, -1)), "nextIndex moved on send");
         // Replies in order: each frees its slot and lets one more go.
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         assert_eq!(
             l.handle_append_response(1, &sent[0].sent, &resp),
             ReplicationStatus::SendMore
@@ -1317,7 +1403,7 @@ mod tests {
         assert_eq!(more.len(), 1);
         assert_eq!(more[0].request.prev_log_index, 7);
         for out in sent[1..].iter().chain(&more) {
-            let resp = f.handle_append_entries(&out.request);
+            let resp = f.deliver(&out.request);
             l.handle_append_response(1, &out.sent, &resp);
         }
         assert_eq!(l.commit_index(), 9);
@@ -1331,7 +1417,7 @@ mod tests {
         // The second request overtakes the first; the first arrives twice.
         let replies: Vec<(usize, AppendEntryOutput)> = [1, 0, 3, 2, 0]
             .into_iter()
-            .map(|i| (i, f.handle_append_entries(&sent[i].request)))
+            .map(|i| (i, f.deliver(&sent[i].request)))
             .collect();
         // Replies come back in yet another order.
         for &k in &[2, 4, 0, 3, 1] {
@@ -1353,13 +1439,13 @@ mod tests {
         let beat = l.sync_request(1, 0).unwrap();
         assert_eq!(beat.request.prev_log_index, -1);
         assert!(beat.request.entries.is_empty());
-        let resp = f.handle_append_entries(&beat.request);
+        let resp = f.deliver(&beat.request);
         assert!(resp.success);
         l.handle_append_response(1, &beat.sent, &resp);
         assert_eq!(l.peer_progress(1), before);
         assert!(l.next_append(1, 2).is_none(), "the window is still full");
         for out in &sent {
-            let resp = f.handle_append_entries(&out.request);
+            let resp = f.deliver(&out.request);
             l.handle_append_response(1, &out.sent, &resp);
         }
         assert_eq!(l.peer_progress(1), Some((8, 7)));
@@ -1369,7 +1455,7 @@ mod tests {
     fn a_failed_call_probes_again_from_match_index() {
         let (mut l, mut f) = confirmed_with_proposals(10);
         let sent = window(&mut l, 1, 2);
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         l.handle_append_response(1, &sent[0].sent, &resp);
         l.report_unreachable(1, &sent[1].sent);
         assert_eq!(l.peer_progress(1), Some((2, 1)));
@@ -1381,14 +1467,50 @@ mod tests {
         assert!(l.next_append(1, 2).is_none());
         assert_eq!(l.peer_progress(1), Some((2, 1)));
         // A late success of the old window still counts.
-        let resp = f.handle_append_entries(&sent[1].request);
+        let resp = f.deliver(&sent[1].request);
         l.handle_append_response(1, &sent[1].sent, &resp);
         assert_eq!(l.peer_progress(1), Some((4, 3)));
         drain(&mut l, &mut f);
         // A report from an earlier term changes nothing.
-        l.set_leader();
+        l.set_leader().unwrap();
         l.report_unreachable(1, &probe.sent);
         assert_eq!(l.peer_progress(1), Some((10, -1)));
+    }
+
+    #[test]
+    fn requests_carry_at_most_the_batch_budget_but_always_one_entry() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f = RaftCore::new(1, 3);
+        l.set_leader().unwrap();
+        assert_eq!(sync(&mut l, &mut f), ReplicationStatus::Matched);
+        assert!(l.is_confirmed_leader());
+        for i in 0..10 {
+            let mut update = meta(&format!("big{i}"), 1);
+            update.block_hash_list = vec!["h".repeat(1000)];
+            l.propose(update).unwrap();
+        }
+        let size = l.log()[0].wire_len();
+        assert!(l.log().iter().all(|e| e.wire_len() == size));
+        l.set_max_batch_bytes(3 * size + size / 2);
+        let sync = l.sync_request(1, 100).unwrap().request;
+        assert_eq!(sync.entries.len(), 3);
+        let sent = window(&mut l, 1, 100);
+        let counts: Vec<usize> = sent.iter().map(|o| o.request.entries.len()).collect();
+        assert_eq!(counts, [3, 3, 3, 1]);
+        // A budget below one entry still sends one per request.
+        l.set_max_batch_bytes(1);
+        assert_eq!(l.sync_request(1, 100).unwrap().request.entries.len(), 1);
+        // The window is lost; the peer is probed and caught up again.
+        l.report_unreachable(1, &sent[0].sent);
+        for _ in 0..l.log().len() * 2 + 4 {
+            let Some(out) = l.next_append(1, 100) else {
+                break;
+            };
+            assert!(out.request.entries.len() <= 1, "{:?}", out.request);
+            let resp = f.deliver(&out.request);
+            l.handle_append_response(1, &out.sent, &resp);
+        }
+        assert_eq!(f.log(), l.log());
     }
 
     #[test]
@@ -1397,7 +1519,7 @@ mod tests {
         let sent = window(&mut l, 1, 2);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].request.leader_commit, -1);
-        let resp = f.handle_append_entries(&sent[0].request);
+        let resp = f.deliver(&sent[0].request);
         l.handle_append_response(1, &sent[0].sent, &resp);
         assert_eq!((l.commit_index(), f.commit_index()), (1, -1));
         let notice = l.next_append(1, 2).unwrap();
@@ -1405,7 +1527,7 @@ mod tests {
         assert!(notice.request.entries.is_empty());
         assert_eq!(notice.request.leader_commit, 1);
         assert!(l.next_append(1, 2).is_none(), "told once");
-        f.handle_append_entries(&notice.request);
+        f.deliver(&notice.request);
         assert_eq!(f.commit_index(), 1);
     }
 }

@@ -3,8 +3,10 @@
 //! applied indices, and which part of the log still has to be made durable.
 //!
 //! Indices are 0-based `LogIndex` values (-1 = "before the first entry"), as
-//! on the wire; the conversions to `usize` live here so that the rest of the
-//! core never indexes a `Vec` with an unchecked wire value.
+//! on the wire, except the request values [`RaftLog::accept`] takes, which
+//! the service edge already turned into positions ([`super::AppendRequest`]);
+//! the conversions live here so that the rest of the core never indexes a
+//! `Vec` with an unchecked value.
 
 use super::{Entry, LogIndex, Term};
 
@@ -28,6 +30,9 @@ pub(crate) enum Rejection {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RaftLog {
     entries: Vec<Entry>,
+    /// `ends[i]`: the encoded bytes of entries `0..=i` ([`Entry::wire_len`]),
+    /// so that batching and size checks never walk the log.
+    ends: Vec<usize>,
     committed: LogIndex,
     applied: LogIndex,
     /// Lowest index changed (appended or truncated) since the last
@@ -54,13 +59,15 @@ impl RaftLog {
     /// damaged store) is clamped rather than trusted.
     pub(crate) fn restore(entries: Vec<Entry>, committed: LogIndex) -> Self {
         let last = index(entries.len()) - 1;
-        Self {
+        let mut log = Self {
             committed: committed.clamp(-1, last),
             applied: -1,
             unpersisted_from: None,
             durable_len: entries.len(),
-            entries,
-        }
+            ..Self::default()
+        };
+        log.extend(entries);
+        log
     }
 
     /// All entries, index 0 first.
@@ -104,6 +111,39 @@ impl RaftLog {
             .map_or(0, |p| p + 1)
     }
 
+    /// The encoded bytes of the whole log.
+    pub(crate) fn bytes(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// The encoded bytes of the entries not yet handed out for applying.
+    pub(crate) fn unapplied_bytes(&self) -> usize {
+        self.bytes() - self.bytes_before(index_after(self.applied))
+    }
+
+    /// The encoded bytes of the entries before position `at`.
+    fn bytes_before(&self, at: usize) -> usize {
+        match at.min(self.ends.len()) {
+            0 => 0,
+            n => self.ends[n - 1],
+        }
+    }
+
+    /// How many entries from position `from` one request carries: at most
+    /// `max` of them, of at most `max_bytes` together, but at least one
+    /// whatever its size (while `max` > 0), so that an entry larger than
+    /// the budget still goes out, alone.
+    pub(crate) fn fitting(&self, from: usize, max: usize, max_bytes: usize) -> usize {
+        let end = self.ends.len().min(from.saturating_add(max));
+        let Some(candidates) = self.ends.get(from..end) else {
+            return 0;
+        };
+        let budget = self.bytes_before(from).saturating_add(max_bytes);
+        candidates
+            .partition_point(|&total| total <= budget)
+            .max(usize::from(!candidates.is_empty()))
+    }
+
     /// Up to `max` entries starting at position `from`, ending before `end`.
     pub(crate) fn slice(&self, from: usize, end: usize, max: usize) -> &[Entry] {
         let end = end.min(self.entries.len()).min(from.saturating_add(max));
@@ -113,8 +153,23 @@ impl RaftLog {
     /// Appends one entry (a leader's proposal) and returns its index.
     pub(crate) fn append(&mut self, entry: Entry) -> LogIndex {
         self.mark_changed(self.entries.len());
-        self.entries.push(entry);
+        self.extend([entry]);
         self.last_index()
+    }
+
+    /// Appends `new` with their sizes; the one way entries are added.
+    fn extend(&mut self, new: impl IntoIterator<Item = Entry>) {
+        for entry in new {
+            self.ends.push(self.bytes() + entry.wire_len());
+            self.entries.push(entry);
+        }
+    }
+
+    /// Keeps the first `len` entries and their sizes; the one way entries
+    /// are removed.
+    fn cut(&mut self, len: usize) {
+        self.entries.truncate(len);
+        self.ends.truncate(len);
     }
 
     /// Keeps only the first `len` entries. Committed entries are never
@@ -122,32 +177,35 @@ impl RaftLog {
     pub(crate) fn truncate(&mut self, len: usize) {
         let len = len.max(position(self.committed + 1).unwrap_or(0));
         if len < self.entries.len() {
-            self.entries.truncate(len);
+            self.cut(len);
             self.mark_changed(len);
         }
     }
 
     /// The AppendEntries receiver's log rules, in SPEC order: the entry at
-    /// `prev_index` must have `prev_term` (-1 always matches); then only
-    /// entries that CONFLICT with the new ones (same index, other term) are
-    /// deleted, with all that follow them; entries not already present are
-    /// appended; and the commit index becomes
-    /// `min(leader_commit, index of the last new entry)` if that is higher.
-    /// Returns the index of the last new entry (`prev_index + entries.len()`),
-    /// which is what the follower reports as matched.
+    /// `prev`'s index must have `prev`'s term (`None`, "before the first
+    /// entry", always matches); then only entries that CONFLICT with the
+    /// new ones (same index, other term) are deleted, with all that follow
+    /// them; entries not already present are appended; and the commit index
+    /// becomes `min(leader_commit, index of the last new entry)` if that is
+    /// higher. Returns the index of the last new entry (`prev`'s index +
+    /// `entries.len()`), which is what the follower reports as matched.
     pub(crate) fn accept(
         &mut self,
-        prev_index: LogIndex,
-        prev_term: Term,
+        prev: Option<(usize, Term)>,
         new: Vec<Entry>,
-        leader_commit: LogIndex,
+        leader_commit: Option<usize>,
     ) -> Result<LogIndex, Rejection> {
-        let prev_matches = prev_index == -1 || self.term_at(prev_index) == Some(prev_term);
-        if prev_index < -1 || !prev_matches {
-            let hint = prev_index.saturating_sub(1).min(self.last_index()).max(-1);
-            return Err(Rejection::Mismatch { hint });
-        }
-        let start = index_after(prev_index);
+        let start = match prev {
+            None => 0,
+            Some((at, term)) => {
+                if self.entries.get(at).map(|e| e.term) != Some(term) {
+                    let hint = index(at).saturating_sub(1).min(self.last_index());
+                    return Err(Rejection::Mismatch { hint });
+                }
+                at + 1
+            }
+        };
         let conflict = new.iter().enumerate().find_map(|(offset, entry)| {
             let at = start + offset;
             let existing = self.entries.get(at)?;
@@ -160,7 +218,7 @@ impl RaftLog {
                 });
             }
             Some(at) => {
-                self.entries.truncate(at);
+                self.cut(at);
                 self.mark_changed(at);
                 at
             }
@@ -170,9 +228,9 @@ impl RaftLog {
         if already_present < new.len() {
             self.mark_changed(first_new);
         }
-        let last_new = prev_index + index(new.len());
-        self.entries.extend(new.into_iter().skip(already_present));
-        self.commit_to(leader_commit.min(last_new));
+        let last_new = index(start + new.len()) - 1;
+        self.extend(new.into_iter().skip(already_present));
+        self.commit_to(leader_commit.map_or(-1, index).min(last_new));
         Ok(last_new)
     }
 
@@ -247,6 +305,16 @@ mod tests {
         RaftLog::restore(entries, -1)
     }
 
+    /// `prevLogIndex`/`prevLogTerm` as the edge turns them into `prev`.
+    fn prev(index: LogIndex, term: Term) -> Option<(usize, Term)> {
+        usize::try_from(index).ok().map(|at| (at, term))
+    }
+
+    /// `leaderCommit` as the edge turns it into a position.
+    fn commit(index: LogIndex) -> Option<usize> {
+        usize::try_from(index).ok()
+    }
+
     fn terms(log: &RaftLog) -> Vec<Term> {
         log.entries().iter().map(|e| e.term).collect()
     }
@@ -254,7 +322,10 @@ mod tests {
     #[test]
     fn prev_index_minus_one_matches_whatever_prev_term_says() {
         let mut log = RaftLog::default();
-        assert_eq!(log.accept(-1, 42, vec![entry(1, "a")], -1), Ok(0));
+        assert_eq!(
+            log.accept(prev(-1, 42), vec![entry(1, "a")], commit(-1)),
+            Ok(0)
+        );
         assert_eq!(terms(&log), [1]);
     }
 
@@ -262,19 +333,15 @@ mod tests {
     fn missing_or_mismatching_prev_entry_is_rejected_with_a_hint() {
         let mut log = log_of(&[1, 1]);
         assert_eq!(
-            log.accept(4, 1, vec![], -1),
+            log.accept(prev(4, 1), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: 1 })
         );
         assert_eq!(
-            log.accept(1, 2, vec![], -1),
+            log.accept(prev(1, 2), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: 0 })
         );
         assert_eq!(
-            log.accept(0, 2, vec![], -1),
-            Err(Rejection::Mismatch { hint: -1 })
-        );
-        assert_eq!(
-            log.accept(-3, 1, vec![], -1),
+            log.accept(prev(0, 2), vec![], commit(-1)),
             Err(Rejection::Mismatch { hint: -1 })
         );
         assert_eq!(terms(&log), [1, 1]);
@@ -285,7 +352,7 @@ mod tests {
         let mut log = log_of(&[1, 1, 1, 1]);
         let before = log.entries()[1].clone();
         assert_eq!(
-            log.accept(0, 1, vec![before.clone(), entry(2, "x")], -1),
+            log.accept(prev(0, 1), vec![before.clone(), entry(2, "x")], commit(-1)),
             Ok(2)
         );
         assert_eq!(terms(&log), [1, 1, 2]);
@@ -296,9 +363,9 @@ mod tests {
     fn a_stale_shorter_request_does_not_truncate() {
         let mut log = log_of(&[1, 1, 1, 1]);
         let dup = log.entries()[1].clone();
-        assert_eq!(log.accept(0, 1, vec![dup], -1), Ok(1));
+        assert_eq!(log.accept(prev(0, 1), vec![dup], commit(-1)), Ok(1));
         assert_eq!(terms(&log), [1, 1, 1, 1]);
-        assert_eq!(log.accept(2, 1, vec![], -1), Ok(2));
+        assert_eq!(log.accept(prev(2, 1), vec![], commit(-1)), Ok(2));
         assert_eq!(terms(&log), [1, 1, 1, 1]);
     }
 
@@ -306,11 +373,11 @@ mod tests {
     fn commit_is_min_of_leader_commit_and_last_new_entry_and_never_drops() {
         let mut log = log_of(&[1, 1, 1, 1]);
         // The follower's extra entries beyond the request are not vouched for.
-        assert_eq!(log.accept(0, 1, vec![], 3), Ok(0));
+        assert_eq!(log.accept(prev(0, 1), vec![], commit(3)), Ok(0));
         assert_eq!(log.committed(), 0);
-        assert_eq!(log.accept(1, 1, vec![], 1), Ok(1));
+        assert_eq!(log.accept(prev(1, 1), vec![], commit(1)), Ok(1));
         assert_eq!(log.committed(), 1);
-        assert_eq!(log.accept(0, 1, vec![], 0), Ok(0));
+        assert_eq!(log.accept(prev(0, 1), vec![], commit(0)), Ok(0));
         assert_eq!(log.committed(), 1);
     }
 
@@ -319,7 +386,7 @@ mod tests {
         let mut log = log_of(&[1, 1]);
         log.commit_to(0);
         assert_eq!(
-            log.accept(-1, -1, vec![entry(2, "x")], -1),
+            log.accept(prev(-1, -1), vec![entry(2, "x")], commit(-1)),
             Err(Rejection::ConflictsWithCommitted { commit: 0 })
         );
         log.truncate(0);
@@ -343,7 +410,8 @@ mod tests {
     fn unpersisted_changes_cover_appends_and_truncations() {
         let mut log = log_of(&[1, 1, 1]);
         assert_eq!(log.take_unpersisted(3), None);
-        log.accept(0, 1, vec![entry(2, "x")], -1).unwrap();
+        log.accept(prev(0, 1), vec![entry(2, "x")], commit(-1))
+            .unwrap();
         assert_eq!(log.take_unpersisted(2), Some((1, vec![entry(2, "x")])));
         log.append(entry(3, "y"));
         log.append(entry(3, "z"));
@@ -355,6 +423,44 @@ mod tests {
         );
         log.truncate(2);
         assert_eq!(log.take_unpersisted(2), Some((2, vec![])));
+    }
+
+    /// The encoded bytes of `log`'s entries `from..to`, counted afresh.
+    fn counted(log: &RaftLog, from: usize, to: usize) -> usize {
+        log.entries()[from..to].iter().map(Entry::wire_len).sum()
+    }
+
+    #[test]
+    fn sizes_follow_appends_truncations_and_applying() {
+        let mut log = log_of(&[1, 1, 1]);
+        let one = log.entries()[0].wire_len();
+        assert_eq!(log.bytes(), 3 * one);
+        assert_eq!(log.unapplied_bytes(), 3 * one);
+        log.accept(prev(0, 1), vec![entry(2, "longer name")], commit(-1))
+            .unwrap();
+        assert_eq!(log.bytes(), counted(&log, 0, 2));
+        log.append(entry(2, "y"));
+        log.commit_to(1);
+        log.take_committed();
+        assert_eq!(log.bytes(), counted(&log, 0, 3));
+        assert_eq!(log.unapplied_bytes(), counted(&log, 2, 3));
+        log.truncate(2);
+        assert_eq!(log.bytes(), counted(&log, 0, 2));
+        assert_eq!(log.unapplied_bytes(), 0);
+    }
+
+    #[test]
+    fn fitting_counts_entries_within_the_budget_and_at_least_one() {
+        let log = log_of(&[1, 1, 1, 1, 1]);
+        let one = log.entries()[0].wire_len();
+        assert_eq!(log.fitting(0, 10, 2 * one), 2);
+        assert_eq!(log.fitting(0, 10, 2 * one - 1), 1);
+        assert_eq!(log.fitting(1, 10, 0), 1, "one entry whatever its size");
+        assert_eq!(log.fitting(3, 10, usize::MAX), 2);
+        assert_eq!(log.fitting(0, 3, usize::MAX), 3);
+        assert_eq!(log.fitting(2, 0, usize::MAX), 0);
+        assert_eq!(log.fitting(5, 10, usize::MAX), 0);
+        assert_eq!(log.fitting(9, 10, usize::MAX), 0);
     }
 
     #[test]

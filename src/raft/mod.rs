@@ -7,20 +7,34 @@
 //! it says is committed to a [`crate::meta_store::FileMap`].
 
 pub mod core;
+mod limits;
 mod log;
 pub mod node;
 mod progress;
 pub mod quorum;
+mod request;
 pub mod service;
 pub mod storage;
 
-pub use self::core::{NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend};
+pub use self::core::{
+    NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted,
+};
 pub use self::progress::MAX_INFLIGHT;
+pub use self::request::{AppendRequest, InvalidAppend};
+
+use prost::Message;
 
 use crate::proto::{FileMetaData, UpdateOperation};
 
 /// A Raft term. Every server starts at term 0.
 pub type Term = i64;
+
+/// The highest term a server may hold. SetLeader raises the term by one, so
+/// at `i64::MAX` it could not start a newer term, and leading the same one
+/// again would give a term two leaders; one below leaves no valid term that
+/// `+ 1` overflows. SetLeader refuses to go past it, and a request carrying
+/// a higher term is refused as forged.
+pub const MAX_TERM: Term = i64::MAX - 1;
 
 /// A 0-based log index; -1 means "before the first entry".
 pub type LogIndex = i64;
@@ -35,6 +49,25 @@ pub struct Entry {
     pub term: Term,
     /// The update to apply to the MetaStore once committed.
     pub meta: FileMetaData,
+}
+
+impl Entry {
+    /// The bytes this entry takes as one `UpdateOperation` of a repeated
+    /// field: `AppendEntryInput.entries` or `RaftInternalState.log`.
+    pub fn wire_len(&self) -> usize {
+        wire_len(self.term, &self.meta)
+    }
+}
+
+/// [`Entry::wire_len`] of the entry `meta` would become in `term`, without
+/// building it.
+pub(crate) fn wire_len(term: Term, meta: &FileMetaData) -> usize {
+    let term_field = UpdateOperation {
+        term,
+        file_meta_data: None,
+    }
+    .encoded_len();
+    crate::grpc::field_len(term_field + crate::grpc::field_len(meta.encoded_len()))
 }
 
 /// What must survive a process crash (like etcd's HardState).
@@ -72,6 +105,37 @@ impl From<UpdateOperation> for Entry {
         Entry {
             term: op.term,
             meta: op.file_meta_data.unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::RaftInternalState;
+
+    #[test]
+    fn wire_len_is_what_an_entry_adds_to_a_message() {
+        let metas = [
+            FileMetaData::default(),
+            FileMetaData {
+                filename: "a".into(),
+                version: 3,
+                block_hash_list: vec!["h".repeat(300); 500],
+            },
+        ];
+        for term in [0, 1, 300, MAX_TERM] {
+            for meta in &metas {
+                let entry = Entry {
+                    term,
+                    meta: meta.clone(),
+                };
+                let state = RaftInternalState {
+                    log: vec![entry.clone().into()],
+                    ..Default::default()
+                };
+                assert_eq!(entry.wire_len(), state.encoded_len(), "{term}");
+            }
         }
     }
 }

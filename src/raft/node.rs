@@ -35,28 +35,41 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use prost::Message;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend};
+use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend, TermExhausted};
+use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
-use super::{Entry, LogIndex, ServerId, Term};
+use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
+use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::FileMap;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{AppendEntryInput, AppendEntryOutput, FileInfoMap, FileMetaData};
+use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 
 /// The most entries one AppendEntries carries; more are sent in the next.
 const MAX_BATCH_ENTRIES: usize = 4096;
 
-/// Deadline of one AppendEntries call to a peer.
+/// Deadline of one AppendEntries call to a peer, plus the time its bytes
+/// take at [`MIN_PEER_BYTES_PER_SEC`].
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How soon a peer that failed or lags is tried again, and how often a read
-/// re-checks for a majority.
+/// The slowest link to a peer that a large AppendEntries (a batch, or one
+/// entry of up to a whole message) must still cross within its deadline:
+/// 8 MiB/s, a 64 Mbit/s link.
+const MIN_PEER_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// How soon a peer that failed or lags is tried again at first, and how
+/// often a read re-checks for a majority.
 const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The longest a peer that keeps failing is left alone between attempts:
+/// a peer that comes back is caught up within about this long.
+const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a node refused or abandoned a request; the service maps each to the
 /// gRPC status SPEC §3 asks for.
@@ -72,6 +85,12 @@ pub enum NodeError {
         /// The leader's address, if known.
         leader: Option<String>,
     },
+    /// `SetLeader` at the highest term.
+    #[error(transparent)]
+    TermExhausted(#[from] TermExhausted),
+    /// An update refused because a message that must carry it could not.
+    #[error("UpdateFile refused: {0}")]
+    TooLarge(#[from] grpc::TooLarge),
 }
 
 /// Why a node could not start.
@@ -160,7 +179,7 @@ impl RaftNode {
             peers.push(if id == config.id {
                 None
             } else {
-                let client = RaftSurfstoreClient::new(grpc::channel(addr)?)
+                let client = RaftSurfstoreClient::new(grpc::peer_channel(addr)?)
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
                 Some(Peer {
@@ -246,7 +265,7 @@ impl RaftNode {
             if state.crashed {
                 return Err(NodeError::Crashed);
             }
-            state.core.set_leader();
+            state.core.set_leader()?;
             // Calls waiting on entries of the ended term get an error now:
             // such entries commit only with a later entry of the new term.
             let ended = self.not_leader(&state.core);
@@ -265,6 +284,14 @@ impl RaftNode {
             let mut state = self.state();
             self.check_leader(&state)?;
             let term = state.core.term();
+            limits::check_proposal(
+                state.core.log_bytes(),
+                state.core.unapplied_bytes(),
+                &state.map,
+                term,
+                &meta,
+                grpc::MAX_MESSAGE_BYTES,
+            )?;
             let index = state
                 .core
                 .propose(meta)
@@ -469,10 +496,13 @@ impl RaftNode {
     /// flight as the core's window allows, topping it up after every reply
     /// and wake-up (a proposal, a new commit index, a confirmation,
     /// `Restore`); heartbeats on the configured period when nothing is in
-    /// flight. After a failed call or a refusal it sends nothing new until
-    /// woken, the next heartbeat, or, while entries wait for a commit,
-    /// [`RETRY_INTERVAL`], so a blocked `UpdateFile` completes by itself once
-    /// a majority is back without a down peer being hammered.
+    /// flight. After a failed call or a refusal the peer is left alone for a
+    /// backoff ([`RETRY_INTERVAL`] doubling up to [`MAX_RETRY_INTERVAL`],
+    /// with jitter) whatever wakes the task meanwhile: every proposal and
+    /// commit wakes it, and trying a down peer at that rate redialled it
+    /// hundreds of times a second. When the backoff ends it tries again if
+    /// anything asked it to meanwhile or entries wait for a commit, so a
+    /// blocked `UpdateFile` completes by itself once a majority is back.
     async fn replicate(self, peer: ServerId) {
         let Some(link) = self.shared.peers[peer].as_ref() else {
             return;
@@ -483,8 +513,12 @@ impl RaftNode {
             t
         });
         let mut calls = FuturesUnordered::new();
+        let mut backoff = Backoff::new(RETRY_INTERVAL, MAX_RETRY_INTERVAL);
         let mut paused = false;
-        let mut retry_at: Option<Instant> = None;
+        // After a failure: when the peer may be tried again.
+        let mut held_until: Option<Instant> = None;
+        // Something asked for a send while the peer was held.
+        let mut asked = false;
         let mut beat_due = false;
         loop {
             if !paused {
@@ -506,8 +540,8 @@ impl RaftNode {
                     None => std::future::pending().await,
                 }
             };
-            let retry = async {
-                match retry_at {
+            let release = async {
+                match held_until {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -517,29 +551,38 @@ impl RaftNode {
                     match self.feed_back(peer, &sent, outcome) {
                         None | Some((_, ReplicationStatus::Denied)) => {
                             paused = true;
-                            retry_at = self
-                                .awaits_commit()
-                                .then(|| Instant::now() + RETRY_INTERVAL);
+                            // The calls of one window fail together: one step.
+                            held_until
+                                .get_or_insert_with(|| Instant::now() + backoff.next_delay());
                         }
                         Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
                             paused = false;
-                            retry_at = None;
+                            held_until = None;
+                            backoff.reset();
                         }
                         Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
                     }
                 }
                 () = link.wake.notified() => {
-                    paused = false;
-                    retry_at = None;
+                    if held_until.is_some() {
+                        asked = true;
+                    } else {
+                        paused = false;
+                    }
                 }
                 () = tick => {
-                    paused = false;
-                    retry_at = None;
-                    beat_due = true;
+                    if held_until.is_some() {
+                        asked = true;
+                    } else {
+                        paused = false;
+                        beat_due = true;
+                    }
                 }
-                () = retry => {
-                    paused = false;
-                    retry_at = None;
+                () = release => {
+                    held_until = None;
+                    if std::mem::take(&mut asked) || self.awaits_commit() {
+                        paused = false;
+                    }
                 }
             }
         }
@@ -556,11 +599,8 @@ impl RaftNode {
             && state.core.commit_index() < state.core.last_index()
     }
 
-    /// `AppendEntries` from a leader.
-    pub fn append_entries(
-        &self,
-        request: &AppendEntryInput,
-    ) -> Result<AppendEntryOutput, NodeError> {
+    /// `AppendEntries` from a leader, validated at the edge.
+    pub fn append_entries(&self, request: AppendRequest) -> Result<AppendEntryOutput, NodeError> {
         let mut state = self.state();
         if state.crashed {
             return Err(NodeError::Crashed);
@@ -678,8 +718,11 @@ async fn call(
     outgoing: Outgoing,
 ) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
     let Outgoing { request, sent } = outgoing;
+    let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
     let mut request = tonic::Request::new(request);
-    request.set_timeout(APPEND_TIMEOUT);
+    request.set_timeout(
+        APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC),
+    );
     let outcome = client
         .append_entries(request)
         .await

@@ -185,7 +185,8 @@ impl Progress {
     /// What to send now under the window rule, recorded as sent; `None`
     /// when the window of `depth` requests is full (or the probe
     /// unanswered) and the peer needs no new commit index. `last` is the
-    /// last index the leader may send, `commit` its commit index. In
+    /// last index the leader may send, `max(prev)` how many entries a
+    /// request after `prev` may carry, `commit` the commit index. In
     /// Replicate, with nothing new to send and nothing outstanding, the peer
     /// still gets an empty request at `matched` when it has not been told a
     /// commit index it could apply. While requests are outstanding that
@@ -195,11 +196,12 @@ impl Progress {
     pub(crate) fn next_send(
         &mut self,
         last: LogIndex,
-        max: usize,
+        max: impl Fn(LogIndex) -> usize,
         commit: LogIndex,
         depth: usize,
     ) -> Option<Slice> {
-        let probe = Slice::after(self.probe_prev(last), last, max);
+        let probe_prev = self.probe_prev(last);
+        let probe = Slice::after(probe_prev, last, max(probe_prev));
         let slice = match &mut self.mode {
             Mode::Probe { outstanding: true } => return None,
             Mode::Probe { outstanding } => {
@@ -207,8 +209,9 @@ impl Progress {
                 probe
             }
             Mode::Replicate(window) => {
-                if max > 0 && self.next <= last && !window.is_full(depth) {
-                    let slice = Slice::after(self.next - 1, last, max);
+                let count = max(self.next - 1);
+                if count > 0 && self.next <= last && !window.is_full(depth) {
+                    let slice = Slice::after(self.next - 1, last, count);
                     window.push(slice.end());
                     self.next = slice.end() + 1;
                     slice
@@ -223,15 +226,16 @@ impl Progress {
         Some(slice)
     }
 
-    /// A request outside the window, recorded nothing: up to `max` entries
-    /// from the confirmed point (see the module docs), for heartbeats and
-    /// synchronous rounds, which must be sendable whatever the window holds.
-    pub(crate) fn sync_send(&self, last: LogIndex, max: usize) -> Slice {
+    /// A request outside the window, recorded nothing: up to `max(prev)`
+    /// entries from the confirmed point `prev` (see the module docs), for
+    /// heartbeats and synchronous rounds, which must be sendable whatever
+    /// the window holds.
+    pub(crate) fn sync_send(&self, last: LogIndex, max: impl Fn(LogIndex) -> usize) -> Slice {
         let prev = match self.mode {
             Mode::Probe { .. } => self.probe_prev(last),
             Mode::Replicate(_) => self.matched,
         };
-        Slice::after(prev, last, max)
+        Slice::after(prev, last, max(prev))
     }
 
     /// Where a probe starts: `next - 1`, but never past what may be sent.
@@ -414,6 +418,11 @@ mod tests {
     /// The last index the leader may send, in tests that do not care.
     const LAST: LogIndex = 100;
 
+    /// At most `n` entries per request wherever it starts.
+    fn upto(n: usize) -> impl Fn(LogIndex) -> usize {
+        move |_| n
+    }
+
     fn slice(prev: LogIndex, count: usize) -> Slice {
         Slice { prev, count }
     }
@@ -422,7 +431,7 @@ mod tests {
     /// at `matched` succeeded.
     fn replicating(matched: LogIndex) -> Progress {
         let mut p = Progress::new(matched + 1);
-        let probe = p.next_send(LAST, 0, -1, MAX_INFLIGHT).unwrap();
+        let probe = p.next_send(LAST, upto(0), -1, MAX_INFLIGHT).unwrap();
         p.on_success(probe.end(), -1);
         assert_eq!(p.mode(), Mode::Replicate(Inflights::default()));
         p
@@ -443,9 +452,12 @@ mod tests {
     fn set_leader_starts_probing_one_request_at_a_time() {
         let mut p = Progress::new(5);
         assert!(is_probing(&p));
-        assert_eq!(p.next_send(LAST, 3, -1, MAX_INFLIGHT), Some(slice(4, 3)));
         assert_eq!(
-            p.next_send(LAST, 3, -1, MAX_INFLIGHT),
+            p.next_send(LAST, upto(3), -1, MAX_INFLIGHT),
+            Some(slice(4, 3))
+        );
+        assert_eq!(
+            p.next_send(LAST, upto(3), -1, MAX_INFLIGHT),
             None,
             "the probe is unanswered"
         );
@@ -453,7 +465,7 @@ mod tests {
         // A success below the probe point proves nothing about it.
         p.on_success(2, -1);
         assert_eq!((p.next, p.matched), (5, 2));
-        assert_eq!(p.next_send(LAST, 3, -1, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(LAST, upto(3), -1, MAX_INFLIGHT), None);
         // The probe's own success starts replicating after what it carried.
         p.on_success(7, -1);
         assert_eq!(p.mode(), Mode::Replicate(Inflights::default()));
@@ -463,19 +475,22 @@ mod tests {
     #[test]
     fn a_probe_never_sends_past_what_may_be_sent() {
         let mut p = Progress::new(5);
-        assert_eq!(p.next_send(2, 10, -1, MAX_INFLIGHT), Some(slice(2, 0)));
-        assert_eq!(p.sync_send(2, 10), slice(2, 0));
-        assert_eq!(Progress::new(0).sync_send(-1, 10), slice(-1, 0));
+        assert_eq!(
+            p.next_send(2, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(2, 0))
+        );
+        assert_eq!(p.sync_send(2, upto(10)), slice(2, 0));
+        assert_eq!(Progress::new(0).sync_send(-1, upto(10)), slice(-1, 0));
     }
 
     #[test]
     fn a_depth_of_one_is_stop_and_wait() {
         let mut p = replicating(-1);
-        assert_eq!(p.next_send(LAST, 10, -1, 1), Some(slice(-1, 10)));
-        assert_eq!(p.next_send(LAST, 10, -1, 1), None, "one in flight");
+        assert_eq!(p.next_send(LAST, upto(10), -1, 1), Some(slice(-1, 10)));
+        assert_eq!(p.next_send(LAST, upto(10), -1, 1), None, "one in flight");
         p.on_success(9, -1);
-        assert_eq!(p.next_send(LAST, 10, -1, 1), Some(slice(9, 10)));
-        assert_eq!(p.next_send(LAST, 10, -1, 0), None, "0 counts as 1");
+        assert_eq!(p.next_send(LAST, upto(10), -1, 1), Some(slice(9, 10)));
+        assert_eq!(p.next_send(LAST, upto(10), -1, 0), None, "0 counts as 1");
     }
 
     #[test]
@@ -484,23 +499,29 @@ mod tests {
         for k in 0..MAX_INFLIGHT {
             let prev = LogIndex::try_from(k * 10).unwrap() - 1;
             assert_eq!(
-                p.next_send(LAST, 10, -1, MAX_INFLIGHT),
+                p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
                 Some(slice(prev, 10))
             );
         }
         assert_eq!(in_flight(&p), MAX_INFLIGHT);
         assert_eq!(
-            p.next_send(LAST, 10, -1, MAX_INFLIGHT),
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
             None,
             "the window is full"
         );
         assert_eq!((p.next, p.matched), (40, -1), "next moved on send");
 
         let mut p = replicating(-1);
-        assert_eq!(p.next_send(14, 10, -1, MAX_INFLIGHT), Some(slice(-1, 10)));
-        assert_eq!(p.next_send(14, 10, -1, MAX_INFLIGHT), Some(slice(9, 5)));
         assert_eq!(
-            p.next_send(14, 10, -1, MAX_INFLIGHT),
+            p.next_send(14, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(-1, 10))
+        );
+        assert_eq!(
+            p.next_send(14, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(9, 5))
+        );
+        assert_eq!(
+            p.next_send(14, upto(10), -1, MAX_INFLIGHT),
             None,
             "nothing new to send"
         );
@@ -510,20 +531,26 @@ mod tests {
     #[test]
     fn a_success_frees_every_request_it_covers() {
         let mut p = replicating(-1);
-        while p.next_send(LAST, 10, -1, MAX_INFLIGHT).is_some() {}
+        while p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).is_some() {}
         p.on_success(19, -1);
         assert_eq!(in_flight(&p), MAX_INFLIGHT - 2);
         assert_eq!((p.next, p.matched), (40, 19));
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(39, 10)));
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(49, 10)));
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), None);
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(39, 10))
+        );
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(49, 10))
+        );
+        assert_eq!(p.next_send(LAST, upto(10), -1, MAX_INFLIGHT), None);
     }
 
     #[test]
     fn out_of_order_and_duplicated_successes_only_move_forward() {
         let mut p = replicating(-1);
         for _ in 0..3 {
-            p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         }
         let before = p.epoch();
         p.on_success(29, -1);
@@ -541,13 +568,16 @@ mod tests {
         let mut p = replicating(-1);
         let epoch = p.epoch();
         for _ in 0..3 {
-            p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         }
         // The second request mismatched: the first never arrived.
         assert!(p.on_mismatch(epoch, 9, 5));
         assert!(is_probing(&p));
         assert_eq!((p.next, p.matched), (6, -1), "as far back as the hint");
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(5, 10)));
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(5, 10))
+        );
         // The third request's mismatch belongs to the discarded window.
         assert!(!p.on_mismatch(epoch, 19, -1));
         assert_eq!(p.next, 6);
@@ -565,25 +595,28 @@ mod tests {
         // new matchIndex the refusal's prevLogIndex is not.
         let mut p = replicating(-1);
         let epoch = p.epoch();
-        p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
-        p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         p.on_success(9, -1);
         assert_eq!(in_flight(&p), 1);
         assert!(p.on_mismatch(epoch, 9, 9));
         assert!(is_probing(&p));
         assert_eq!((p.next, p.matched), (10, 9));
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(9, 10)));
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(9, 10))
+        );
     }
 
     #[test]
     fn a_stale_mismatch_from_an_earlier_window_is_ignored() {
         let mut p = replicating(4);
         let old = p.epoch();
-        p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         p.on_unreachable(old);
-        let probe = p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+        let probe = p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         p.on_success(probe.end(), -1);
-        p.next_send(LAST, 10, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).unwrap();
         let snapshot = p;
         assert!(!p.on_mismatch(old, 14, -1));
         assert!(!p.on_refused(old));
@@ -621,9 +654,12 @@ mod tests {
     fn a_backoff_lets_the_next_probe_go_and_voids_the_old_one() {
         let mut p = Progress::new(5);
         let first = p.epoch();
-        p.next_send(LAST, 1, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(1), -1, MAX_INFLIGHT).unwrap();
         assert!(p.on_mismatch(first, 4, 1));
-        assert_eq!(p.next_send(LAST, 1, -1, MAX_INFLIGHT), Some(slice(1, 1)));
+        assert_eq!(
+            p.next_send(LAST, upto(1), -1, MAX_INFLIGHT),
+            Some(slice(1, 1))
+        );
         assert!(!p.on_mismatch(first, 4, 1), "a duplicate of the old reply");
         assert_eq!(p.next, 2);
     }
@@ -632,30 +668,39 @@ mod tests {
     fn unreachable_probes_again_from_matched() {
         let mut p = replicating(-1);
         let epoch = p.epoch();
-        while p.next_send(LAST, 10, -1, MAX_INFLIGHT).is_some() {}
+        while p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).is_some() {}
         p.on_success(9, -1);
         p.on_unreachable(epoch);
         assert!(is_probing(&p));
         assert_eq!((p.next, p.matched, in_flight(&p)), (10, 9, 0));
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(9, 10)));
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(9, 10))
+        );
         // The window's other calls fail too: the new probe stays outstanding.
         p.on_unreachable(epoch);
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(LAST, upto(10), -1, MAX_INFLIGHT), None);
         // The probe's own failure lets another one go.
         p.on_unreachable(p.epoch());
-        assert_eq!(p.next_send(LAST, 10, -1, MAX_INFLIGHT), Some(slice(9, 10)));
+        assert_eq!(
+            p.next_send(LAST, upto(10), -1, MAX_INFLIGHT),
+            Some(slice(9, 10))
+        );
     }
 
     #[test]
     fn a_refusal_voids_what_is_outstanding() {
         let mut p = Progress::new(5);
-        p.next_send(LAST, 1, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(1), -1, MAX_INFLIGHT).unwrap();
         assert!(p.on_refused(p.epoch()));
         assert_eq!(p.next, 5, "a refusal says nothing about the log");
-        assert_eq!(p.next_send(LAST, 1, -1, MAX_INFLIGHT), Some(slice(4, 1)));
+        assert_eq!(
+            p.next_send(LAST, upto(1), -1, MAX_INFLIGHT),
+            Some(slice(4, 1))
+        );
 
         let mut p = replicating(3);
-        p.next_send(LAST, 1, -1, MAX_INFLIGHT).unwrap();
+        p.next_send(LAST, upto(1), -1, MAX_INFLIGHT).unwrap();
         assert!(p.on_refused(p.epoch()));
         assert!(is_probing(&p));
         assert_eq!(p.next, 4);
@@ -665,45 +710,49 @@ mod tests {
     fn a_replicating_peer_is_told_each_new_commit_index_once() {
         let mut p = replicating(9);
         assert_eq!(
-            p.next_send(9, 10, 5, MAX_INFLIGHT),
+            p.next_send(9, upto(10), 5, MAX_INFLIGHT),
             Some(slice(9, 0)),
             "empty, at matched"
         );
-        assert_eq!(p.next_send(9, 10, 5, MAX_INFLIGHT), None, "told already");
-        assert_eq!(p.next_send(9, 10, 7, MAX_INFLIGHT), Some(slice(9, 0)));
+        assert_eq!(
+            p.next_send(9, upto(10), 5, MAX_INFLIGHT),
+            None,
+            "told already"
+        );
+        assert_eq!(p.next_send(9, upto(10), 7, MAX_INFLIGHT), Some(slice(9, 0)));
         // A commit index beyond matched is told only as far as matched.
         let mut p = replicating(3);
-        assert_eq!(p.next_send(3, 10, 9, MAX_INFLIGHT), Some(slice(3, 0)));
-        assert_eq!(p.next_send(3, 10, 9, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(3, upto(10), 9, MAX_INFLIGHT), Some(slice(3, 0)));
+        assert_eq!(p.next_send(3, upto(10), 9, MAX_INFLIGHT), None);
         // Requests of the window tell it too; while any is outstanding the
         // notice waits for the window to drain.
         let mut p = replicating(3);
         for _ in 0..MAX_INFLIGHT {
-            p.next_send(LAST, 1, 2, MAX_INFLIGHT).unwrap();
+            p.next_send(LAST, upto(1), 2, MAX_INFLIGHT).unwrap();
         }
-        assert_eq!(p.next_send(LAST, 1, 2, MAX_INFLIGHT), None);
-        assert_eq!(p.next_send(LAST, 1, 3, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(LAST, upto(1), 2, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(LAST, upto(1), 3, MAX_INFLIGHT), None);
         p.on_success(3 + MAX_INFLIGHT as LogIndex, 2);
         assert_eq!(in_flight(&p), 0);
         assert_eq!(
-            p.next_send(3 + MAX_INFLIGHT as LogIndex, 1, 3, MAX_INFLIGHT),
+            p.next_send(3 + MAX_INFLIGHT as LogIndex, upto(1), 3, MAX_INFLIGHT),
             Some(slice(3 + MAX_INFLIGHT as LogIndex, 0))
         );
         // A success shows what the peer can apply, whatever its epoch.
         let mut p = replicating(3);
         p.on_success(3, 3);
-        assert_eq!(p.next_send(3, 10, 3, MAX_INFLIGHT), None);
+        assert_eq!(p.next_send(3, upto(10), 3, MAX_INFLIGHT), None);
     }
 
     #[test]
     fn sync_requests_start_at_the_confirmed_point_and_record_nothing() {
         let p = Progress::new(5);
-        assert_eq!(p.sync_send(LAST, 2), slice(4, 2));
+        assert_eq!(p.sync_send(LAST, upto(2)), slice(4, 2));
         let mut p = replicating(4);
-        while p.next_send(LAST, 10, -1, MAX_INFLIGHT).is_some() {}
+        while p.next_send(LAST, upto(10), -1, MAX_INFLIGHT).is_some() {}
         let before = p;
-        assert_eq!(p.sync_send(LAST, 0), slice(4, 0));
-        assert_eq!(p.sync_send(LAST, 3), slice(4, 3));
+        assert_eq!(p.sync_send(LAST, upto(0)), slice(4, 0));
+        assert_eq!(p.sync_send(LAST, upto(3)), slice(4, 3));
         assert_eq!(p, before);
     }
 

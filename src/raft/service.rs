@@ -4,6 +4,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::AppendRequest;
 use super::node::{NodeError, RaftNode};
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::proto::{
@@ -56,7 +57,10 @@ impl From<NodeError> for Status {
     fn from(error: NodeError) -> Self {
         match error {
             NodeError::Crashed => Status::unavailable(error.to_string()),
-            NodeError::NotLeader { .. } => Status::failed_precondition(error.to_string()),
+            NodeError::NotLeader { .. } | NodeError::TermExhausted(_) => {
+                Status::failed_precondition(error.to_string())
+            }
+            NodeError::TooLarge(_) => Status::resource_exhausted(error.to_string()),
         }
     }
 }
@@ -71,7 +75,10 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         &self,
         request: Request<AppendEntryInput>,
     ) -> Result<Response<AppendEntryOutput>, Status> {
-        Ok(Response::new(self.node.append_entries(request.get_ref())?))
+        // Checked here, once, so the core never sees a value no leader sends.
+        let request = AppendRequest::try_from(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("AppendEntries refused: {e}")))?;
+        Ok(Response::new(self.node.append_entries(request)?))
     }
 
     async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {

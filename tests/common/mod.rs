@@ -267,6 +267,20 @@ pub fn file_meta(name: &str, version: i32, hashes: &[&str]) -> FileMetaData {
     }
 }
 
+/// Metadata of about `bytes` bytes: `name` at `version` with 16 KiB
+/// "hashes" (the MetaStore stores names and hash lists as given), so large
+/// messages cost few allocations.
+pub fn large_meta(name: &str, version: i32, bytes: usize) -> FileMetaData {
+    const HASH_BYTES: usize = 16 << 10;
+    FileMetaData {
+        filename: name.to_string(),
+        version,
+        block_hash_list: (0..bytes.div_ceil(HASH_BYTES))
+            .map(|i| format!("{i:0HASH_BYTES$}"))
+            .collect(),
+    }
+}
+
 /// Extra `surfstore-raft-server` arguments that turn automatic heartbeats
 /// off, so only explicit `SendHeartbeat` calls replicate (the reference
 /// scenarios' semantics).
@@ -370,7 +384,7 @@ fn block_args(data_dir: Option<&tempfile::TempDir>) -> Vec<&str> {
 }
 
 /// `surfstore-raft-server -f CONFIG -i ID [--data-dir DIR] extra...`.
-fn spawn_raft_server(
+pub fn spawn_raft_server(
     config: &Path,
     id: usize,
     data_dir: Option<&PathBuf>,
@@ -392,7 +406,7 @@ fn utf8(path: &Path) -> &str {
 
 /// Whether every server answers a RaftSurfstore call (not merely some
 /// process on its port) while its process is still alive.
-async fn all_ready(procs: &mut [Proc], clients: &[RaftSurfstoreClient<Channel>]) -> bool {
+pub async fn all_ready(procs: &mut [Proc], clients: &[RaftSurfstoreClient<Channel>]) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
     for (proc, client) in procs.iter_mut().zip(clients) {
         loop {

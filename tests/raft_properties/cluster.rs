@@ -12,8 +12,8 @@ use surfstore::meta_store::FileMap;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
 use surfstore::raft::quorum::is_majority;
 use surfstore::raft::{
-    Entry, HardState, LogIndex, NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus,
-    SentAppend, ServerId, Term,
+    AppendRequest, Entry, HardState, LogIndex, NotLeader, Outgoing, RaftCore, Ready,
+    ReplicationStatus, SentAppend, ServerId, Term,
 };
 
 /// Entries per request in synchronous rounds: small, so repairs take
@@ -134,7 +134,10 @@ impl Cluster {
     /// `SetLeader` on `id` (the service refuses it while crashed).
     pub fn set_leader(&mut self, id: ServerId) {
         if !self.servers[id].crashed {
-            self.servers[id].core.set_leader();
+            self.servers[id]
+                .core
+                .set_leader()
+                .expect("terms stay far below MAX_TERM");
             self.settle(id);
         }
     }
@@ -219,6 +222,8 @@ impl Cluster {
         if self.servers[to].crashed {
             return None;
         }
+        // The service's validation: every request a core builds passes it.
+        let req = AppendRequest::try_from(req.clone()).expect("a core built an invalid request");
         let resp = self.servers[to].core.handle_append_entries(req);
         self.settle(to);
         Some(resp)
