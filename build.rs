@@ -1,4 +1,7 @@
-//! Compiles `proto/surfstore.proto` into Rust types and tonic services.
+//! Compiles `proto/surfstore.proto` into Rust types and tonic services, and
+//! the bench's subset of etcd's API (`benches/surfstore/etcd.proto`) into
+//! client stubs that only the bench includes (`etcdserverpb.rs` in
+//! `OUT_DIR`; the library does not).
 //!
 //! A fresh machine has no `protoc`, so the build uses the one vendored by the
 //! `protoc-bin-vendored` crate, together with its copy of the well-known types
@@ -12,7 +15,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
 
     let mut config = prost_build::Config::new();
-    config.protoc_executable(protoc);
+    config.protoc_executable(&protoc);
     // Block payloads are handed around without copies.
     config.bytes([".surfstore.Block.blockData"]);
 
@@ -22,5 +25,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         &[Path::new("proto"), well_known.as_path()],
     )?;
     println!("cargo:rerun-if-changed=proto/surfstore.proto");
+
+    // The bench is etcd's client, never its server.
+    let mut etcd = prost_build::Config::new();
+    etcd.protoc_executable(&protoc);
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_with_config(
+            etcd,
+            &[Path::new("benches/surfstore/etcd.proto")],
+            &[Path::new("benches/surfstore")],
+        )?;
+    println!("cargo:rerun-if-changed=benches/surfstore/etcd.proto");
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!   the next version) for a fixed time, against a 3-server Raft cluster's
 //!   leader and against a plain `surfstore-server -s meta`, in memory and
 //!   with `--data-dir`.
+//!   The same load is put on a 3-member etcd cluster when etcd is
+//!   installed ([`etcd`]).
 //! * PutBlock: every client puts distinct random blocks of one size into a
 //!   `surfstore-server -s block`, in memory and with `--data-dir`.
 //!
@@ -27,8 +29,8 @@ use tokio::sync::Barrier;
 use tonic::transport::Channel;
 
 use crate::data::Rng;
-use crate::procs;
 use crate::{BenchResult, Scale, cpu};
+use crate::{etcd, procs};
 
 /// Concurrent clients of the commit points.
 pub const COMMIT_CLIENTS: [usize; 3] = [1, 16, 64];
@@ -50,7 +52,7 @@ const MAX_ERRORS_PER_CLIENT: u64 = 10;
 /// One measured point.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadRow {
-    /// `raft-3`, `meta` or `block`.
+    /// `raft-3`, `meta`, `etcd-3` or `block`.
     pub store: String,
     /// Whether the servers ran with `--data-dir`.
     pub durable: bool,
@@ -100,6 +102,8 @@ pub struct Loads {
     pub commits: Vec<LoadRow>,
     /// PutBlock points.
     pub puts: Vec<LoadRow>,
+    /// The etcd the `etcd-3` commit points ran on, or why there are none.
+    pub etcd: String,
 }
 
 /// Runs every B6 point at `scale`, with server data under `work`.
@@ -137,6 +141,7 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
             }
         }
     }
+    let etcd = etcd_points(scale, work, &mut commits).await?;
     let mut puts = Vec::new();
     for size in PUT_SIZES {
         for durable in [false, true] {
@@ -162,7 +167,49 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
             }
         }
     }
-    Ok(Loads { commits, puts })
+    Ok(Loads {
+        commits,
+        puts,
+        etcd,
+    })
+}
+
+/// Adds the `etcd-3` commit points to `commits` when etcd is installed;
+/// returns which etcd ran them, or [`etcd::NOT_INSTALLED`].
+async fn etcd_points(
+    scale: &Scale,
+    work: &Path,
+    commits: &mut Vec<LoadRow>,
+) -> BenchResult<String> {
+    let Some(binary) = etcd::find() else {
+        eprintln!("B6: {}", etcd::NOT_INSTALLED);
+        return Ok(etcd::NOT_INSTALLED.to_string());
+    };
+    let mut version = String::new();
+    for clients in COMMIT_CLIENTS {
+        eprintln!(
+            "B6: Put on etcd-3 ({}), {clients} clients",
+            binary.display()
+        );
+        let label = format!("b6-etcd-3-{clients}");
+        let data = work.join(&label);
+        let cluster = etcd::start_cluster(&binary, work, &label, &data).await?;
+        let meters = Meters::start(cluster.pids());
+        let mut row = etcd::put_load(&cluster.leader, clients, scale.commit_duration).await?;
+        meters.finish(&mut row);
+        // etcd always fsyncs its WAL.
+        row.durable = true;
+        commits.push(row);
+        version.clone_from(&cluster.version);
+        drop(cluster);
+        // Each member preallocates a 64 MB WAL segment: do not let them pile up.
+        std::fs::remove_dir_all(&data).map_err(|e| format!("remove {}: {e}", data.display()))?;
+    }
+    Ok(format!(
+        "etcd {version} ({}), {} members, default settings (fsync on)",
+        binary.display(),
+        etcd::MEMBERS
+    ))
 }
 
 /// The servers of a commit point, killed when dropped.
@@ -211,7 +258,7 @@ struct ClientStats {
 }
 
 /// One client of a load point.
-trait Worker: Send + 'static {
+pub trait Worker: Send + 'static {
     /// An untimed first call, which opens the connection.
     fn warm_up(&mut self) -> impl Future<Output = BenchResult<()>> + Send;
     /// The measured call, number `op` of the point; false if the server
@@ -223,7 +270,7 @@ trait Worker: Send + 'static {
 /// `max_ops` calls were started in all. All start together, after warming
 /// up. Returns the sorted latencies of the successful calls, the number of
 /// failed ones, and the seconds the point took.
-async fn drive<W: Worker>(
+pub async fn drive<W: Worker>(
     workers: Vec<W>,
     duration: Duration,
     max_ops: u64,
@@ -276,7 +323,9 @@ fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn row(
+/// A point's row out of what [`drive`] measured; the caller fills in the
+/// rest.
+pub fn row(
     store: &str,
     clients: usize,
     block_size: Option<u64>,

@@ -5,7 +5,9 @@
 //!   resyncing generated directories; the client process is what is timed.
 //! * B6 ([`load`]): `UpdateFile` commits per second and their latency from
 //!   in-process tonic clients, against a 3-server Raft cluster and a plain
-//!   MetaStore, in memory and with `--data-dir`; and `PutBlock`s per second.
+//!   MetaStore, in memory and with `--data-dir`; the same load as `Put`s
+//!   on a 3-member etcd cluster when etcd is installed ([`etcd`]); and
+//!   `PutBlock`s per second.
 //! * B7 ([`sha`]): this machine's single-core SHA-256 rate, the yardstick
 //!   every sync figure is divided by.
 //!
@@ -19,6 +21,7 @@
 
 mod cpu;
 mod data;
+mod etcd;
 mod load;
 mod procs;
 mod report;
@@ -200,6 +203,7 @@ fn run() -> BenchResult<()> {
         machine,
         sha,
         sync,
+        etcd: report::etcd_side(&load.commits, load.etcd),
         commits: load.commits,
         puts: load.puts,
     };

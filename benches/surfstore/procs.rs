@@ -16,14 +16,14 @@ use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::{BenchResult, cpu};
 
 /// How long a server may take to start answering.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often readiness is polled.
-const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// How many times a start is retried on fresh ports when a port was taken
 /// between choosing it and the server binding it.
-const START_ATTEMPTS: usize = 5;
+pub const START_ATTEMPTS: usize = 5;
 
 /// The release binary `name`, built by cargo alongside this bench.
 pub fn bin(name: &str) -> PathBuf {
@@ -36,7 +36,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// `n` distinct loopback ports free right now.
-fn free_ports(n: usize) -> BenchResult<Vec<u16>> {
+pub fn free_ports(n: usize) -> BenchResult<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
@@ -54,12 +54,19 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args` with its output appended to `log`.
-    fn spawn(program: &Path, args: &[String], log: &Path) -> BenchResult<Proc> {
+    /// Starts `program args`, with `env` added to its environment and its
+    /// output appended to `log`.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> BenchResult<Proc> {
         let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -71,11 +78,13 @@ impl Proc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    /// Its process id, for CPU accounting.
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn has_exited(&mut self) -> bool {
+    /// Whether it has stopped (a server that could not bind its port).
+    pub fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
 }
@@ -89,7 +98,7 @@ impl Drop for Proc {
 }
 
 /// Polls until `addr` accepts connections (true) or `proc` exits (false).
-fn wait_listening(proc: &mut Proc, addr: &str) -> BenchResult<bool> {
+pub fn wait_listening(proc: &mut Proc, addr: &str) -> BenchResult<bool> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if TcpStream::connect(addr).is_ok() {
@@ -139,7 +148,7 @@ pub fn start_server(
             args.extend(["--data-dir".to_string(), path_arg(dir)?]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = Proc::spawn(&bin("surfstore-server"), &args, &log)?;
+        let mut proc = Proc::spawn(&bin("surfstore-server"), &args, &[], &log)?;
         let addr = format!("127.0.0.1:{port}");
         if wait_listening(&mut proc, &addr)? {
             return Ok(Server { addr, proc });
@@ -203,7 +212,12 @@ pub async fn start_cluster(
                 ]);
             }
             let log = log_path(work, &format!("{label}-{id}"))?;
-            procs.push(Proc::spawn(&bin("surfstore-raft-server"), &args, &log)?);
+            procs.push(Proc::spawn(
+                &bin("surfstore-raft-server"),
+                &args,
+                &[],
+                &log,
+            )?);
         }
         let mut all_up = true;
         for (proc, addr) in procs.iter_mut().zip(&addrs) {
@@ -282,7 +296,7 @@ pub fn run_client(work: &Path, args: &[String]) -> BenchResult<ClientRun> {
 }
 
 /// `work/logs/<label>.log`, creating the directory.
-fn log_path(work: &Path, label: &str) -> BenchResult<PathBuf> {
+pub fn log_path(work: &Path, label: &str) -> BenchResult<PathBuf> {
     let dir = work.join("logs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(dir.join(format!("{label}.log")))

@@ -30,6 +30,66 @@ pub struct Results {
     pub commits: Vec<LoadRow>,
     /// B6 PutBlock points.
     pub puts: Vec<LoadRow>,
+    /// B6 beside etcd.
+    pub etcd: EtcdSide,
+}
+
+/// etcd's figures beside ours.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EtcdSide {
+    /// Which etcd ran the `etcd-3` points, or why none did.
+    pub status: String,
+    /// One per commit client count.
+    pub rows: Vec<EtcdVsOurs>,
+}
+
+/// At one client count: etcd's committed Puts per second beside the 3-server
+/// Raft cluster's UpdateFile commits per second (latencies are in the
+/// `commits` rows), and ours over etcd's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EtcdVsOurs {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// `etcd-3` Puts per second; null when etcd did not run.
+    pub etcd_per_sec: Option<f64>,
+    /// `raft-3` with `--data-dir`, commits per second.
+    pub ours_disk_per_sec: Option<f64>,
+    /// `raft-3` in memory, commits per second.
+    pub ours_mem_per_sec: Option<f64>,
+    /// `ours_disk_per_sec / etcd_per_sec`: above 1, ours commits more.
+    pub ours_disk_vs_etcd: Option<f64>,
+    /// `ours_mem_per_sec / etcd_per_sec`.
+    pub ours_mem_vs_etcd: Option<f64>,
+}
+
+/// Compares the `etcd-3` rows of `commits` with the `raft-3` ones; `status`
+/// says which etcd ran (or [`crate::etcd::NOT_INSTALLED`]).
+pub fn etcd_side(commits: &[LoadRow], status: String) -> EtcdSide {
+    let rate = |store: &str, durable: bool, clients: usize| {
+        commits
+            .iter()
+            .find(|r| r.store == store && r.durable == durable && r.clients == clients)
+            .map(LoadRow::ops_per_sec)
+    };
+    let rows = COMMIT_CLIENTS
+        .iter()
+        .map(|&clients| {
+            let etcd = rate("etcd-3", true, clients);
+            let disk = rate("raft-3", true, clients);
+            let mem = rate("raft-3", false, clients);
+            let vs = |ours: Option<f64>| Some(ours? / etcd?);
+            EtcdVsOurs {
+                clients,
+                etcd_per_sec: etcd,
+                ours_disk_per_sec: disk,
+                ours_mem_per_sec: mem,
+                ours_disk_vs_etcd: vs(disk),
+                ours_mem_vs_etcd: vs(mem),
+            }
+        })
+        .filter(|row| row.ours_disk_per_sec.is_some() || row.etcd_per_sec.is_some())
+        .collect();
+    EtcdSide { status, rows }
 }
 
 impl Results {
@@ -71,6 +131,7 @@ pub fn markdown(r: &Results) -> String {
     sha_table(&mut s, r);
     sync_table(&mut s, r);
     commit_table(&mut s, r);
+    etcd_table(&mut s, r);
     put_table(&mut s, r);
     target_table(&mut s, r);
     s
@@ -160,6 +221,59 @@ fn commit_table(s: &mut String, r: &Results) {
             row.server_cpu_us_per_op(),
             row.client_cpu_us_per_op(),
             row.steal_percent
+        );
+    }
+    if r.commits.iter().any(|row| row.store == "etcd-3") {
+        let _ = writeln!(
+            s,
+            "\n`etcd-3`: etcd's `Put` on a 3-member etcd cluster under the same load \
+             (next table)."
+        );
+    }
+    let _ = writeln!(s);
+}
+
+/// `1,234 (0.52 / 1.8)`: a commit point's rate and p50 / p99 latency.
+fn rate_and_latency(row: Option<&LoadRow>) -> String {
+    row.map_or("–".into(), |c| {
+        format!("{:.0} ({:.2} / {:.2})", c.ops_per_sec(), c.p50_ms, c.p99_ms)
+    })
+}
+
+fn etcd_table(s: &mut String, r: &Results) {
+    if r.commits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## B6 beside etcd: `Put` on a 3-member etcd cluster, `UpdateFile` on raft-3\n"
+    );
+    let _ = writeln!(
+        s,
+        "{}. The load of the UpdateFile points: each client, on its own connection, \
+         writes its own key in a loop to the leader. ÷ etcd: our commits/s over \
+         etcd's; above 1, ours commits more.\n",
+        r.etcd.status
+    );
+    let _ = writeln!(
+        s,
+        "| clients | etcd-3 Put/s (p50 / p99 ms) | raft-3 disk commits/s (p50 / p99 ms) | ours disk ÷ etcd | raft-3 mem commits/s (p50 / p99 ms) | ours mem ÷ etcd |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    let ratio = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+    for row in &r.etcd.rows {
+        let etcd = match r.commit_row("etcd-3", true, row.clients) {
+            Some(c) => rate_and_latency(Some(c)),
+            None => r.etcd.status.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {etcd} | {} | {} | {} | {} |",
+            row.clients,
+            rate_and_latency(r.commit_row("raft-3", true, row.clients)),
+            ratio(row.ours_disk_vs_etcd),
+            rate_and_latency(r.commit_row("raft-3", false, row.clients)),
+            ratio(row.ours_mem_vs_etcd)
         );
     }
     let _ = writeln!(s);
@@ -302,19 +416,21 @@ pub fn write_all(r: &Results, markdown: &str, out: &Path) -> BenchResult<()> {
 /// fonts a machine has installed.
 const FONT: &str = "sans-serif";
 
-const SERIES_COLORS: [RGBColor; 4] = [
+const SERIES_COLORS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
 ];
 
-/// Three bar charts side by side: sync MB/s against the SHA-256 rate,
-/// commits per second by client count, and PutBlock MB/s.
+/// Four bar charts, two by two: sync MB/s against the SHA-256 rate,
+/// commits per second by client count (etcd's too), PutBlock MB/s, and our
+/// commits per second over etcd's.
 fn chart(r: &Results, path: &Path) -> BenchResult<()> {
     plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| "the embedded DejaVu Sans font is unusable")?;
-    let root = BitMapBackend::new(path, (1800, 650)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1800, 1300)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
         "SurfStore bench ({}) — {} cores, {}, load {} → {}, {:.0}% CPU stolen",
@@ -326,7 +442,7 @@ fn chart(r: &Results, path: &Path) -> BenchResult<()> {
         r.machine.steal_percent
     );
     let root = root.titled(&title, (FONT, 22))?;
-    let panels = root.split_evenly((1, 3));
+    let panels = root.split_evenly((2, 2));
 
     let sha = r.sha_mb_per_sec();
     // B4c reads no file data: its MB/s would dwarf every other bar (the
@@ -355,6 +471,7 @@ fn chart(r: &Results, path: &Path) -> BenchResult<()> {
         ("raft-3", true),
         ("meta", false),
         ("meta", true),
+        ("etcd-3", true),
     ];
     let commit_bars: Vec<Bar> = COMMIT_CLIENTS
         .iter()
@@ -371,11 +488,15 @@ fn chart(r: &Results, path: &Path) -> BenchResult<()> {
                 })
         })
         .collect();
+    let mut commit_legend = vec!["raft-3 mem", "raft-3 disk", "meta mem", "meta disk"];
+    if commit_bars.iter().any(|b| b.series == 4) {
+        commit_legend.push("etcd-3 Put (fsync)");
+    }
     bar_panel(
         &panels[1],
         "UpdateFile commits/s (log scale)",
         &commit_bars,
-        &["raft-3 mem", "raft-3 disk", "meta mem", "meta disk"],
+        &commit_legend,
         None,
         true,
     )?;
@@ -398,6 +519,41 @@ fn chart(r: &Results, path: &Path) -> BenchResult<()> {
         &put_bars,
         &["mem", "disk"],
         None,
+        false,
+    )?;
+
+    // Coloured as the raft-3 series of the commits panel.
+    let ratio_bars: Vec<Bar> = r
+        .etcd
+        .rows
+        .iter()
+        .flat_map(|row| {
+            [row.ours_mem_vs_etcd, row.ours_disk_vs_etcd]
+                .into_iter()
+                .enumerate()
+                .filter_map(move |(series, ratio)| {
+                    ratio.map(|value| Bar {
+                        label: format!("{} clients", row.clients),
+                        value,
+                        series,
+                    })
+                })
+        })
+        .collect();
+    let (ratio_caption, ratio_legend) = if ratio_bars.is_empty() {
+        (format!("raft-3 ÷ etcd-3: {}", r.etcd.status), Vec::new())
+    } else {
+        (
+            "raft-3 commits/s ÷ etcd-3 Put/s (line: as fast)".to_string(),
+            vec!["raft-3 mem ÷ etcd", "raft-3 disk ÷ etcd"],
+        )
+    };
+    bar_panel(
+        &panels[3],
+        &ratio_caption,
+        &ratio_bars,
+        &ratio_legend,
+        Some(1.0),
         false,
     )?;
     root.present()?;
@@ -531,13 +687,15 @@ fn bar_panel(
     Ok(())
 }
 
-/// `12.3k`, `456`, `7.8`: a bar's value in a few characters.
+/// `12.3k`, `456`, `7.8`, `0.06`: a bar's value in a few characters.
 fn short_number(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1}k", v / 1000.0)
     } else if v >= 100.0 {
         format!("{v:.0}")
-    } else {
+    } else if v >= 1.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
 }
