@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use surfstore::cli::{self, Fatal};
-use surfstore::client::{self, MetaStore, Options, Progress};
+use surfstore::client::{self, MetaStore, Options, Progress, SyncError};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
 
@@ -123,7 +123,11 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     };
     let result = client::sync(&base, &options, &meta).await;
     options.progress.finish();
-    let report = result.map_err(Fatal::failure)?;
+    let report = result.map_err(|error| match error {
+        // Like a bad BLOCKSIZE argument: nothing was done.
+        SyncError::BlockSize(error) => Fatal::usage(error),
+        error => Fatal::failure(error),
+    })?;
     if !quiet {
         println!("{report}");
     }
