@@ -370,7 +370,8 @@ impl Run<'_> {
     async fn blocks(&self) -> Result<&BlockStore, RpcError> {
         self.blocks
             .get_or_try_init(|| async {
-                BlockStore::connect(&self.meta.get_block_store_addr().await?)
+                let addr = self.meta.get_block_store_addr().await?;
+                BlockStore::connect(&addr, self.options.block_size, self.meta.patience())
             })
             .await
     }
