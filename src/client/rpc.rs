@@ -42,8 +42,11 @@ use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
 /// [`give_up_after`](Self::give_up_after) instead, since an operator has to
 /// act first: a majority of the servers crashed or refusing connections,
 /// or no server that may lead (each answered that it is crashed or not the
-/// leader, or stays silent while others answered and none named it). A call's first attempt always runs to its deadline; later
-/// ones never past `retry_for`.
+/// leader, or stays silent while others answered and none named it).
+///
+/// A call's first attempt always runs to its deadline; a later one is cut
+/// to what is left of `retry_for`, though never below the first one's
+/// deadline, so a call lasts at most `retry_for` plus that deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Patience {
     /// How long a call is tried again while its failures may pass.
@@ -118,7 +121,8 @@ impl Attempts {
         }
     }
 
-    /// Awaits one attempt within its deadline.
+    /// Awaits one attempt within its deadline (see [`Patience`]); a
+    /// timeout doubles the next attempt's.
     async fn run<T>(
         &mut self,
         attempt: impl Future<Output = Result<T, Status>>,
@@ -173,7 +177,8 @@ impl Attempts {
 /// `pause` less a random part of up to half of it.
 fn jittered(pause: Duration) -> Duration {
     use std::hash::BuildHasher;
-    // Every RandomState has fresh random keys: what it hashes to is random.
+    // RandomState's keys are random per thread and change with each new
+    // one, so what it hashes to serves as a random number.
     let random = std::collections::hash_map::RandomState::new().hash_one(0_u8);
     pause.mul_f64(1.0 - random as f64 / u64::MAX as f64 / 2.0)
 }
