@@ -46,6 +46,7 @@ fn bad_arguments_exit_64() {
         &["not-an-address", dir, "1024"][..],
         &["localhost:1", dir, "1024", "extra"][..],
         &["-f", "cluster.json", "localhost:1", dir, "1024"][..],
+        &["--retry-for", "soon", "localhost:1", dir, "1024"][..],
     ] {
         let out = client(args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));

@@ -252,6 +252,38 @@ fn an_update_whose_reply_was_lost_is_not_sent_again() {
     );
 }
 
+#[test]
+fn a_server_that_never_answers_is_given_up_with_a_clear_message() {
+    let rt = runtime();
+    let servers = start(
+        &rt,
+        Faults {
+            map_delay: Duration::from_secs(3600),
+            ..Faults::default()
+        },
+    );
+    let base = tempfile::tempdir().unwrap();
+    write(base.path(), "f.txt", "stays as it is");
+    let before = common::snapshot(base.path());
+    // A bound of a second: the first attempt still gets its full 10 s.
+    let started = Instant::now();
+    let out = common::sync_with(base.path(), &servers.meta_addr, 1024, &["--retry-for", "1"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took >= Duration::from_secs(10), "gave up after {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "gave up only after {took:?}"
+    );
+    assert!(
+        stderr.contains("cannot reach the MetaStore")
+            && stderr.contains("no answer within 10.0s (gave up after 1 attempt in"),
+        "{stderr}"
+    );
+    assert_eq!(common::snapshot(base.path()), before);
+}
+
 /// Short enough for tests: what takes a minute by default takes seconds.
 fn short_patience(retry_for: Duration) -> Patience {
     Patience {

@@ -166,8 +166,9 @@ impl Attempts {
 
     /// How many attempts took how long, for an error message.
     fn summary(&self) -> String {
+        let plural = if self.count == 1 { "" } else { "s" };
         format!(
-            "gave up after {} attempts in {:.1}s",
+            "gave up after {} attempt{plural} in {:.1}s",
             self.count,
             self.started.elapsed().as_secs_f64()
         )
