@@ -7,9 +7,10 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{index_text, runtime, serve, sync_ok, tree, write};
@@ -43,7 +44,23 @@ struct Calls {
     map: AtomicUsize,
     update: AtomicUsize,
     addr: AtomicUsize,
-    blocks: AtomicUsize,
+    /// BlockStore calls, by method.
+    blocks: Mutex<HashMap<&'static str, usize>>,
+}
+
+impl Calls {
+    /// Counts a BlockStore call of `method`; fails it if it is among the
+    /// first `fail_first` of that method.
+    fn block(&self, method: &'static str, fail_first: usize) -> Result<(), Status> {
+        let mut blocks = self.blocks.lock().unwrap();
+        let n = blocks.entry(method).or_default();
+        *n += 1;
+        if *n <= fail_first {
+            Err(Status::unavailable("overloaded; try again later"))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Counts a call of `counter`; fails it if it is among the first
@@ -88,8 +105,7 @@ impl meta_store_server::MetaStore for FlakyMeta {
     }
 }
 
-/// The real BlockStore whose calls fail like [`Faults::fail_first`] says,
-/// counted together.
+/// The real BlockStore whose calls fail like [`Faults::fail_first`] says.
 struct FlakyBlocks {
     inner: BlockStoreService,
     faults: Faults,
@@ -99,23 +115,23 @@ struct FlakyBlocks {
 #[tonic::async_trait]
 impl block_store_server::BlockStore for FlakyBlocks {
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
-        arrive(&self.calls.blocks, self.faults.fail_first)?;
+        self.calls.block("GetBlock", self.faults.fail_first)?;
         self.inner.get_block(r).await
     }
     async fn put_block(&self, r: Request<Block>) -> Result<Response<Success>, Status> {
-        arrive(&self.calls.blocks, self.faults.fail_first)?;
+        self.calls.block("PutBlock", self.faults.fail_first)?;
         self.inner.put_block(r).await
     }
     async fn has_blocks(&self, r: Request<BlockHashes>) -> Result<Response<BlockHashes>, Status> {
-        arrive(&self.calls.blocks, self.faults.fail_first)?;
+        self.calls.block("HasBlocks", self.faults.fail_first)?;
         self.inner.has_blocks(r).await
     }
     async fn put_blocks(&self, r: Request<Blocks>) -> Result<Response<Success>, Status> {
-        arrive(&self.calls.blocks, self.faults.fail_first)?;
+        self.calls.block("PutBlocks", self.faults.fail_first)?;
         self.inner.put_blocks(r).await
     }
     async fn get_blocks(&self, r: Request<BlockHashes>) -> Result<Response<Blocks>, Status> {
-        arrive(&self.calls.blocks, self.faults.fail_first)?;
+        self.calls.block("GetBlocks", self.faults.fail_first)?;
         self.inner.get_blocks(r).await
     }
 }
@@ -201,10 +217,22 @@ fn calls_failing_with_unavailable_are_sent_again() {
     let b = tempfile::tempdir().unwrap();
     sync_ok(b.path(), &servers.meta_addr, 1024);
     assert_eq!(tree(b.path()), tree(a.path()));
-    // Every failed call was made again: GetFileInfoMap twice per run after
-    // its failures, GetBlockStoreAddr once per run after its.
+    // The first run's two failed calls of each, then one that succeeded in
+    // each run.
     assert_eq!(servers.calls.map.load(Ordering::SeqCst), 2 + 2);
     assert_eq!(servers.calls.addr.load(Ordering::SeqCst), 2 + 2);
+    // The upload's HasBlocks, PutBlocks (10 blocks) and PutBlock (1), the
+    // download's GetBlocks and GetBlock: each failed twice first.
+    let blocks = servers.calls.blocks.lock().unwrap();
+    for method in [
+        "HasBlocks",
+        "PutBlocks",
+        "PutBlock",
+        "GetBlocks",
+        "GetBlock",
+    ] {
+        assert!(blocks.get(method) >= Some(&3), "{method}: {blocks:?}");
+    }
 }
 
 #[test]
