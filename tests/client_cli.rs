@@ -46,6 +46,7 @@ fn bad_arguments_exit_64() {
         &["not-an-address", dir, "1024"][..],
         &["localhost:1", dir, "1024", "extra"][..],
         &["-f", "cluster.json", "localhost:1", dir, "1024"][..],
+        &["--retry-for", "soon", "localhost:1", dir, "1024"][..],
     ] {
         let out = client(args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
@@ -74,6 +75,43 @@ fn block_size_must_be_a_positive_integer() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn a_block_size_giving_a_file_too_many_blocks_is_refused_before_any_work() {
+    let server = start_server("both", &[]);
+    let base = tempfile::tempdir().unwrap();
+    fs::write(base.path().join("small.txt"), "would be uploaded").unwrap();
+    // 5 MiB at 1-byte blocks is 5,242,880 blocks, over the 4,194,304
+    // allowed; sparse, so it costs no disk.
+    let big = fs::File::create(base.path().join("big.img")).unwrap();
+    big.set_len(5 << 20).unwrap();
+    drop(big);
+    let before = snapshot(base.path());
+
+    let (out, took) = common::run_with_timeout(
+        &bin("surfstore-client"),
+        &[&server.addr, base.path().to_str().unwrap(), "1"],
+        Duration::from_secs(30),
+    );
+    let message = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{message}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(message.contains("big.img"), "{message}");
+    assert!(message.contains("block size of at least 2"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert_eq!(snapshot(base.path()), before);
+    // Nothing reached the server.
+    let map = common::runtime()
+        .block_on(async {
+            common::meta_client(&server.addr)
+                .get_file_info_map(())
+                .await
+        })
+        .unwrap()
+        .into_inner()
+        .file_info_map;
+    assert!(map.is_empty(), "{map:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{
     Proc, bin, counts, index_text, lacks_batched_calls, pseudo_random, runtime, serve,
-    start_server, summary, sync, sync_ok, tree, write,
+    start_server, summary, sync_ok, sync_with, tree, write,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
@@ -355,7 +355,8 @@ fn a_client_killed_mid_download_leaves_old_or_new_files_and_the_next_run_complet
 fn a_blockstore_dropping_out_mid_download_stops_the_run_consistently() {
     let setup = interrupted_setup();
     *setup.blocks.fail.lock().unwrap() = setup.big_v2_blocks_from(20);
-    let out = sync(setup.b.path(), &setup.meta, BLOCK);
+    // The failures never pass: no need to retry them for the default minute.
+    let out = sync_with(setup.b.path(), &setup.meta, BLOCK, &["--retry-for", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot reach the BlockStore"), "{stderr}");
@@ -491,7 +492,9 @@ fn a_partial_download_of_a_version_no_longer_wanted_is_removed() {
         let setup = interrupted_setup();
         let (a, b) = (setup.a.path(), setup.b.path());
         *setup.blocks.fail.lock().unwrap() = setup.big_v2_blocks_from(20);
-        assert_eq!(sync(b, &setup.meta, BLOCK).status.code(), Some(1));
+        // The failures never pass: no need to retry them for the default minute.
+        let out = sync_with(b, &setup.meta, BLOCK, &["--retry-for", "1"]);
+        assert_eq!(out.status.code(), Some(1));
         // The first call's worth of blocks (0-15) arrived.
         let partial = download_of_at_least(&b.join("big"), 16 * BLOCK as u64);
         setup.blocks.fail.lock().unwrap().clear();

@@ -1,8 +1,9 @@
 //! `surfstore-client`: syncs a base directory with SurfStore once (SPEC §7–8).
 //!
-//! `surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [-f CONFIG]
-//! [META_ADDR] BASEDIR BLOCKSIZE`: the MetaStore is META_ADDR, or with `-f` the Raft
-//! cluster of CONFIG, whose leader the client finds itself.
+//! `surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache]
+//! [--retry-for SECONDS] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE`: the
+//! MetaStore is META_ADDR, or with `-f` the Raft cluster of CONFIG, whose
+//! leader the client finds itself.
 //!
 //! On a terminal, progress bars for hashing and transfers are drawn on
 //! stderr; at the end one summary line goes to stdout (also when output is
@@ -18,7 +19,8 @@ use std::time::Duration;
 use clap::Parser;
 use surfstore::cli::{self, Fatal};
 use surfstore::client::conflict::{self, Copies};
-use surfstore::client::{self, MetaStore, Options, Progress};
+use surfstore::client::rpc::Patience;
+use surfstore::client::{self, MetaStore, Options, Progress, SyncError};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
 
@@ -27,7 +29,7 @@ use surfstore::grpc::MAX_BLOCK_BYTES;
 #[command(
     name = "surfstore-client",
     version,
-    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
+    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [--retry-for SECONDS] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
 )]
 struct Args {
     /// Print debug logs to stderr (and no progress bars).
@@ -50,6 +52,11 @@ struct Args {
     /// safe, the next run just hashes every file.
     #[arg(long = "hash-cache")]
     hash_cache: bool,
+    /// How many seconds a call to a slow or failing server is tried again
+    /// before the run gives up (default 60; 0 gives up at the first
+    /// failure).
+    #[arg(long = "retry-for", value_name = "SECONDS")]
+    retry_for: Option<u64>,
     /// Cluster config (JSON or the older text format): sync through the
     /// leader of its Raft servers instead of META_ADDR.
     #[arg(short = 'f', long = "config", value_name = "CONFIG")]
@@ -130,12 +137,17 @@ async fn client_main() -> ExitCode {
 
 async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     let (quiet, keep_conflicts, hash_cache) = (args.quiet, args.keep_conflicts, args.hash_cache);
+    let mut patience = Patience::default();
+    if let Some(seconds) = args.retry_for {
+        patience.retry_for = Duration::from_secs(seconds);
+    }
     let (source, base, block_size) = check_args(args)?;
     let meta = match &source {
         Source::Addr(addr) => MetaStore::single(addr),
         Source::Cluster(config) => MetaStore::cluster(config),
     }
-    .map_err(Fatal::usage)?;
+    .map_err(Fatal::usage)?
+    .with_patience(patience);
     let conflicts = if keep_conflicts {
         Copies::Beside
     } else {
@@ -161,7 +173,11 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
             message: "interrupted; rerun to resume".to_string(),
         });
     };
-    let report = result.map_err(Fatal::failure)?;
+    let report = result.map_err(|error| match error {
+        // Like a bad BLOCKSIZE argument: nothing was done.
+        SyncError::BlockSize(error) => Fatal::usage(error),
+        error => Fatal::failure(error),
+    })?;
     if !quiet {
         println!("{report}");
     }

@@ -13,6 +13,12 @@
 //! With a [`HashCache`] (`--hash-cache`), a file whose stamp the cache
 //! trusts is not read at all: its cached hashes are taken as they are.
 //!
+//! A scan is two steps, so that a run can refuse a block size before any
+//! work: [`list`] finds the files and their sizes (no file is read), and
+//! [`Listing::hash`] reads them. [`Listing::check_block_size`] in between
+//! refuses a block size that would give a file more than
+//! [`MAX_BLOCKS_PER_FILE`] blocks (SPEC §8).
+//!
 //! Each file's [`Stamp`] is taken before hashing and checked after: a file
 //! that changed meanwhile is skipped this run rather than synced with hashes
 //! of a state that never existed. A scan that cannot read something fails as
@@ -42,6 +48,11 @@ const MAX_HASH_THREADS: usize = 4;
 /// enough that reads stay sequential, small enough that one big file keeps
 /// every thread busy.
 const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The most blocks a file may have (SPEC §8). Every block's hash is held in
+/// memory and written to index.txt (65 bytes each), so a file of more
+/// blocks would cost the client gigabytes before a byte moved.
+pub const MAX_BLOCKS_PER_FILE: u64 = 4_194_304;
 
 /// What the base directory holds now.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -157,6 +168,27 @@ impl ScanError {
     }
 }
 
+/// A block size that would give a file more than [`MAX_BLOCKS_PER_FILE`]
+/// blocks.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "BLOCKSIZE {block_size} would cut {} ({len} bytes) into {blocks} blocks, more than the \
+     {MAX_BLOCKS_PER_FILE} a file may have; use a block size of at least {smallest}",
+    path.display()
+)]
+pub struct TooManyBlocks {
+    /// The largest file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub len: u64,
+    /// The block size asked for.
+    pub block_size: usize,
+    /// How many blocks the file would have.
+    pub blocks: u64,
+    /// The smallest block size that gives no file too many blocks.
+    pub smallest: u64,
+}
+
 /// A regular file found below the base directory.
 struct Found {
     name: String,
@@ -164,53 +196,106 @@ struct Found {
     stamp: Stamp,
 }
 
-/// Scans `base`, hashing files in blocks of `block_size` bytes and counting
-/// hashed bytes on the progress's hashing bar. A file `cache` trusts (for
-/// this block size) is not read; the bar counts only the bytes read.
+/// The regular files below the base directory and their sizes, found by
+/// [`list`]; nothing has been read yet.
+pub struct Listing {
+    /// What the walk skipped and the stale temporary files; the hashes
+    /// come in [`Listing::hash`].
+    scan: Scan,
+    files: Vec<Found>,
+}
+
+/// Lists the files below `base` with their stamps, reading none of them.
+pub fn list(base: &Path) -> Result<Listing, ScanError> {
+    let mut scan = Scan::default();
+    let files = walk(base, &mut scan)?;
+    Ok(Listing { scan, files })
+}
+
+/// Lists and hashes `base` in one go (see [`Listing::hash`]).
+#[cfg(test)]
 pub fn scan(
     base: &Path,
     block_size: usize,
     cache: Option<&HashCache>,
     progress: &Progress,
 ) -> Result<Scan, ScanError> {
-    let mut scan = Scan::default();
-    let found = walk(base, &mut scan)?;
-    let cache = cache.filter(|cache| cache.block_size() == block_size);
-    let mut reused = Vec::new();
-    let mut to_hash = Vec::new();
-    for file in found {
-        match cache.and_then(|cache| cache.hashes(&file.name, &file.stamp)) {
-            Some(hashes) => {
-                let hashes = Some(hashes.to_vec());
-                reused.push((file, hashes));
-            }
-            None => to_hash.push(file),
-        }
-    }
-    progress
-        .hashing()
-        .set_length(to_hash.iter().map(|f| f.stamp.len).sum());
-    tracing::debug!(cached = reused.len(), hashing = to_hash.len(), "scanning");
-    let hashes = hash_files(&to_hash, block_size, progress)?;
-    // A cached file's stamp is checked again like any other: it may have
-    // changed since the walk.
-    for (file, hashes) in reused.into_iter().chain(to_hash.into_iter().zip(hashes)) {
-        let now = match Stamp::read(&file.path) {
-            Ok(now) => now,
-            Err(e) => return Err(ScanError::new(&file.path)(e)),
+    list(base)?.hash(block_size, cache, progress)
+}
+
+impl Listing {
+    /// Refuses `block_size` if it would give the largest file more than
+    /// [`MAX_BLOCKS_PER_FILE`] blocks, naming that file and the smallest
+    /// block size that gives no file too many.
+    pub fn check_block_size(&self, block_size: usize) -> Result<(), TooManyBlocks> {
+        let Some(largest) = self.files.iter().max_by_key(|file| file.stamp.len) else {
+            return Ok(());
         };
-        match hashes {
-            Some(hashes) if now == Some(file.stamp) => {
-                scan.stamps.insert(file.name.clone(), file.stamp);
-                scan.files.insert(file.name, hashes);
-            }
-            _ => {
-                tracing::warn!(path = %file.path.display(), "changed while it was hashed; it will sync next time");
-                scan.skipped.insert(file.name);
+        let len = largest.stamp.len;
+        let blocks = len.div_ceil(block_size.max(1) as u64);
+        if blocks <= MAX_BLOCKS_PER_FILE {
+            return Ok(());
+        }
+        Err(TooManyBlocks {
+            path: largest.path.clone(),
+            len,
+            block_size,
+            blocks,
+            smallest: len.div_ceil(MAX_BLOCKS_PER_FILE),
+        })
+    }
+
+    /// Hashes the listed files in blocks of `block_size` bytes, counting
+    /// hashed bytes on the progress's hashing bar. A file `cache` trusts
+    /// (for this block size) is not read; the bar counts only the bytes
+    /// read.
+    pub fn hash(
+        self,
+        block_size: usize,
+        cache: Option<&HashCache>,
+        progress: &Progress,
+    ) -> Result<Scan, ScanError> {
+        let Listing {
+            mut scan,
+            files: found,
+        } = self;
+        let cache = cache.filter(|cache| cache.block_size() == block_size);
+        let mut reused = Vec::new();
+        let mut to_hash = Vec::new();
+        for file in found {
+            match cache.and_then(|cache| cache.hashes(&file.name, &file.stamp)) {
+                Some(hashes) => {
+                    let hashes = Some(hashes.to_vec());
+                    reused.push((file, hashes));
+                }
+                None => to_hash.push(file),
             }
         }
+        progress
+            .hashing()
+            .set_length(to_hash.iter().map(|f| f.stamp.len).sum());
+        tracing::debug!(cached = reused.len(), hashing = to_hash.len(), "scanning");
+        let hashes = hash_files(&to_hash, block_size, progress)?;
+        // A cached file's stamp is checked again like any other: it may have
+        // changed since the walk.
+        for (file, hashes) in reused.into_iter().chain(to_hash.into_iter().zip(hashes)) {
+            let now = match Stamp::read(&file.path) {
+                Ok(now) => now,
+                Err(e) => return Err(ScanError::new(&file.path)(e)),
+            };
+            match hashes {
+                Some(hashes) if now == Some(file.stamp) => {
+                    scan.stamps.insert(file.name.clone(), file.stamp);
+                    scan.files.insert(file.name, hashes);
+                }
+                _ => {
+                    tracing::warn!(path = %file.path.display(), "changed while it was hashed; it will sync next time");
+                    scan.skipped.insert(file.name);
+                }
+            }
+        }
+        Ok(scan)
     }
-    Ok(scan)
 }
 
 /// Lists the regular files below `base`; records in `scan` what is skipped
@@ -449,6 +534,36 @@ mod tests {
         ]);
         assert_eq!(scan.files, expected);
         assert!(scan.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_block_size_giving_a_file_too_many_blocks_is_refused_naming_it() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir(base.path().join("d")).unwrap();
+        fs::write(base.path().join("small"), b"x").unwrap();
+        // Sparse: sizes are all the check looks at.
+        let len = 2 * MAX_BLOCKS_PER_FILE + 1;
+        File::create(base.path().join("d/big"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let listing = list(base.path()).unwrap();
+
+        let refused = listing.check_block_size(2).unwrap_err();
+        assert_eq!(refused.path, base.path().join("d/big"));
+        assert_eq!(refused.blocks, MAX_BLOCKS_PER_FILE + 1);
+        assert_eq!(refused.smallest, 3);
+        let message = refused.to_string();
+        assert!(message.contains("d/big"), "{message}");
+        assert!(message.contains("at least 3"), "{message}");
+        listing.check_block_size(3).unwrap();
+
+        // Exactly the limit is allowed.
+        File::create(base.path().join("d/big"))
+            .unwrap()
+            .set_len(MAX_BLOCKS_PER_FILE)
+            .unwrap();
+        list(base.path()).unwrap().check_block_size(1).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! One sync run (SPEC §8): scan the base directory while fetching the remote
-//! map, [`plan`] what to do, carry it out with bounded
+//! One sync run (SPEC §8): list the base directory (refusing a block size
+//! that would give a file too many blocks before any work), hash it while
+//! fetching the remote map, [`plan`] what to do, carry it out with bounded
 //! concurrency, and write `index.txt` with the versions now held.
 //!
 //! Nothing local changes before the remote map is in hand, so a run that
@@ -42,7 +43,7 @@ use super::plan::{self, Action};
 use super::progress::Progress;
 use super::report::Report;
 use super::rpc::{BlockStore, MetaStore, RpcError};
-use super::scan::{self, Scan, ScanError, Stamp};
+use super::scan::{self, Scan, ScanError, Stamp, TooManyBlocks};
 use crate::hash::{hash_block, is_valid_hash};
 use crate::meta_store::REJECTED_VERSION;
 
@@ -109,6 +110,9 @@ pub enum SyncError {
     /// The base directory could not be scanned.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// BLOCKSIZE would give a file too many blocks; nothing was done.
+    #[error(transparent)]
+    BlockSize(#[from] TooManyBlocks),
     /// The servers could not be reached.
     #[error(transparent)]
     Rpc(#[from] RpcError),
@@ -222,10 +226,17 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     // Before any stamp is taken: the cache trusts only files that had
     // settled by then.
     let scan_started = SystemTime::now();
+    // Sizes only, so a block size too small is refused before any work.
+    let listing = spawn_blocking({
+        let base = scan_base.clone();
+        move || scan::list(&base)
+    })
+    .await??;
+    listing.check_block_size(block_size)?;
     let scanning = async {
         let scanned = spawn_blocking(move || {
             let cache = use_cache.then(|| HashCache::load(&scan_base, block_size));
-            scan::scan(&scan_base, block_size, cache.as_ref(), &progress)
+            listing.hash(block_size, cache.as_ref(), &progress)
         })
         .await??;
         Ok::<_, SyncError>(scanned)
@@ -417,7 +428,8 @@ impl Run<'_> {
     async fn blocks(&self) -> Result<&BlockStore, RpcError> {
         self.blocks
             .get_or_try_init(|| async {
-                BlockStore::connect(&self.meta.get_block_store_addr().await?)
+                let addr = self.meta.get_block_store_addr().await?;
+                BlockStore::connect(&addr, self.options.block_size, self.meta.patience())
             })
             .await
     }
