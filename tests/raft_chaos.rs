@@ -277,6 +277,56 @@ async fn blocked_update_completes_by_itself_after_restore() {
     assert_all(&cluster, 0, 1, &[op(1, &f)], &[&f]).await;
 }
 
+/// `iterations` times on a fresh `size`-server cluster led by server 0, as
+/// the original's tests do: an UpdateFile blocked by a crashed majority,
+/// the majority restored, one SendHeartbeat, then every follower's state
+/// read at once. The round itself commits the entry; every follower must
+/// have applied it when the call returns, whether the round or the leader's
+/// own retries got there first. The crashed servers are the last ones, so
+/// with 5 servers server 1 holds the entry before the round and matches at
+/// its first exchange, before the others' replies commit it.
+async fn heartbeat_commits_reach_every_follower(size: usize, iterations: u8) {
+    let cluster = start_cluster(size, MANUAL_HEARTBEATS).await;
+    lead(&cluster, 0).await;
+    let crashed = size - size / 2;
+    let metas: Vec<FileMetaData> = (0..iterations)
+        .map(|i| file_meta(&format!("f{i:02}"), 1, &[&hash_block(&[i])]))
+        .collect();
+    for (n, f) in metas.iter().enumerate() {
+        for i in size - crashed..size {
+            cluster.crash(i).await;
+        }
+        let update = spawn_update(&cluster, 0, f);
+        wait_log_len(&cluster, 0, n + 1).await;
+        for i in size - crashed..size {
+            cluster.restore(i).await;
+        }
+        assert!(cluster.heartbeat(0).await, "iteration {n}");
+        for i in 1..size {
+            let state = cluster.state(i).await;
+            let applied = state.meta_map.unwrap_or_default().file_info_map;
+            assert_eq!(
+                (state.log.len(), applied.len()),
+                (n + 1, n + 1),
+                "iteration {n}: server {i}'s log and applied map"
+            );
+        }
+        assert_eq!(finished(update, "UpdateFile").await.unwrap(), 1);
+    }
+    let log: Vec<UpdateOperation> = metas.iter().map(|m| op(1, m)).collect();
+    assert_all(&cluster, 0, 1, &log, &metas.iter().collect::<Vec<_>>()).await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_commits_leaves_the_commit_applied_on_every_follower() {
+    heartbeat_commits_reach_every_follower(3, 60).await;
+}
+
+#[tokio::test]
+async fn with_5_servers_a_heartbeat_that_commits_reaches_a_follower_that_matched_first() {
+    heartbeat_commits_reach_every_follower(5, 50).await;
+}
+
 #[tokio::test]
 async fn two_updates_in_a_row() {
     let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;

@@ -81,8 +81,9 @@ pub enum ReplicationStatus {
     /// The peer holds everything the leader may send it now: the whole log
     /// once confirmed, the entries of earlier terms before that. A peer that
     /// matched before a later reply confirmed the leader still lacks the
-    /// leader's own proposals: [`RaftCore::peer_progress`] shows which peers
-    /// are behind [`RaftCore::log`].
+    /// leader's own proposals, and one that matched before a later reply
+    /// advanced the commit index does not know it yet:
+    /// [`RaftCore::peer_is_behind`] tells.
     Matched,
     /// Send to this peer again now: `nextIndex` backed off, or there is more
     /// to send (or in flight already: [`RaftCore::next_append`] knows).
@@ -449,6 +450,17 @@ impl RaftCore {
         } else {
             ReplicationStatus::SendMore
         }
+    }
+
+    /// Whether a synchronous round must go on with `peer`: it may lack
+    /// entries this leader can send it now, or it has not shown by a success
+    /// reply that it knows the leader's commit index. False when this server
+    /// is not leading, or `peer` is itself or unknown.
+    pub fn peer_is_behind(&self, peer: ServerId) -> bool {
+        let Some(progress) = self.leader.as_ref().and_then(|t| t.get(peer)) else {
+            return false;
+        };
+        progress.matched < last_of(self.unsent_start()) || progress.learned < self.log.committed()
     }
 
     /// Reports that the request `sent` stands for got no reply from `peer`
@@ -1389,6 +1401,41 @@ mod tests {
         l.set_leader();
         l.report_unreachable(1, &probe.sent);
         assert_eq!(l.peer_progress(1), Some((10, -1)));
+    }
+
+    #[test]
+    fn a_peer_is_behind_until_a_reply_shows_it_knows_the_commit_index() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f1 = RaftCore::new(1, 3);
+        let mut f2 = RaftCore::new(2, 3);
+        l.set_leader();
+        l.propose(meta("a", 1)).unwrap();
+        assert!(
+            !l.peer_is_behind(1) && !l.peer_is_behind(2),
+            "an unconfirmed leader may send them nothing"
+        );
+        assert!(!l.peer_is_behind(0) && !l.peer_is_behind(7));
+        let early = l.sync_request(2, 10).unwrap();
+        // Server 1's acknowledgement confirms the leader: its proposal is due
+        // to both peers now.
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::SendMore);
+        assert!(l.peer_is_behind(1) && l.peer_is_behind(2));
+        // Server 1 matches, and that very reply commits the entry: it holds
+        // the log but was told the old commit index.
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
+        assert_eq!((l.commit_index(), f1.commit_index()), (0, -1));
+        assert!(l.peer_is_behind(1));
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
+        assert_eq!(f1.commit_index(), 0);
+        assert!(!l.peer_is_behind(1));
+        // A request built before the commit leaves server 2 behind too.
+        let resp = f2.handle_append_entries(&early.request);
+        l.handle_append_response(2, &early.sent, &resp);
+        assert!(l.peer_is_behind(2));
+        assert_eq!(sync(&mut l, &mut f2), ReplicationStatus::Matched);
+        assert!(!l.peer_is_behind(2));
+        assert_eq!(f2.commit_index(), 0);
+        assert!(!f1.peer_is_behind(0), "a follower has no peers to repair");
     }
 
     #[test]
