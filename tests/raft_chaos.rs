@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{
     Cluster, MANUAL_HEARTBEATS, assert_status, eventually, file_meta, snapshot, start_cluster,
-    synced_files,
+    synced_files, within,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
@@ -434,6 +434,40 @@ async fn five_servers_new_leader_pushes_an_old_entry_without_committing_it() {
 }
 
 #[tokio::test]
+async fn a_new_leader_reads_an_earlier_terms_commit_that_a_follower_knows() {
+    // 5 servers. Server 1 gets x while 2, 3 and 4 are down (no majority);
+    // then 1 goes down and 2's acknowledgement commits x (0, 1, 2 hold it).
+    // A heartbeat tells 2, not 1. Made leader without any write of its own
+    // term, 1 cannot commit x by counting, but its read confirmation reaches
+    // 2, which knows x is committed: the read must include x.
+    let cluster = start_cluster(5, MANUAL_HEARTBEATS).await;
+    let x = file_meta("x", 1, &[&hash_block(b"x")]);
+    lead(&cluster, 0).await;
+    for i in [2, 3, 4] {
+        cluster.crash(i).await;
+    }
+    let update = spawn_update(&cluster, 0, &x);
+    wait_log_len(&cluster, 1, 1).await;
+    cluster.crash(1).await;
+    cluster.restore(2).await;
+    assert_eq!(finished(update, "UpdateFile").await.unwrap(), 1);
+    assert!(!cluster.heartbeat(0).await, "2 of 5 acknowledged");
+    assert_state(&cluster, 2, false, 1, &[op(1, &x)], &[&x]).await;
+
+    cluster.crash(0).await;
+    cluster.restore(1).await;
+    cluster.restore(3).await;
+    cluster.set_leader(1).await;
+    assert_state(&cluster, 1, true, 2, &[op(1, &x)], &[]).await;
+    let map = within("GetFileInfoMap", cluster.client(1).get_file_info_map(()))
+        .await
+        .expect("GetFileInfoMap on the new leader")
+        .into_inner();
+    assert_eq!(map.file_info_map, files(&[&x]), "the read missed x");
+    assert_state(&cluster, 1, true, 2, &[op(1, &x)], &[&x]).await;
+}
+
+#[tokio::test]
 async fn non_leaders_refuse_client_calls() {
     let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
     let f = file_meta("f", 1, &[]);
@@ -653,6 +687,7 @@ async fn append_entries_receiver_follows_the_rules() {
         success,
         matched_index: matched,
         leader_id: None,
+        commit_index: None,
     };
     let check = |got: AppendEntryOutput, want: AppendEntryOutput, what: &str| {
         assert_eq!(

@@ -202,6 +202,32 @@ fn five_servers_new_leader_pushes_an_old_term_entry_without_committing_it() {
 }
 
 #[test]
+fn a_new_leader_learns_an_earlier_terms_commit_from_a_follower_that_knows_it() {
+    let mut c = Cluster::new(5);
+    c.set_leader(0);
+    c.heartbeat(0);
+    for id in 2..5 {
+        c.crash(id);
+    }
+    // Server 1 gets "a"; then server 2's acknowledgement commits it, and
+    // only 2 is told.
+    assert_eq!(c.update_file(0, meta("a", 1), ROUNDS), None);
+    c.crash(1);
+    c.restore(2);
+    c.heartbeat(0);
+    assert_eq!(commits(&c), [0, -1, 0, -1, -1]);
+    c.crash(0);
+    c.restore(1);
+    c.restore(3);
+    c.set_leader(1);
+    assert!(c.heartbeat(1));
+    assert_eq!(c.core(1).commit_index(), 0, "learned from server 2");
+    assert_eq!(c.servers[1].map.get("a"), Some(&meta("a", 1)));
+    assert_eq!(commits(&c), [0, 0, 0, 0, -1]);
+    assert_consistent(&mut c);
+}
+
+#[test]
 fn set_leader_on_a_stale_server_cannot_overwrite_committed_entries() {
     let mut c = Cluster::new(3);
     c.set_leader(0);

@@ -246,7 +246,7 @@ impl Progress {
 
     /// Records a success reply to a request that carried the log up to
     /// `end`, from a peer that now knows the commit index `known` (what the
-    /// request conveyed). Any epoch counts.
+    /// request conveyed, or more if its reply says so). Any epoch counts.
     /// In Probe, a success that shows the peer holds everything before
     /// `next` starts replicating from `matched + 1`; in Replicate, it frees
     /// the requests it covers.

@@ -90,6 +90,10 @@ struct History {
     maps: Vec<FileMap>,
     /// Length of `committed` at the last check.
     checked_len: usize,
+    /// The first index some server applied first while fewer than a
+    /// majority of durable logs held its entry: committed without being
+    /// replicated, whichever way the server came to count it committed.
+    unreplicated: Option<String>,
 }
 
 /// Identifies an entry by content; proposals in random schedules are unique.
@@ -409,6 +413,7 @@ impl Cluster {
         if let Some(hard) = hard_state {
             server.disk.hard = hard;
         }
+        let history_len = self.history.committed.len();
         for (index, entry) in committed {
             let at = usize::try_from(index).expect("committed index >= 0");
             assert_eq!(
@@ -428,6 +433,19 @@ impl Cluster {
                 history.maps.push(map);
             }
         }
+        for at in history_len..self.history.committed.len() {
+            let number = self.history.committed[at];
+            let holders = self
+                .servers
+                .iter()
+                .filter(|s| s.disk.ids.get(at) == Some(&number))
+                .count();
+            if !is_majority(holders, self.size()) && self.history.unreplicated.is_none() {
+                self.history.unreplicated = Some(format!(
+                    "server {id} applied index {at} first, held by {holders} durable logs"
+                ));
+            }
+        }
     }
 
     /// Checks every safety invariant against the current state and history.
@@ -435,6 +453,9 @@ impl Cluster {
     /// unchanged and the history it was compared with only ever grows
     /// (except for leader completeness, rechecked whenever history grows).
     pub fn check(&mut self) -> Result<(), String> {
+        if let Some(problem) = self.history.unreplicated.take() {
+            return Err(problem);
+        }
         let grown = std::mem::replace(&mut self.history.checked_len, self.history.committed.len())
             != self.history.committed.len();
         for id in 0..self.size() {
