@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{
     Cluster, MANUAL_HEARTBEATS, assert_status, eventually, file_meta, snapshot, start_cluster,
-    synced_files,
+    synced_files, within,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
@@ -277,6 +277,56 @@ async fn blocked_update_completes_by_itself_after_restore() {
     assert_all(&cluster, 0, 1, &[op(1, &f)], &[&f]).await;
 }
 
+/// `iterations` times on a fresh `size`-server cluster led by server 0, as
+/// the original's tests do: an UpdateFile blocked by a crashed majority,
+/// the majority restored, one SendHeartbeat, then every follower's state
+/// read at once. The round itself commits the entry; every follower must
+/// have applied it when the call returns, whether the round or the leader's
+/// own retries got there first. The crashed servers are the last ones, so
+/// with 5 servers server 1 holds the entry before the round and matches at
+/// its first exchange, before the others' replies commit it.
+async fn heartbeat_commits_reach_every_follower(size: usize, iterations: u8) {
+    let cluster = start_cluster(size, MANUAL_HEARTBEATS).await;
+    lead(&cluster, 0).await;
+    let crashed = size - size / 2;
+    let metas: Vec<FileMetaData> = (0..iterations)
+        .map(|i| file_meta(&format!("f{i:02}"), 1, &[&hash_block(&[i])]))
+        .collect();
+    for (n, f) in metas.iter().enumerate() {
+        for i in size - crashed..size {
+            cluster.crash(i).await;
+        }
+        let update = spawn_update(&cluster, 0, f);
+        wait_log_len(&cluster, 0, n + 1).await;
+        for i in size - crashed..size {
+            cluster.restore(i).await;
+        }
+        assert!(cluster.heartbeat(0).await, "iteration {n}");
+        for i in 1..size {
+            let state = cluster.state(i).await;
+            let applied = state.meta_map.unwrap_or_default().file_info_map;
+            assert_eq!(
+                (state.log.len(), applied.len()),
+                (n + 1, n + 1),
+                "iteration {n}: server {i}'s log and applied map"
+            );
+        }
+        assert_eq!(finished(update, "UpdateFile").await.unwrap(), 1);
+    }
+    let log: Vec<UpdateOperation> = metas.iter().map(|m| op(1, m)).collect();
+    assert_all(&cluster, 0, 1, &log, &metas.iter().collect::<Vec<_>>()).await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_commits_leaves_the_commit_applied_on_every_follower() {
+    heartbeat_commits_reach_every_follower(3, 60).await;
+}
+
+#[tokio::test]
+async fn with_5_servers_a_heartbeat_that_commits_reaches_a_follower_that_matched_first() {
+    heartbeat_commits_reach_every_follower(5, 50).await;
+}
+
 #[tokio::test]
 async fn two_updates_in_a_row() {
     let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
@@ -381,6 +431,41 @@ async fn five_servers_new_leader_pushes_an_old_entry_without_committing_it() {
     cluster.restore(0).await;
     assert!(cluster.heartbeat(1).await);
     assert_all(&cluster, 1, 2, &[op(1, &f)], &[]).await;
+}
+
+#[tokio::test]
+async fn a_new_leader_reads_an_earlier_terms_commit_that_a_follower_knows() {
+    // 5 servers. Server 1 gets x while 2, 3 and 4 are down (no majority);
+    // then 1 goes down and 2's acknowledgement commits x (0, 1, 2 hold it).
+    // A heartbeat tells 2, not 1. Made leader without any write of its own
+    // term, 1 cannot commit x by counting, but its read confirmation (or
+    // the probes SetLeader starts) reaches 2, which knows x is committed:
+    // the read must include x.
+    let cluster = start_cluster(5, MANUAL_HEARTBEATS).await;
+    let x = file_meta("x", 1, &[&hash_block(b"x")]);
+    lead(&cluster, 0).await;
+    for i in [2, 3, 4] {
+        cluster.crash(i).await;
+    }
+    let update = spawn_update(&cluster, 0, &x);
+    wait_log_len(&cluster, 1, 1).await;
+    cluster.crash(1).await;
+    cluster.restore(2).await;
+    assert_eq!(finished(update, "UpdateFile").await.unwrap(), 1);
+    assert!(!cluster.heartbeat(0).await, "2 of 5 acknowledged");
+    assert_state(&cluster, 2, false, 1, &[op(1, &x)], &[&x]).await;
+
+    cluster.crash(0).await;
+    cluster.restore(1).await;
+    cluster.restore(3).await;
+    assert_state(&cluster, 1, false, 1, &[op(1, &x)], &[]).await;
+    cluster.set_leader(1).await;
+    let map = within("GetFileInfoMap", cluster.client(1).get_file_info_map(()))
+        .await
+        .expect("GetFileInfoMap on the new leader")
+        .into_inner();
+    assert_eq!(map.file_info_map, files(&[&x]), "the read missed x");
+    assert_state(&cluster, 1, true, 2, &[op(1, &x)], &[&x]).await;
 }
 
 #[tokio::test]
@@ -506,8 +591,9 @@ async fn set_leader_on_a_stale_server_loses_no_committed_data() {
     // Our documented extension: a server follows, per term, only the first
     // leader whose log is at least as up-to-date as its own, so SetLeader on
     // a server that missed committed entries cannot make the others drop
-    // them. A SIGKILL and restart without --data-dir makes server 2 stale
-    // with no message in flight that could repair it behind the test's back.
+    // them. A SIGKILL and restart without --data-dir makes server 2 stale;
+    // server 0 is crashed meanwhile, so that its retries to the peer that
+    // failed cannot repair server 2 behind the test's back.
     let mut cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
     let a = file_meta("a", 1, &[&hash_block(b"a")]);
     let b = file_meta("b", 1, &[&hash_block(b"b")]);
@@ -516,10 +602,13 @@ async fn set_leader_on_a_stale_server_loses_no_committed_data() {
     cluster.kill(2);
     assert_eq!(cluster.update(0, b.clone()).await.unwrap(), 1);
     assert!(cluster.heartbeat(0).await);
+    cluster.crash(0).await;
     cluster.restart(2).await;
     assert_state(&cluster, 2, false, 0, &[], &[]).await;
 
-    // Server 2 claims term 1 too; the others already follow server 0 in it.
+    // Server 2 claims term 1 too; server 1 already follows server 0 in it,
+    // so server 2 finds no majority and stays an unconfirmed leader that
+    // nobody follows.
     cluster.set_leader(2).await;
     assert!(
         !cluster.heartbeat(2).await,
@@ -527,9 +616,10 @@ async fn set_leader_on_a_stale_server_loses_no_committed_data() {
     );
     assert_state(&cluster, 0, true, 1, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
     assert_state(&cluster, 1, false, 1, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
-    assert_state(&cluster, 2, false, 1, &[], &[]).await;
+    assert_state(&cluster, 2, true, 1, &[], &[]).await;
 
     // A new term from the up-to-date server repairs server 2.
+    cluster.restore(0).await;
     lead(&cluster, 0).await;
     assert_all(&cluster, 0, 2, &[op(1, &a), op(1, &b)], &[&a, &b]).await;
 }
@@ -603,6 +693,7 @@ async fn append_entries_receiver_follows_the_rules() {
         success,
         matched_index: matched,
         leader_id: None,
+        commit_index: None,
     };
     let check = |got: AppendEntryOutput, want: AppendEntryOutput, what: &str| {
         assert_eq!(

@@ -94,8 +94,9 @@ pub enum ReplicationStatus {
     /// The peer holds everything the leader may send it now: the whole log
     /// once confirmed, the entries of earlier terms before that. A peer that
     /// matched before a later reply confirmed the leader still lacks the
-    /// leader's own proposals: [`RaftCore::peer_progress`] shows which peers
-    /// are behind [`RaftCore::log`].
+    /// leader's own proposals, and one that matched before a later reply
+    /// advanced the commit index does not know it yet:
+    /// [`RaftCore::peer_is_behind`] tells.
     Matched,
     /// Send to this peer again now: `nextIndex` backed off, or there is more
     /// to send (or in flight already: [`RaftCore::next_append`] knows).
@@ -491,14 +492,30 @@ impl RaftCore {
             // Not a request this leader built: its log never shrinks in its term.
             return ReplicationStatus::Ignored;
         }
-        progress.on_success(matched, sent.leader_commit.min(matched));
+        let known = sent
+            .leader_commit
+            .max(resp.commit_index.unwrap_or(-1))
+            .min(matched);
+        progress.on_success(matched, known);
         let peer_matched = progress.matched;
         self.maybe_commit();
+        self.learn_commit(known);
         if peer_matched >= last_of(self.unsent_start()) {
             ReplicationStatus::Matched
         } else {
             ReplicationStatus::SendMore
         }
+    }
+
+    /// Whether a synchronous round must go on with `peer`: it may lack
+    /// entries this leader can send it now, or it has not shown by a success
+    /// reply that it knows the leader's commit index. False when this server
+    /// is not leading, or `peer` is itself or unknown.
+    pub fn peer_is_behind(&self, peer: ServerId) -> bool {
+        let Some(progress) = self.leader.as_ref().and_then(|t| t.get(peer)) else {
+            return false;
+        };
+        progress.matched < last_of(self.unsent_start()) || progress.learned < self.log.committed()
     }
 
     /// Reports that the request `sent` stands for got no reply from `peer`
@@ -631,6 +648,27 @@ impl RaftCore {
         }
     }
 
+    /// Takes `known`, the index up to which a peer's success reply showed its
+    /// log equal to this leader's and known committed by the peer, as
+    /// committed here too, whatever the terms of those entries.
+    ///
+    /// Why this is safe: a server's commit index only ever covers committed
+    /// entries. A follower raises it only to `min(leaderCommit, last entry
+    /// the request matched)`, so to entries a leader had committed (an
+    /// anonymous sender is trusted as a leader, as in the original), and a
+    /// leader only by the commit rule or by this method. Committed entries
+    /// are never changed or removed on any server. The reply proves the
+    /// peer's log equals this leader's up to the request's last entry (it
+    /// matched `prevLogIndex`/`prevLogTerm` and holds the entries sent:
+    /// log matching), and this leader's log does not change below that in
+    /// its term. So this leader's entries up to `known` are the very entries
+    /// the peer knows are committed. Raft's rule against committing entries
+    /// of earlier terms by counting replicas (§5.4.2) is not touched:
+    /// nothing becomes committed here, the leader learns what already is.
+    fn learn_commit(&mut self, known: LogIndex) {
+        self.log.commit_to(known);
+    }
+
     /// The commit rule: the highest index a majority holds commits if its
     /// entry is of the current term (earlier ones then commit with it).
     fn maybe_commit(&mut self) {
@@ -650,6 +688,7 @@ impl RaftCore {
             success,
             matched_index,
             leader_id: self.voted_for.map(wire_id),
+            commit_index: Some(self.log.committed()),
         }
     }
 }
@@ -1053,6 +1092,7 @@ mod tests {
             success: false,
             matched_index: -1,
             leader_id: None,
+            commit_index: None,
         };
         assert_eq!(
             a.handle_append_response(1, &sent, &resp),
@@ -1247,6 +1287,7 @@ mod tests {
                         success: x > 0,
                         matched_index: y,
                         leader_id: Some(1),
+                        commit_index: Some(x),
                     };
                     if let Some(own) = leader.next_append(0, 5) {
                         leader.handle_append_response(0, &own.sent, &resp);
@@ -1297,6 +1338,7 @@ mod tests {
                 success: false,
                 matched_index: -1,
                 leader_id: None,
+                commit_index: None,
             };
             assert_eq!(
                 l.handle_append_response(1, &sent, &resp),
@@ -1317,6 +1359,7 @@ mod tests {
             success: false,
             matched_index: -1,
             leader_id: Some(0),
+            commit_index: None,
         };
         assert!(l.acknowledges_leadership(&sent, &ack));
         let other = AppendEntryOutput {
@@ -1511,6 +1554,102 @@ mod tests {
             l.handle_append_response(1, &out.sent, &resp);
         }
         assert_eq!(f.log(), l.log());
+    }
+
+    #[test]
+    fn a_peer_is_behind_until_a_reply_shows_it_knows_the_commit_index() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f1 = RaftCore::new(1, 3);
+        let mut f2 = RaftCore::new(2, 3);
+        l.set_leader().unwrap();
+        l.propose(meta("a", 1)).unwrap();
+        assert!(
+            !l.peer_is_behind(1) && !l.peer_is_behind(2),
+            "an unconfirmed leader may send them nothing"
+        );
+        assert!(!l.peer_is_behind(0) && !l.peer_is_behind(7));
+        let early = l.sync_request(2, 10).unwrap();
+        // Server 1's acknowledgement confirms the leader: its proposal is due
+        // to both peers now.
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::SendMore);
+        assert!(l.peer_is_behind(1) && l.peer_is_behind(2));
+        // Server 1 matches, and that very reply commits the entry: it holds
+        // the log but was told the old commit index.
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
+        assert_eq!((l.commit_index(), f1.commit_index()), (0, -1));
+        assert!(l.peer_is_behind(1));
+        assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
+        assert_eq!(f1.commit_index(), 0);
+        assert!(!l.peer_is_behind(1));
+        // A request built before the commit leaves server 2 behind too.
+        let resp = f2.deliver(&early.request);
+        l.handle_append_response(2, &early.sent, &resp);
+        assert!(l.peer_is_behind(2));
+        assert_eq!(sync(&mut l, &mut f2), ReplicationStatus::Matched);
+        assert!(!l.peer_is_behind(2));
+        assert_eq!(f2.commit_index(), 0);
+        assert!(!f1.peer_is_behind(0), "a follower has no peers to repair");
+    }
+
+    #[test]
+    fn a_new_leader_learns_an_earlier_terms_commit_from_a_follower_that_knows_it() {
+        let log = vec![entry(1, "x"), entry(1, "y")];
+        let knows_x = HardState {
+            term: 1,
+            voted_for: None,
+            commit: 0,
+        };
+        let mut f = RaftCore::restore(2, 3, knows_x, log.clone());
+        f.take_ready();
+        let mut l = follower(1, 3, 1, log.clone());
+        l.set_leader().unwrap();
+        // The probe at the leader's last entry matches; the reply says the
+        // follower knows index 0 is committed.
+        let out = l.sync_request(2, 0).unwrap();
+        let resp = f.deliver(&out.request);
+        assert_eq!((resp.success, resp.commit_index), (true, Some(0)));
+        l.handle_append_response(2, &out.sent, &resp);
+        assert_eq!(l.commit_index(), 0, "committed, though of term 1");
+        assert_eq!(l.take_ready().committed, vec![(0, log[0].clone())]);
+        assert_eq!(l.peer_progress(2), Some((2, 1)));
+    }
+
+    #[test]
+    fn a_commit_learned_from_a_reply_stops_at_what_the_request_matched() {
+        let mut l = follower(0, 3, 1, vec![entry(1, "x"), entry(1, "y")]);
+        l.set_leader().unwrap();
+        // A refused probe teaches nothing, whatever the reply claims.
+        let probe = l.sync_request(1, 0).unwrap();
+        assert_eq!(probe.request.prev_log_index, 1);
+        let refusal = AppendEntryOutput {
+            server_id: 1,
+            term: 2,
+            success: false,
+            matched_index: 0,
+            leader_id: Some(0),
+            commit_index: Some(1),
+        };
+        l.handle_append_response(1, &probe.sent, &refusal);
+        assert_eq!(l.commit_index(), -1);
+        // A success proves the logs equal only up to the request's end.
+        let probe = l.sync_request(1, 0).unwrap();
+        assert_eq!(probe.request.prev_log_index, 0);
+        let success = AppendEntryOutput {
+            success: true,
+            ..refusal
+        };
+        l.handle_append_response(1, &probe.sent, &success);
+        assert_eq!(l.commit_index(), 0);
+        // A reply without the field (an older follower) teaches nothing.
+        let mut l = follower(0, 3, 1, vec![entry(1, "x")]);
+        l.set_leader().unwrap();
+        let probe = l.sync_request(1, 0).unwrap();
+        let old = AppendEntryOutput {
+            commit_index: None,
+            ..success
+        };
+        l.handle_append_response(1, &probe.sent, &old);
+        assert_eq!(l.commit_index(), -1);
     }
 
     #[test]

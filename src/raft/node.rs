@@ -29,7 +29,7 @@
 //! acknowledgements of requests built after it arrived) hold whatever the
 //! replication tasks have in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -334,8 +334,9 @@ impl RaftNode {
     }
 
     /// `SendHeartbeat`: one synchronous round that repairs every reachable
-    /// peer's log. Returns whether a majority (this server included)
-    /// acknowledged; a follower answers `false`.
+    /// peer's log and leaves it having applied everything this leader has
+    /// committed when the call returns. Returns whether a majority (this
+    /// server included) acknowledged; a follower answers `false`.
     pub async fn send_heartbeat(&self) -> Result<bool, NodeError> {
         {
             let state = self.state();
@@ -350,20 +351,14 @@ impl RaftNode {
     }
 
     /// Sends AppendEntries to every peer at once. With `repair`, keeps
-    /// sending to a peer until it holds the leader's whole log or fails.
-    /// Returns whether a majority acknowledged this server's leadership
-    /// (false if it stopped leading meanwhile).
+    /// sending to a peer until it holds the leader's whole log and knows its
+    /// commit index, or fails. Returns whether a majority acknowledged this
+    /// server's leadership (false if it stopped leading meanwhile).
     async fn round(&self, repair: bool) -> Result<bool, NodeError> {
         let cluster_size = self.shared.config.addrs.len();
         let mut acks = 1; // this server
         if repair {
-            let was_confirmed = self.state().core.is_confirmed_leader();
-            acks += self.pass().await;
-            // Proposals an unconfirmed leader held back go out only now, so
-            // peers that matched before the confirmation need another pass.
-            if !was_confirmed && self.state().core.is_confirmed_leader() {
-                self.pass().await;
-            }
+            acks += self.repair().await;
         } else {
             // A read needs a majority, not the slowest peer.
             let mut replies: FuturesUnordered<_> = self
@@ -387,16 +382,41 @@ impl RaftNode {
         }
     }
 
-    /// Repairs every peer at once; returns how many acknowledged leadership.
-    async fn pass(&self) -> usize {
-        let repairs = self
-            .peer_ids()
-            .map(|peer| self.exchange_until_done(peer, true));
-        futures::future::join_all(repairs)
-            .await
-            .into_iter()
-            .filter(|&acked| acked)
-            .count()
+    /// Repairs every peer at once, then, in further passes, every peer
+    /// that acknowledged and did not fail since but is behind again
+    /// ([`RaftCore::peer_is_behind`]), until none is. One pass is not
+    /// enough: a reply can commit entries, or confirm this leader and so
+    /// release its held-back proposals, after other peers (or this one, at
+    /// its last exchange) were sent the older commit index or log, and
+    /// SendHeartbeat must leave every reachable peer holding and having
+    /// applied what the leader has committed when it returns. A further pass
+    /// is due only when the commit index or the sendable log moved during
+    /// the last one, so the loop ends once proposals pause, as a repair
+    /// does. Returns how many peers acknowledged leadership.
+    async fn repair(&self) -> usize {
+        let mut acknowledged = BTreeSet::new();
+        let mut reachable = BTreeSet::new();
+        let mut pending: Vec<ServerId> = self.peer_ids().collect();
+        while !pending.is_empty() {
+            let repairs = pending
+                .iter()
+                .map(async |&peer| (peer, self.exchange_until_done(peer, true).await));
+            for (peer, acked) in futures::future::join_all(repairs).await {
+                if acked {
+                    acknowledged.insert(peer);
+                    reachable.insert(peer);
+                } else {
+                    reachable.remove(&peer);
+                }
+            }
+            let state = self.state();
+            pending = reachable
+                .iter()
+                .copied()
+                .filter(|&peer| state.core.peer_is_behind(peer))
+                .collect();
+        }
+        acknowledged.len()
     }
 
     /// One peer's part of a round; true if the peer acknowledged leadership.

@@ -156,6 +156,10 @@ pub(crate) struct Progress {
     /// most `min(leaderCommit, its last entry)`. Below the leader's commit
     /// index, the peer is owed an (empty) request.
     told: LogIndex,
+    /// The highest commit index the peer has shown it knows, by a success
+    /// reply in this term. Unlike `told` it counts only replies, and a new
+    /// epoch keeps it: a follower's commit index never goes back.
+    pub(crate) learned: LogIndex,
 }
 
 impl Progress {
@@ -168,6 +172,7 @@ impl Progress {
             mode: Mode::Probe { outstanding: false },
             epoch: 0,
             told: -1,
+            learned: -1,
         }
     }
 
@@ -244,11 +249,12 @@ impl Progress {
     }
 
     /// Records a success reply to a request that carried the log up to
-    /// `end` and let the peer commit up to `conveyed`. Any epoch counts.
+    /// `end`, from a peer that now knows the commit index `known` (what the
+    /// request conveyed, or more if its reply says so). Any epoch counts.
     /// In Probe, a success that shows the peer holds everything before
     /// `next` starts replicating from `matched + 1`; in Replicate, it frees
     /// the requests it covers.
-    pub(crate) fn on_success(&mut self, end: LogIndex, conveyed: LogIndex) {
+    pub(crate) fn on_success(&mut self, end: LogIndex, known: LogIndex) {
         let proves_probe = end >= self.next - 1;
         self.matched = self.matched.max(end);
         self.next = self.next.max(self.matched + 1);
@@ -259,7 +265,8 @@ impl Progress {
             Mode::Probe { .. } => {}
             Mode::Replicate(window) => window.free_to(self.matched),
         }
-        self.told = self.told.max(conveyed);
+        self.told = self.told.max(known);
+        self.learned = self.learned.max(known);
     }
 
     /// Records a log-mismatch reply to a request of `epoch` whose
@@ -742,6 +749,18 @@ mod tests {
         let mut p = replicating(3);
         p.on_success(3, 3);
         assert_eq!(p.next_send(3, upto(10), 3, MAX_INFLIGHT), None);
+    }
+
+    #[test]
+    fn what_a_peer_showed_it_knows_is_kept_across_epochs_and_never_drops() {
+        let mut p = replicating(3);
+        p.on_success(3, 2);
+        assert_eq!(p.learned, 2);
+        p.on_unreachable(p.epoch());
+        assert!(is_probing(&p));
+        assert_eq!(p.learned, 2, "a failed call does not make it forget");
+        p.on_success(3, 1);
+        assert_eq!(p.learned, 2, "a stale reply does not lower it");
     }
 
     #[test]

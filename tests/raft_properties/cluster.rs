@@ -20,6 +20,14 @@ use surfstore::raft::{
 /// several exchanges.
 const ROUND_BATCH: usize = 3;
 
+/// Passes a synchronous round takes at most. Nothing is proposed during a
+/// simulated round, so three are enough: the first repairs (and may confirm
+/// the leader and commit), the second sends the proposals a confirmation
+/// released (and may commit), the third tells the last commit index; a
+/// fourth finds nobody behind. [`Cluster::check_round`] catches a round
+/// that stopped early.
+const ROUND_PASSES: usize = 4;
+
 /// What survives a restart of one server.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
@@ -82,6 +90,10 @@ struct History {
     maps: Vec<FileMap>,
     /// Length of `committed` at the last check.
     checked_len: usize,
+    /// The first index some server applied first while fewer than a
+    /// majority of durable logs held its entry: committed without being
+    /// replicated, whichever way the server came to count it committed.
+    unreplicated: Option<String>,
 }
 
 /// Identifies an entry by content; proposals in random schedules are unique.
@@ -251,36 +263,98 @@ impl Cluster {
 
     /// One synchronous `SendHeartbeat` round from `leader`, as the node runs
     /// it: every live peer is repaired until it matches (or the leader is
-    /// deposed), with requests outside the window. Returns the `flag`: a majority, the leader included,
-    /// acknowledged it.
+    /// deposed), with requests outside the window, in passes until no peer
+    /// that acknowledged and did not fail since is behind
+    /// ([`RaftCore::peer_is_behind`]). Returns the `flag`: a majority, the
+    /// leader included, acknowledged it.
     pub fn heartbeat(&mut self, leader: ServerId) -> bool {
-        let mut acks = 1;
-        for peer in (0..self.size()).filter(|&p| p != leader) {
-            let mut acked = false;
-            // Each exchange moves nextIndex or matchIndex; this bounds a
-            // correct repair with room to spare.
-            let bound = self.servers[leader].core.log().len() + 4;
-            for _ in 0..bound {
-                let Some(Outgoing { request, sent }) = self.sync_request(leader, peer, ROUND_BATCH)
-                else {
-                    break;
-                };
-                let Some(resp) = self.deliver_request(peer, &request) else {
-                    self.report_unreachable(leader, peer, &sent);
-                    break;
-                };
-                acked |= self.servers[leader]
-                    .core
-                    .acknowledges_leadership(&sent, &resp);
-                if self.deliver_response(leader, peer, &sent, &resp)
-                    != Some(ReplicationStatus::SendMore)
-                {
-                    break;
-                }
+        let mut acknowledged = vec![false; self.size()];
+        acknowledged[leader] = true;
+        let mut reachable = vec![false; self.size()];
+        let mut pending: Vec<ServerId> = (0..self.size()).filter(|&p| p != leader).collect();
+        for _ in 0..ROUND_PASSES {
+            for peer in pending {
+                let acked = self.repair(leader, peer);
+                acknowledged[peer] |= acked;
+                reachable[peer] = acked;
             }
-            acks += usize::from(acked);
+            let core = &self.servers[leader].core;
+            pending = (0..self.size())
+                .filter(|&peer| reachable[peer] && core.peer_is_behind(peer))
+                .collect();
         }
+        let acks = acknowledged.iter().filter(|&&a| a).count();
         self.servers[leader].core.is_leader() && is_majority(acks, self.size())
+    }
+
+    /// One peer's part of a round pass: exchanges until the peer matches or
+    /// fails. Whether it acknowledged `leader`.
+    fn repair(&mut self, leader: ServerId, peer: ServerId) -> bool {
+        let mut acked = false;
+        // Each exchange moves nextIndex or matchIndex; this bounds a correct
+        // repair with room to spare.
+        let bound = self.servers[leader].core.log().len() + 4;
+        for _ in 0..bound {
+            let Some(Outgoing { request, sent }) = self.sync_request(leader, peer, ROUND_BATCH)
+            else {
+                break;
+            };
+            let Some(resp) = self.deliver_request(peer, &request) else {
+                self.report_unreachable(leader, peer, &sent);
+                break;
+            };
+            acked |= self.servers[leader]
+                .core
+                .acknowledges_leadership(&sent, &resp);
+            if self.deliver_response(leader, peer, &sent, &resp)
+                != Some(ReplicationStatus::SendMore)
+            {
+                break;
+            }
+        }
+        acked
+    }
+
+    /// What SendHeartbeat promises once a round of `leader` returns: every
+    /// live server that follows it in its term holds everything the leader
+    /// may send (its whole log once confirmed) and has committed, and so
+    /// applied, everything the leader has committed.
+    pub fn check_round(&self, leader: ServerId) -> Result<(), String> {
+        let core = &self.servers[leader].core;
+        if self.servers[leader].crashed || !core.is_leader() {
+            return Ok(());
+        }
+        let sendable = if core.is_confirmed_leader() {
+            core.log()
+        } else {
+            let own = core
+                .log()
+                .iter()
+                .rev()
+                .take_while(|e| e.term == core.term())
+                .count();
+            &core.log()[..core.log().len() - own]
+        };
+        for (id, server) in self.servers.iter().enumerate() {
+            let follows =
+                server.core.term() == core.term() && server.core.leader_hint() == Some(leader);
+            if id == leader || server.crashed || !follows {
+                continue;
+            }
+            ensure!(
+                server.core.log().starts_with(sendable),
+                "after leader {leader}'s round, server {id} lacks its log: {:?}, leader {:?}",
+                server.core.log(),
+                core.log()
+            );
+            ensure!(
+                server.core.commit_index() >= core.commit_index(),
+                "after leader {leader}'s round, server {id} committed {} of the leader's {}",
+                server.core.commit_index(),
+                core.commit_index()
+            );
+        }
+        Ok(())
     }
 
     /// `UpdateFile` as the leader serves it when everyone answers: propose,
@@ -344,6 +418,7 @@ impl Cluster {
         if let Some(hard) = hard_state {
             server.disk.hard = hard;
         }
+        let history_len = self.history.committed.len();
         for (index, entry) in committed {
             let at = usize::try_from(index).expect("committed index >= 0");
             assert_eq!(
@@ -363,6 +438,19 @@ impl Cluster {
                 history.maps.push(map);
             }
         }
+        for at in history_len..self.history.committed.len() {
+            let number = self.history.committed[at];
+            let holders = self
+                .servers
+                .iter()
+                .filter(|s| s.disk.ids.get(at) == Some(&number))
+                .count();
+            if !is_majority(holders, self.size()) && self.history.unreplicated.is_none() {
+                self.history.unreplicated = Some(format!(
+                    "server {id} applied index {at} first, held by {holders} durable logs"
+                ));
+            }
+        }
     }
 
     /// Checks every safety invariant against the current state and history.
@@ -370,6 +458,9 @@ impl Cluster {
     /// unchanged and the history it was compared with only ever grows
     /// (except for leader completeness, rechecked whenever history grows).
     pub fn check(&mut self) -> Result<(), String> {
+        if let Some(problem) = self.history.unreplicated.take() {
+            return Err(problem);
+        }
         let grown = std::mem::replace(&mut self.history.checked_len, self.history.committed.len())
             != self.history.committed.len();
         for id in 0..self.size() {

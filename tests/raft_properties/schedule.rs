@@ -157,8 +157,9 @@ impl Schedule {
             .collect()
     }
 
-    /// Runs one random step and records it.
-    pub fn step(&mut self) {
+    /// Runs one random step and records it; after a SendHeartbeat round,
+    /// checks what the round promises.
+    pub fn step(&mut self) -> Result<(), String> {
         let event = match self.rng.below(100) {
             0..5 => self.random_set_leader(),
             5..9 => self.random_crash(),
@@ -177,6 +178,10 @@ impl Schedule {
             event => event,
         };
         self.events.push(event);
+        match event {
+            Event::Round(leader) => self.cluster.check_round(leader),
+            _ => Ok(()),
+        }
     }
 
     /// Half the time, a server one term behind the newest leader: its
@@ -472,6 +477,7 @@ impl Schedule {
         if !self.cluster.heartbeat(best) {
             return Err(format!("liveness: leader {best}'s round found no majority"));
         }
+        self.cluster.check_round(best)?;
         self.check_converged(best)
     }
 
