@@ -61,7 +61,7 @@ struct Args {
     /// leader of its Raft servers instead of META_ADDR.
     #[arg(short = 'f', long = "config", value_name = "CONFIG")]
     config: Option<PathBuf>,
-    /// [META_ADDR] BASEDIR BLOCKSIZE: the MetaStore (host:port, omitted with
+    /// META_ADDR BASEDIR BLOCKSIZE: the MetaStore (host:port, omitted with
     /// -f), the directory to sync and the block size in bytes.
     #[arg(value_name = "ARGS", num_args = 2..=3, required = true)]
     positional: Vec<String>,

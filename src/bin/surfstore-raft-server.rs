@@ -24,7 +24,7 @@ struct Args {
     /// This server's index in the config's MetaStoreAddrs.
     #[arg(short = 'i', long = "id")]
     id: usize,
-    /// BlockStore address handed to clients (default: BlockStoreAddrs[0]).
+    /// BlockStore address handed to clients (default: the first of the config's BlockStoreAddrs).
     #[arg(short = 'b', long = "blockstore")]
     block_store_addr: Option<String>,
     /// Print debug logs to stderr.
