@@ -9,6 +9,9 @@
 //!   installed ([`etcd`]).
 //! * PutBlock: every client puts distinct random blocks of one size into a
 //!   `surfstore-server -s block`, in memory and with `--data-dir`.
+//! * GetFileInfoMap: a map of many files is filled in, then many readers
+//!   each read it once, all at the same time, from a plain MetaStore and
+//!   from a 3-server Raft cluster's leader.
 //!
 //! Each point gets fresh servers, so no point pays for an earlier one's data.
 //! The clients share the machine with the servers: on a small machine this
@@ -102,6 +105,8 @@ pub struct Loads {
     pub commits: Vec<LoadRow>,
     /// PutBlock points.
     pub puts: Vec<LoadRow>,
+    /// GetFileInfoMap points.
+    pub reads: Vec<LoadRow>,
     /// The etcd the `etcd-3` commit points ran on, or why there are none.
     pub etcd: String,
 }
@@ -167,11 +172,94 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
             }
         }
     }
+    let reads = read_points(scale, work).await?;
     Ok(Loads {
         commits,
         puts,
+        reads,
         etcd,
     })
+}
+
+/// The GetFileInfoMap points: for each store, fresh in-memory servers
+/// holding `scale.read_files` files, read by `scale.readers` at once.
+async fn read_points(scale: &Scale, work: &Path) -> BenchResult<Vec<LoadRow>> {
+    let mut reads = Vec::new();
+    for store in ["meta", "raft-3"] {
+        eprintln!(
+            "B6: {} concurrent GetFileInfoMap of {} files on {store}",
+            scale.readers, scale.read_files
+        );
+        let label = format!("b6-read-{store}");
+        let (addr, servers) = if store == "meta" {
+            let server = procs::start_server(work, &label, "meta", None, &[UNUSED_BLOCK_ADDR])?;
+            (server.addr.clone(), Servers::One(server))
+        } else {
+            let cluster = procs::start_cluster(work, &label, 3, UNUSED_BLOCK_ADDR, None).await?;
+            (cluster.addrs[0].clone(), Servers::Cluster(cluster))
+        };
+        fill_map(&addr, scale.read_files).await?;
+        let readers = (0..scale.readers)
+            .map(|_| {
+                let client = MetaStoreClient::new(surfstore::grpc::channel(&addr)?)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                Ok(Reader {
+                    client,
+                    files: scale.read_files,
+                })
+            })
+            .collect::<BenchResult<Vec<_>>>()?;
+        let meters = Meters::start(servers.pids());
+        let measured = drive(readers, Duration::from_secs(600), scale.readers as u64).await?;
+        let mut row = row(store, scale.readers, None, measured);
+        meters.finish(&mut row);
+        reads.push(row);
+    }
+    Ok(reads)
+}
+
+/// Stores `files` new files at `addr`, 64 calls at a time.
+async fn fill_map(addr: &str, files: usize) -> BenchResult<()> {
+    let hash = hash_block(b"surfstore bench");
+    let client = MetaStoreClient::new(surfstore::grpc::channel(addr)?);
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let (mut client, hash) = (client.clone(), hash.clone());
+            tokio::spawn(async move {
+                for i in (task..files).step_by(64) {
+                    let meta = FileMetaData {
+                        filename: format!("photos/2024/IMG_{i:06}.jpg"),
+                        version: 1,
+                        block_hash_list: vec![hash.clone()],
+                    };
+                    client.update_file(meta).await?;
+                }
+                Ok::<_, crate::BenchError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// A client reading the whole map.
+struct Reader {
+    client: MetaStoreClient<Channel>,
+    files: usize,
+}
+
+impl Worker for Reader {
+    async fn warm_up(&mut self) -> BenchResult<()> {
+        self.client.get_block_store_addr(()).await?;
+        Ok(())
+    }
+
+    async fn call(&mut self, _op: u64) -> BenchResult<bool> {
+        let map = self.client.get_file_info_map(()).await?.into_inner();
+        Ok(map.file_info_map.len() == self.files)
+    }
 }
 
 /// Adds the `etcd-3` commit points to `commits` when etcd is installed;
