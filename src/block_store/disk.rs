@@ -265,6 +265,20 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_stores_every_block_including_repeats_and_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskBlocks::open(dir.path()).unwrap();
+        let blocks: Vec<_> = ["e", "f", "g", "e"].iter().map(|s| block(s)).collect();
+        store.put(&blocks[1].0, blocks[1].1.clone()).unwrap();
+        store.put_all(blocks.clone()).unwrap();
+        let store = DiskBlocks::open(dir.path()).unwrap();
+        for (hash, data) in blocks {
+            assert_eq!(store.get(&hash).unwrap(), Some(data));
+        }
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
     fn malformed_keys_are_refused_not_used_as_paths() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskBlocks::open(dir.path()).unwrap();
