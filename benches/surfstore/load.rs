@@ -213,9 +213,8 @@ async fn read_points(scale: &Scale, work: &Path) -> BenchResult<Vec<LoadRow>> {
             return Err(format!("{store} holds {} files", map.file_info_map.len()).into());
         }
         let reply_bytes = map.encoded_len();
-        // HTTP/2 carries many calls per connection: a few hundred readers
-        // opening their own connections at once only measure the accept
-        // backlog.
+        // HTTP/2 carries many calls per connection; 500 readers each
+        // opening its own connection at once got connection resets here.
         let channels = (0..scale.readers.div_ceil(READERS_PER_CONNECTION))
             .map(|_| surfstore::grpc::channel(&addr))
             .collect::<Result<Vec<_>, _>>()?;
