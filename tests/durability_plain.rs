@@ -192,6 +192,57 @@ async fn nothing_acknowledged_is_lost_when_killed_under_load() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acknowledged_updates_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_durable(dir.path());
+    let c = connect(&server);
+
+    // Many callers at once, so the journal commits them in shared batches;
+    // each records the last version the server acknowledged for its file.
+    let callers = 32;
+    let acked: Arc<Vec<AtomicI32>> = Arc::new((0..callers).map(|_| AtomicI32::new(0)).collect());
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let mut client = c.meta.clone();
+            let acked = Arc::clone(&acked);
+            tokio::spawn(async move {
+                for version in 1.. {
+                    let update = meta(&format!("f{i}"), version, vec![hash_block(b"x")]);
+                    match client.update_file(update).await {
+                        Ok(reply) => assert_eq!(reply.into_inner().version, version),
+                        Err(_) => break,
+                    }
+                    acked[i].store(version, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.iter().map(|a| a.load(Ordering::SeqCst)).sum::<i32>() < 20 * callers as i32 {
+        assert!(Instant::now() < deadline, "the server made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.proc.kill();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let server = start_durable(dir.path());
+    let mut c = connect(&server);
+    let map = c.map().await.file_info_map;
+    for (i, acked) in acked.iter().enumerate() {
+        let acked = acked.load(Ordering::SeqCst);
+        let stored = map.get(&format!("f{i}")).map_or(0, |m| m.version);
+        // Each caller had at most one update in flight at the kill.
+        assert!(
+            stored == acked || stored == acked + 1,
+            "f{i}: acked {acked}, stored {stored}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_corrupt_block_file_is_not_served() {
     let dir = tempfile::tempdir().unwrap();

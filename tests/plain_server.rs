@@ -524,3 +524,41 @@ async fn an_update_that_would_outgrow_get_file_info_map_is_refused() {
     let small = meta.update_file(file_meta("small", 1, &["h"])).await;
     assert_eq!(small.map(|v| v.into_inner().version).ok(), Some(1));
 }
+
+/// Reads share one encoded map: many at once get equal maps, and a read
+/// after an acknowledged update sees it, whatever was read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_get_equal_maps_and_see_every_acknowledged_update() {
+    let server = start_server("meta", &["localhost:1"]);
+    let mut meta = meta_client(&server.addr);
+    let h = hash_block(b"h");
+    for i in 0..200 {
+        let m = file_meta(&format!("dir/f{i}"), 1, &[&h]);
+        assert_eq!(meta.update_file(m).await.unwrap().into_inner().version, 1);
+    }
+    let expected = meta.get_file_info_map(()).await.unwrap().into_inner();
+    assert_eq!(expected.file_info_map.len(), 200);
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let mut client = meta_client(&server.addr);
+            tokio::spawn(async move { client.get_file_info_map(()).await.unwrap().into_inner() })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+    for version in 2..5 {
+        let m = file_meta("dir/f7", version, &["0"]);
+        assert_eq!(
+            meta.update_file(m.clone())
+                .await
+                .unwrap()
+                .into_inner()
+                .version,
+            version
+        );
+        let map = meta.get_file_info_map(()).await.unwrap().into_inner();
+        assert_eq!(map.file_info_map["dir/f7"], m);
+        assert_eq!(map.file_info_map.len(), 200);
+    }
+}

@@ -486,3 +486,46 @@ async fn a_half_dead_peer_connection_is_replaced_within_seconds() {
         "server 1 caught up only after {healed:?}"
     );
 }
+
+/// The leader's reads share one encoded map (on both of its services):
+/// concurrent readers get equal maps, and a read after an acknowledged
+/// update sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_on_the_leader_get_equal_maps_and_see_updates() {
+    let cluster = start_cluster(3, &[]).await;
+    cluster.set_leader(0).await;
+    let mut leader = raft_client(&cluster.addrs[0]);
+    for i in 0..100 {
+        let reply = leader
+            .update_file(file_meta(&format!("f{i}"), 1, &[]))
+            .await;
+        assert_eq!(reply.unwrap().into_inner().version, 1);
+    }
+    let expected = leader.get_file_info_map(()).await.unwrap().into_inner();
+    assert_eq!(expected.file_info_map.len(), 100);
+    let readers: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = cluster.addrs[0].clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let mut client = raft_client(&addr);
+                    client.get_file_info_map(()).await.unwrap().into_inner()
+                } else {
+                    let mut client = common::meta_client(&addr);
+                    client.get_file_info_map(()).await.unwrap().into_inner()
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+    let update = file_meta("f3", 2, &["0"]);
+    let reply = leader.update_file(update.clone()).await.unwrap();
+    assert_eq!(reply.into_inner().version, 2);
+    let map = leader.get_file_info_map(()).await.unwrap().into_inner();
+    assert_eq!(map.file_info_map["f3"], update);
+    // A follower still refuses reads.
+    let refused = raft_client(&cluster.addrs[1]).get_file_info_map(()).await;
+    assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
+}

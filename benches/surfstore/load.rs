@@ -9,6 +9,9 @@
 //!   installed ([`etcd`]).
 //! * PutBlock: every client puts distinct random blocks of one size into a
 //!   `surfstore-server -s block`, in memory and with `--data-dir`.
+//! * GetFileInfoMap: a map of many files is filled in, then many readers
+//!   each read it once, all at the same time, from a plain MetaStore and
+//!   from a 3-server Raft cluster's leader.
 //!
 //! Each point gets fresh servers, so no point pays for an earlier one's data.
 //! The clients share the machine with the servers: on a small machine this
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::Message;
 use surfstore::grpc::MAX_MESSAGE_BYTES;
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -44,6 +48,9 @@ pub const PUT_SIZES: [u64; 2] = [4 << 10, 4 << 20];
 
 /// The BlockStore address the MetaStores announce; nobody asks for it here.
 const UNUSED_BLOCK_ADDR: &str = "127.0.0.1:1";
+
+/// Readers of a GetFileInfoMap point that share one connection.
+const READERS_PER_CONNECTION: usize = 10;
 
 /// A client that fails this many calls stops: the server is broken and the
 /// point will say so in its error count.
@@ -102,6 +109,8 @@ pub struct Loads {
     pub commits: Vec<LoadRow>,
     /// PutBlock points.
     pub puts: Vec<LoadRow>,
+    /// GetFileInfoMap points.
+    pub reads: Vec<LoadRow>,
     /// The etcd the `etcd-3` commit points ran on, or why there are none.
     pub etcd: String,
 }
@@ -167,11 +176,148 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
             }
         }
     }
+    let reads = read_points(scale, work).await?;
     Ok(Loads {
         commits,
         puts,
+        reads,
         etcd,
     })
+}
+
+/// The GetFileInfoMap points: for each store, fresh in-memory servers
+/// holding `scale.read_files` files, read by `scale.readers` at once.
+async fn read_points(scale: &Scale, work: &Path) -> BenchResult<Vec<LoadRow>> {
+    let mut reads = Vec::new();
+    for store in ["meta", "raft-3"] {
+        eprintln!(
+            "B6: {} concurrent GetFileInfoMap of {} files on {store}",
+            scale.readers, scale.read_files
+        );
+        let label = format!("b6-read-{store}");
+        let (addr, servers) = if store == "meta" {
+            let server = procs::start_server(work, &label, "meta", None, &[UNUSED_BLOCK_ADDR])?;
+            (server.addr.clone(), Servers::One(server))
+        } else {
+            let cluster = procs::start_cluster(work, &label, 3, UNUSED_BLOCK_ADDR, None).await?;
+            (cluster.addrs[0].clone(), Servers::Cluster(cluster))
+        };
+        fill_map(&addr, scale.read_files).await?;
+        // One decoded read checks the map; the measured ones compare sizes.
+        let map = MetaStoreClient::new(surfstore::grpc::channel(&addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .get_file_info_map(())
+            .await?
+            .into_inner();
+        if map.file_info_map.len() != scale.read_files {
+            return Err(format!("{store} holds {} files", map.file_info_map.len()).into());
+        }
+        let reply_bytes = map.encoded_len();
+        // HTTP/2 carries many calls per connection; 500 readers each
+        // opening its own connection at once got connection resets here.
+        let channels = (0..scale.readers.div_ceil(READERS_PER_CONNECTION))
+            .map(|_| surfstore::grpc::channel(&addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..scale.readers)
+            .map(|i| Reader {
+                grpc: tonic::client::Grpc::new(channels[i / READERS_PER_CONNECTION].clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                reply_bytes,
+            })
+            .collect();
+        let meters = Meters::start(servers.pids());
+        let measured = drive(readers, Duration::from_secs(600), scale.readers as u64).await?;
+        let mut row = row(store, scale.readers, None, measured);
+        meters.finish(&mut row);
+        reads.push(row);
+    }
+    Ok(reads)
+}
+
+/// Stores `files` new files at `addr`, 64 calls at a time.
+async fn fill_map(addr: &str, files: usize) -> BenchResult<()> {
+    let hash = hash_block(b"surfstore bench");
+    let client = MetaStoreClient::new(surfstore::grpc::channel(addr)?);
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let (mut client, hash) = (client.clone(), hash.clone());
+            tokio::spawn(async move {
+                for i in (task..files).step_by(64) {
+                    let meta = FileMetaData {
+                        filename: format!("photos/2024/IMG_{i:06}.jpg"),
+                        version: 1,
+                        block_hash_list: vec![hash.clone()],
+                    };
+                    client.update_file(meta).await?;
+                }
+                Ok::<_, crate::BenchError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// A client reading the whole map, undecoded: decoding 20,000 files takes
+/// the client tens of milliseconds, which on a shared machine would be
+/// most of what the point measures.
+struct Reader {
+    grpc: tonic::client::Grpc<Channel>,
+    /// The size of the map's encoding.
+    reply_bytes: usize,
+}
+
+impl Worker for Reader {
+    async fn warm_up(&mut self) -> BenchResult<()> {
+        self.grpc.ready().await?;
+        Ok(())
+    }
+
+    async fn call(&mut self, _op: u64) -> BenchResult<bool> {
+        self.grpc.ready().await?;
+        let path = http::uri::PathAndQuery::from_static("/surfstore.MetaStore/GetFileInfoMap");
+        let reply = self
+            .grpc
+            .unary(tonic::Request::new(()), path, RawCodec)
+            .await?;
+        Ok(reply.into_inner().len() == self.reply_bytes)
+    }
+}
+
+/// Sends an `Empty` request and keeps the reply's bytes as they came.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = ();
+    type Decode = Bytes;
+    type Encoder = <tonic_prost::ProstCodec<(), ()> as tonic::codec::Codec>::Encoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<(), ()>::raw_encoder(Default::default())
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// Takes a reply's bytes without decoding them.
+struct RawDecoder;
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
 }
 
 /// Adds the `etcd-3` commit points to `commits` when etcd is installed;

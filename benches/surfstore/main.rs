@@ -59,6 +59,10 @@ pub struct Scale {
     pub put_max_bytes: u64,
     /// B7: how long each hashing measurement runs.
     pub sha_duration: Duration,
+    /// B6 reads: files in the map the readers read.
+    pub read_files: usize,
+    /// B6 reads: concurrent `GetFileInfoMap` calls, one per reader.
+    pub readers: usize,
 }
 
 const MIB: u64 = 1 << 20;
@@ -77,6 +81,8 @@ impl Scale {
                 put_duration: Duration::from_secs(4),
                 put_max_bytes: 1024 * MIB,
                 sha_duration: Duration::from_secs(2),
+                read_files: 20_000,
+                readers: 500,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -87,6 +93,8 @@ impl Scale {
                 put_duration: Duration::from_millis(300),
                 put_max_bytes: 64 * MIB,
                 sha_duration: Duration::from_millis(200),
+                read_files: 2_000,
+                readers: 50,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -206,6 +214,8 @@ fn run() -> BenchResult<()> {
         etcd: report::etcd_side(&load.commits, load.etcd),
         commits: load.commits,
         puts: load.puts,
+        reads: load.reads,
+        read_files: scale.read_files,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

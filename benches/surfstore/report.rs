@@ -30,6 +30,10 @@ pub struct Results {
     pub commits: Vec<LoadRow>,
     /// B6 PutBlock points.
     pub puts: Vec<LoadRow>,
+    /// B6 GetFileInfoMap points: concurrent readers of one map.
+    pub reads: Vec<LoadRow>,
+    /// Files in the map of the read points.
+    pub read_files: usize,
     /// B6 beside etcd.
     pub etcd: EtcdSide,
 }
@@ -133,6 +137,7 @@ pub fn markdown(r: &Results) -> String {
     commit_table(&mut s, r);
     etcd_table(&mut s, r);
     put_table(&mut s, r);
+    read_table(&mut s, r);
     target_table(&mut s, r);
     s
 }
@@ -309,6 +314,41 @@ fn put_table(s: &mut String, r: &Results) {
         "\nCPU columns: /proc user+system time of the processes over the point, \
          divided by the successful calls; the clients are this bench process \
          (tonic, plus copying each block before a put).\n"
+    );
+}
+
+fn read_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## B6: concurrent GetFileInfoMap of a {}-file map\n",
+        r.read_files
+    );
+    let _ = writeln!(
+        s,
+        "| store | readers | p50 (ms) | p99 (ms) | all read in (s) | errors | server CPU µs/read | clients' CPU µs/read | steal % |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.reads {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {} | {:.0} | {:.0} | {:.0} |",
+            row.store,
+            row.clients,
+            row.p50_ms,
+            row.p99_ms,
+            row.secs,
+            row.errors,
+            row.server_cpu_us_per_op(),
+            row.client_cpu_us_per_op(),
+            row.steal_percent
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEvery reader sends one GetFileInfoMap, all at once, ten readers to a \
+         connection, to servers in memory; the clients check each reply's size \
+         but do not decode it (decoding costs the client more than serving \
+         costs the server).\n"
     );
 }
 

@@ -12,6 +12,21 @@
 //! either complete or absent. Fanning out by prefix keeps directories small
 //! (256 of them, created at open so `put` never has to).
 //!
+//! **What a `PutBlocks` call pays for durability.** Before the reply every
+//! block's bytes and its name must be on disk. The bytes must be durable
+//! *before* the name appears: after a power cut a name pointing at data
+//! that never reached the disk would be an empty or garbled block that
+//! `HasBlocks` (which only checks that the file exists) reports as present,
+//! so no client would upload it again. Hence, per call: every new block is
+//! written to its temp file and fdatasynced (one per block: the data of
+//! different files has no common flush short of syncing the whole file
+//! system), then all are renamed into place, then each fan-out directory
+//! that received a block is fsynced once, covering all the names in it.
+//! Before, each block paid its own directory fsync as well: a call of N
+//! blocks now costs N + (distinct directories) fsyncs instead of 2N, and
+//! the directory fsyncs after the first find the file system's journal
+//! already committed on ext4 and cost little.
+//!
 //! Every read re-hashes the bytes. A block whose content no longer matches
 //! its name (disk damage, tampering) is never served: it is moved to
 //! `corrupt/` with a warning and reported as absent, so `GetBlock` answers
@@ -21,6 +36,7 @@
 //! read the whole store); `PutBlock` of a block already present verifies the
 //! stored copy and replaces it if it rotted.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -124,21 +140,37 @@ impl BlockBackend for DiskBlocks {
     }
 
     fn put(&self, hash: &str, data: Bytes) -> Result<(), BlockStoreError> {
-        // Skip the write only for a copy that still verifies: a rotted file
-        // is quarantined by `get` and replaced by this upload.
-        if self.get(hash)?.is_some() {
-            return Ok(());
-        }
-        let path = self.path_of(hash)?;
+        self.put_all(vec![(hash.to_string(), data)])
+    }
+
+    fn put_all(&self, blocks: Vec<(String, Bytes)>) -> Result<(), BlockStoreError> {
         let tmp_dir = self.root.join(TMP_DIR);
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
-            .map_err(StorageError::io("create a file in", &tmp_dir))?;
-        tmp.write_all(&data)
-            .and_then(|()| tmp.as_file().sync_data())
-            .map_err(StorageError::io("write", tmp.path()))?;
-        tmp.persist(&path)
-            .map_err(|e| StorageError::io("rename a block into", &path)(e.error))?;
-        sync_dir(path.parent().unwrap_or(&self.root))?;
+        let mut written = Vec::with_capacity(blocks.len());
+        for (hash, data) in blocks {
+            // Skip the write only for a copy that still verifies: a rotted
+            // file is quarantined by `get` and replaced by this upload.
+            if self.get(&hash)?.is_some() {
+                continue;
+            }
+            let path = self.path_of(&hash)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+                .map_err(StorageError::io("create a file in", &tmp_dir))?;
+            tmp.write_all(&data)
+                .and_then(|()| tmp.as_file().sync_data())
+                .map_err(StorageError::io("write", tmp.path()))?;
+            written.push((tmp, path));
+        }
+        // Every block's bytes are durable; now their names, one fsync per
+        // directory however many blocks it received.
+        let mut dirs = BTreeSet::new();
+        for (tmp, path) in written {
+            tmp.persist(&path)
+                .map_err(|e| StorageError::io("rename a block into", &path)(e.error))?;
+            dirs.insert(path.parent().unwrap_or(&self.root).to_path_buf());
+        }
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
         Ok(())
     }
 
@@ -229,6 +261,20 @@ mod tests {
         assert!(!leftover.exists());
         let (hash, data) = block("d");
         store.put(&hash, data).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_batch_stores_every_block_including_repeats_and_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskBlocks::open(dir.path()).unwrap();
+        let blocks: Vec<_> = ["e", "f", "g", "e"].iter().map(|s| block(s)).collect();
+        store.put(&blocks[1].0, blocks[1].1.clone()).unwrap();
+        store.put_all(blocks.clone()).unwrap();
+        let store = DiskBlocks::open(dir.path()).unwrap();
+        for (hash, data) in blocks {
+            assert_eq!(store.get(&hash).unwrap(), Some(data));
+        }
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }
 

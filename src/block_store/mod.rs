@@ -32,6 +32,14 @@ pub trait BlockBackend: Send + Sync + 'static {
     fn get(&self, hash: &str) -> Result<Option<Bytes>, BlockStoreError>;
     /// Stores `data` under `hash` (its SHA-256); storing twice is harmless.
     fn put(&self, hash: &str, data: Bytes) -> Result<(), BlockStoreError>;
+    /// Stores every `(hash, data)` of one `PutBlocks` call, all durable (for
+    /// a backend that persists) when this returns. One by one unless the
+    /// backend can share the cost of durability across them.
+    fn put_all(&self, blocks: Vec<(String, Bytes)>) -> Result<(), BlockStoreError> {
+        blocks
+            .into_iter()
+            .try_for_each(|(hash, data)| self.put(&hash, data))
+    }
     /// Whether the block named `hash` is stored.
     fn has(&self, hash: &str) -> Result<bool, BlockStoreError>;
 }

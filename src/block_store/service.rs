@@ -114,12 +114,15 @@ impl BlockStoreService {
             check_block(block)?;
         }
         self.backend(move |backend| {
-            for block in blocks {
-                let hash = hash_block(&block.block_data);
-                tracing::debug!(%hash, len = block.block_data.len(), "PutBlock");
-                backend.put(&hash, block.block_data)?;
-            }
-            Ok(())
+            let named = blocks
+                .into_iter()
+                .map(|block| {
+                    let hash = hash_block(&block.block_data);
+                    tracing::debug!(%hash, len = block.block_data.len(), "PutBlock");
+                    (hash, block.block_data)
+                })
+                .collect();
+            backend.put_all(named)
         })
         .await?;
         Ok(Response::new(Success { flag: true }))

@@ -2,39 +2,96 @@
 //! write-ahead journal of accepted updates (`--data-dir`).
 //!
 //! Only updates the version rule accepts are journaled, each as one
-//! [`Wal`] record holding the `FileMetaData` in its protobuf encoding, and
-//! each is fsynced before it becomes visible or is acknowledged. Replaying
-//! the journal through the same [`FileMap::apply`] rebuilds the map; an
-//! update that does not apply on replay means the journal is not what this
-//! server wrote, and the open fails rather than serve a wrong map.
+//! [`Wal`] record holding the `FileMetaData` in its protobuf encoding.
+//! Replaying the journal through the same [`FileMap::apply`] rebuilds the
+//! map; an update that does not apply on replay means the journal is not
+//! what this server wrote, and the open fails rather than serve a wrong map.
+//!
+//! **Group commit.** One writer thread owns the journal. `UpdateFile` calls
+//! queue their update and wait; the writer takes every update waiting,
+//! decides each under the version rule in arrival order (each seeing the
+//! ones accepted before it in the batch, see [`Pending`]), appends the
+//! accepted ones and fsyncs once for all of them, then applies them to the
+//! map readers see and answers every caller with its own result. So an
+//! update is durable before it is visible or acknowledged, and N concurrent
+//! updates cost one fsync, not N. If the append or fsync fails, no update
+//! of the batch is applied, every caller in it gets the error, and the
+//! journal refuses further writes ([`StorageError::Poisoned`]).
+//!
+//! Readers only take the map's lock long enough to get its shared encoding
+//! ([`FileMap::encoded`]), never across a write or an fsync.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 use prost::Message;
+use tokio::sync::oneshot;
 
-use super::{FileMap, REJECTED_VERSION};
+use super::{FileMap, Pending, REJECTED_VERSION};
+use crate::grpc::{self, TooLarge};
 use crate::proto::FileMetaData;
 use crate::storage::{StorageError, Wal, create_dir_durable};
 
 /// The journal's file name inside the MetaStore's directory.
 pub const JOURNAL_FILE: &str = "updates.wal";
 
-/// A [`FileMap`] plus, when on disk, the journal that makes it durable.
-#[derive(Debug, Default)]
+/// Why an update was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpdateError {
+    /// The version rule accepts it, but the map would then be too large for
+    /// a `GetFileInfoMap` reply.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    /// The journal could not be written: the update (and every other one of
+    /// its batch) is not stored.
+    #[error("{0}")]
+    Storage(Arc<StorageError>),
+    /// The journal's writer thread is gone (the server is shutting down).
+    #[error("the MetaStore journal writer has stopped")]
+    WriterGone,
+}
+
+/// A [`FileMap`] plus, when on disk, the writer of the journal that makes
+/// it durable; see the module documentation.
+#[derive(Debug)]
 pub struct JournaledMap {
-    map: FileMap,
-    journal: Option<Wal>,
+    map: Arc<Mutex<FileMap>>,
+    writer: Option<Writer>,
+    /// How many times the journal was fsynced since open.
+    syncs: Arc<AtomicU64>,
+}
+
+/// The journal's writer thread and the queue feeding it.
+#[derive(Debug)]
+struct Writer {
+    /// `None` only while dropping, which ends the thread.
+    queue: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One `UpdateFile` waiting for the writer.
+#[derive(Debug)]
+struct Job {
+    meta: FileMetaData,
+    reply: oneshot::Sender<Result<i32, UpdateError>>,
 }
 
 impl JournaledMap {
     /// A map that lives as long as the process, as in the original.
     pub fn in_memory() -> Self {
-        Self::default()
+        Self {
+            map: Arc::default(),
+            writer: None,
+            syncs: Arc::default(),
+        }
     }
 
-    /// Opens (creating if needed) the journal in `dir` and replays it. An
-    /// update cut off by a crash mid-write was never acknowledged and is
-    /// dropped; damage before the end of the journal is an error.
+    /// Opens (creating if needed) the journal in `dir`, replays it and
+    /// starts its writer thread. An update cut off by a crash mid-write was
+    /// never acknowledged and is dropped; damage before the end of the
+    /// journal is an error.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         create_dir_durable(dir)?;
         let path = dir.join(JOURNAL_FILE);
@@ -56,35 +113,167 @@ impl JournaledMap {
             Ok(())
         })?;
         tracing::info!(path = %path.display(), files = map.len(), "loaded MetaStore journal");
+        let map = Arc::new(Mutex::new(map));
+        let syncs = Arc::new(AtomicU64::new(0));
+        let (queue, jobs) = mpsc::channel();
+        let thread = {
+            let (map, syncs) = (Arc::clone(&map), Arc::clone(&syncs));
+            std::thread::Builder::new()
+                .name("meta-journal".into())
+                .spawn(move || write_batches(&jobs, &map, journal, &syncs))
+                .map_err(StorageError::io("start the writer thread of", &path))?
+        };
         Ok(Self {
             map,
-            journal: Some(journal),
+            writer: Some(Writer {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
+            syncs,
         })
     }
 
     /// Applies `meta` under the version rule. An accepted update is durable
-    /// before this returns its new version; a rejected one returns
-    /// [`REJECTED_VERSION`] and writes nothing. On error the map is
-    /// unchanged.
-    pub fn update(&mut self, meta: FileMetaData) -> Result<i32, StorageError> {
-        if !self.map.accepts(&meta) {
-            return Ok(REJECTED_VERSION);
-        }
-        if let Some(journal) = &mut self.journal {
-            journal.append(&meta.encode_to_vec())?;
-            journal.sync()?;
-        }
-        Ok(self.map.apply(meta))
+    /// before this returns its new version and before any read sees it; a
+    /// rejected one returns [`REJECTED_VERSION`] and writes nothing. On
+    /// error the map is unchanged.
+    pub async fn update(&self, meta: FileMetaData) -> Result<i32, UpdateError> {
+        let Some(queue) = self.writer.as_ref().and_then(|w| w.queue.as_ref()) else {
+            // In memory there is nothing to wait for: decide and apply at once.
+            let mut map = lock(&self.map);
+            let accepted = decide(&mut Pending::new(&map), &meta)?;
+            return Ok(if accepted {
+                map.apply(meta)
+            } else {
+                REJECTED_VERSION
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Job { meta, reply })
+            .map_err(|_| UpdateError::WriterGone)?;
+        answer.await.unwrap_or(Err(UpdateError::WriterGone))
     }
 
-    /// The current map.
-    pub fn map(&self) -> &FileMap {
-        &self.map
+    /// Runs `read` on the current map, under its lock: keep it short (e.g.
+    /// [`FileMap::encoded`]).
+    pub fn read<R>(&self, read: impl FnOnce(&FileMap) -> R) -> R {
+        read(&lock(&self.map))
+    }
+
+    /// How many times the journal was fsynced since it was opened: fewer
+    /// than the updates stored when they arrived together.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    /// Closes the queue and waits for the writer to finish what it took, so
+    /// that the journal is closed when the map is gone.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the MetaStore journal writer panicked");
+        }
+    }
+}
+
+fn lock(map: &Mutex<FileMap>) -> std::sync::MutexGuard<'_, FileMap> {
+    // The map changes only by `FileMap::apply`, which leaves it consistent
+    // at every step, so a poisoned lock still guards a usable map.
+    crate::locks::lock(map)
+}
+
+/// The version rule and the size limit for `meta`, after everything in
+/// `pending`: whether to store it; if so it joins `pending`.
+fn decide(pending: &mut Pending<'_>, meta: &FileMetaData) -> Result<bool, TooLarge> {
+    if !pending.accepts(meta) {
+        return Ok(false);
+    }
+    grpc::fits(
+        "GetFileInfoMap's reply",
+        pending.len_after(meta),
+        grpc::MAX_MESSAGE_BYTES,
+    )?;
+    pending.add(meta);
+    Ok(true)
+}
+
+/// The writer thread: one batch per turn, of every job waiting, until the
+/// queue closes.
+fn write_batches(
+    jobs: &mpsc::Receiver<Job>,
+    map: &Mutex<FileMap>,
+    mut wal: Wal,
+    syncs: &AtomicU64,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter());
+        commit(batch, map, &mut wal, syncs);
+    }
+}
+
+/// Decides, writes, fsyncs once, applies and answers one batch.
+fn commit(batch: Vec<Job>, map: &Mutex<FileMap>, wal: &mut Wal, syncs: &AtomicU64) {
+    // Only this thread changes the map, so it is the same when applied to.
+    let decisions: Vec<Result<bool, TooLarge>> = {
+        let map = lock(map);
+        let mut pending = Pending::new(&map);
+        batch
+            .iter()
+            .map(|job| decide(&mut pending, &job.meta))
+            .collect()
+    };
+    let accepted = decisions.iter().filter(|d| matches!(d, Ok(true))).count();
+    if accepted > 0 {
+        let written = batch
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| matches!(d, Ok(true)))
+            .try_for_each(|(job, _)| wal.append(&job.meta.encode_to_vec()))
+            .and_then(|()| wal.sync());
+        if let Err(error) = written {
+            tracing::error!(%error, updates = batch.len(), "MetaStore journal write failed");
+            // Decisions after an update that is now not stored may be wrong,
+            // so no caller of the batch gets one.
+            let error = UpdateError::Storage(Arc::new(error));
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(updates = batch.len(), accepted, "MetaStore journal batch");
+    let answers: Vec<_> = {
+        let mut map = lock(map);
+        batch
+            .into_iter()
+            .zip(decisions)
+            .map(|(job, decision)| {
+                let answer = match decision {
+                    Ok(true) => Ok(map.apply(job.meta)),
+                    Ok(false) => Ok(REJECTED_VERSION),
+                    Err(too_large) => Err(UpdateError::TooLarge(too_large)),
+                };
+                (job.reply, answer)
+            })
+            .collect()
+    };
+    for (reply, answer) in answers {
+        // The caller may have given up (deadline); nothing to do then.
+        let _ = reply.send(answer);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     fn meta(name: &str, version: i32, hashes: &[&str]) -> FileMetaData {
@@ -99,48 +288,59 @@ mod tests {
         std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len()
     }
 
-    #[test]
-    fn accepted_updates_survive_a_reopen() {
+    fn snapshot(store: &JournaledMap) -> FileMap {
+        store.read(FileMap::clone)
+    }
+
+    #[tokio::test]
+    async fn accepted_updates_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = JournaledMap::open(dir.path()).unwrap();
-        assert_eq!(store.update(meta("a", 1, &["h1"])).unwrap(), 1);
-        assert_eq!(store.update(meta("b", 1, &[])).unwrap(), 1);
-        assert_eq!(store.update(meta("a", 2, &["0"])).unwrap(), 2);
-        let expected = store.map().clone();
+        let store = JournaledMap::open(dir.path()).unwrap();
+        assert_eq!(store.update(meta("a", 1, &["h1"])).await.unwrap(), 1);
+        assert_eq!(store.update(meta("b", 1, &[])).await.unwrap(), 1);
+        assert_eq!(store.update(meta("a", 2, &["0"])).await.unwrap(), 2);
+        let expected = snapshot(&store);
         drop(store);
         let store = JournaledMap::open(dir.path()).unwrap();
-        assert_eq!(store.map(), &expected);
-        assert_eq!(store.map().get("a"), Some(&meta("a", 2, &["0"])));
+        assert_eq!(snapshot(&store), expected);
+        assert_eq!(
+            store.read(|m| m.get("a").cloned()),
+            Some(meta("a", 2, &["0"]))
+        );
     }
 
-    #[test]
-    fn rejected_updates_write_nothing() {
+    #[tokio::test]
+    async fn rejected_updates_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = JournaledMap::open(dir.path()).unwrap();
-        store.update(meta("a", 1, &["h1"])).unwrap();
+        let store = JournaledMap::open(dir.path()).unwrap();
+        store.update(meta("a", 1, &["h1"])).await.unwrap();
         let len = journal_len(dir.path());
         assert_eq!(
-            store.update(meta("a", 1, &["h2"])).unwrap(),
+            store.update(meta("a", 1, &["h2"])).await.unwrap(),
             REJECTED_VERSION
         );
-        assert_eq!(store.update(meta("new", 2, &[])).unwrap(), REJECTED_VERSION);
+        assert_eq!(
+            store.update(meta("new", 2, &[])).await.unwrap(),
+            REJECTED_VERSION
+        );
         assert_eq!(journal_len(dir.path()), len);
+        assert_eq!(store.syncs(), 1);
     }
 
-    #[test]
-    fn an_update_cut_mid_write_is_dropped() {
+    #[tokio::test]
+    async fn an_update_cut_mid_write_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = JournaledMap::open(dir.path()).unwrap();
-        store.update(meta("a", 1, &["h1"])).unwrap();
-        let before = store.map().clone();
-        store.update(meta("b", 1, &["h2"])).unwrap();
+        let store = JournaledMap::open(dir.path()).unwrap();
+        store.update(meta("a", 1, &["h1"])).await.unwrap();
+        let before = snapshot(&store);
+        store.update(meta("b", 1, &["h2"])).await.unwrap();
         drop(store);
         let path = dir.path().join(JOURNAL_FILE);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
-        let mut store = JournaledMap::open(dir.path()).unwrap();
-        assert_eq!(store.map(), &before);
-        assert_eq!(store.update(meta("b", 1, &["h3"])).unwrap(), 1);
+        let store = JournaledMap::open(dir.path()).unwrap();
+        assert_eq!(snapshot(&store), before);
+        assert_eq!(store.update(meta("b", 1, &["h3"])).await.unwrap(), 1);
     }
 
     #[test]
@@ -153,11 +353,73 @@ mod tests {
         assert!(err.to_string().contains("version 2"), "{err}");
     }
 
-    #[test]
-    fn in_memory_map_applies_the_rule() {
-        let mut store = JournaledMap::in_memory();
-        assert_eq!(store.update(meta("a", 1, &[])).unwrap(), 1);
-        assert_eq!(store.update(meta("a", 1, &[])).unwrap(), REJECTED_VERSION);
-        assert_eq!(store.map().len(), 1);
+    #[tokio::test]
+    async fn in_memory_map_applies_the_rule() {
+        let store = JournaledMap::in_memory();
+        assert_eq!(store.update(meta("a", 1, &[])).await.unwrap(), 1);
+        assert_eq!(
+            store.update(meta("a", 1, &[])).await.unwrap(),
+            REJECTED_VERSION
+        );
+        assert_eq!(store.read(FileMap::len), 1);
+        assert_eq!(store.syncs(), 0);
+    }
+
+    /// Queues every update while the writer cannot get at the map, so they
+    /// are sure to arrive together; returns each caller's answer.
+    async fn concurrently(store: &JournaledMap, updates: Vec<FileMetaData>) -> Vec<i32> {
+        let mut calls: Vec<_> = updates
+            .into_iter()
+            .map(|m| store.update(m).boxed())
+            .collect();
+        {
+            let _held = lock(&store.map);
+            for call in &mut calls {
+                // The first poll queues the update; the answer needs the map.
+                assert!(call.now_or_never().is_none());
+            }
+        }
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_share_fsyncs_and_each_gets_its_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JournaledMap::open(dir.path()).unwrap();
+        let n = 64;
+        let mut updates: Vec<_> = (0..n).map(|i| meta(&format!("f{i}"), 1, &[])).collect();
+        // In one batch, in order: accepted, a duplicate rejected, the next
+        // version accepted because the first is.
+        updates.extend([meta("f0", 1, &["x"]), meta("f0", 2, &["y"])]);
+        let answers = concurrently(&store, updates).await;
+        let mut expected = vec![1; n];
+        expected.extend([REJECTED_VERSION, 2]);
+        assert_eq!(answers, expected);
+        // The writer may have taken the first update alone before the rest
+        // arrived: at most two batches.
+        assert!(
+            store.syncs() <= 2,
+            "{} fsyncs for {n} updates",
+            store.syncs()
+        );
+        let expected = snapshot(&store);
+        assert_eq!(expected.get("f0"), Some(&meta("f0", 2, &["y"])));
+        drop(store);
+        assert_eq!(snapshot(&JournaledMap::open(dir.path()).unwrap()), expected);
+    }
+
+    #[tokio::test]
+    async fn a_read_after_an_acknowledged_update_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JournaledMap::open(dir.path()).unwrap();
+        let before = store.read(FileMap::encoded);
+        store.update(meta("a", 1, &["h"])).await.unwrap();
+        let after = crate::proto::FileInfoMap::decode(store.read(FileMap::encoded)).unwrap();
+        assert_eq!(after.file_info_map.get("a"), Some(&meta("a", 1, &["h"])));
+        assert!(before.is_empty());
     }
 }

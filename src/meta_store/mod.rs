@@ -5,15 +5,26 @@
 //! plain server and each Raft replica alike; [`JournaledMap`] adds the
 //! plain server's optional write-ahead journal (`--data-dir`), and
 //! [`MetaStoreService`] is the non-replicated gRPC service around one.
+//!
+//! Reads share one encoding: [`FileMap::encoded`] builds the
+//! `GetFileInfoMap` reply once after a change and hands every reader the
+//! same bytes until the next accepted update, and [`EncodedMapServer`]
+//! serves those bytes as they are, so a read costs a reference count and a
+//! copy into tonic's send buffer instead of a deep copy of the map under
+//! the lock plus an encoding per reader.
 
+mod encoded;
 mod journal;
 mod service;
 
-pub use journal::{JOURNAL_FILE, JournaledMap};
+pub use encoded::{EncodedMapServer, MapSource};
+pub use journal::{JOURNAL_FILE, JournaledMap, UpdateError};
 pub use service::MetaStoreService;
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
+use bytes::Bytes;
 use prost::Message;
 
 use crate::grpc::field_len;
@@ -23,12 +34,23 @@ use crate::proto::{FileInfoMap, FileMetaData};
 pub const REJECTED_VERSION: i32 = -1;
 
 /// File name → latest metadata, tombstones included.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct FileMap {
     files: HashMap<String, FileMetaData>,
     /// `FileInfoMap` encoded length of `files`, kept up to date on every
     /// change so that a size check never walks the map.
     encoded_len: usize,
+    /// `files` as an encoded `FileInfoMap`, built by the first read after a
+    /// change and shared by every read until the next one.
+    encoded: OnceLock<Bytes>,
+}
+
+/// Two maps are equal when they hold the same files, whether or not either
+/// has built its encoding yet.
+impl PartialEq for FileMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
+    }
 }
 
 /// The bytes one file takes in an encoded `FileInfoMap`: a map entry holding
@@ -60,6 +82,7 @@ impl FileMap {
         let version = meta.version;
         self.encoded_len = self.len_after(&meta);
         self.files.insert(meta.filename.clone(), meta);
+        self.encoded = OnceLock::new();
         version
     }
 
@@ -71,16 +94,17 @@ impl FileMap {
 
     /// [`FileMap::encoded_len`] once `meta` replaces what the map holds for
     /// its file, whether or not the version rule would accept it.
-    pub fn len_after(&self, meta: &FileMetaData) -> usize {
+    fn len_after(&self, meta: &FileMetaData) -> usize {
         let old = self.files.get(&meta.filename).map_or(0, map_entry_len);
         self.encoded_len - old + map_entry_len(meta)
     }
 
-    /// Whether [`FileMap::apply`] would accept `meta`, without applying it:
-    /// lets a caller make an update durable before it becomes visible.
-    pub fn accepts(&self, meta: &FileMetaData) -> bool {
-        let current = self.files.get(&meta.filename).map_or(0, |m| m.version);
-        current.checked_add(1) == Some(meta.version)
+    /// Whether [`FileMap::apply`] would accept `meta`, without applying it.
+    fn accepts(&self, meta: &FileMetaData) -> bool {
+        follows(
+            self.files.get(&meta.filename).map_or(0, |m| m.version),
+            meta,
+        )
     }
 
     /// The metadata of `name`, if known.
@@ -103,6 +127,85 @@ impl FileMap {
         FileInfoMap {
             file_info_map: self.files.clone(),
         }
+    }
+
+    /// The map as an encoded `FileInfoMap`, byte for byte what encoding
+    /// [`FileMap::to_proto`] gives. Built on the first call after a change
+    /// (encoding the map in place, without copying it first); later calls
+    /// share it until the next accepted update.
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                let mut buf = Vec::with_capacity(self.encoded_len);
+                // What prost's derive writes for `FileInfoMap`'s field 1.
+                prost::encoding::hash_map::encode(
+                    prost::encoding::string::encode,
+                    prost::encoding::string::encoded_len,
+                    prost::encoding::message::encode,
+                    prost::encoding::message::encoded_len,
+                    1,
+                    &self.files,
+                    &mut buf,
+                );
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+}
+
+/// The version rule: an update is accepted only as exactly one more than
+/// the file's `current` version (0 for an unknown file).
+fn follows(current: i32, meta: &FileMetaData) -> bool {
+    current.checked_add(1) == Some(meta.version)
+}
+
+/// A [`FileMap`] plus accepted updates that are not applied to it yet: the
+/// version rule and the size of the map as they will be once those are.
+/// Lets a writer decide a batch of updates in order, make the accepted ones
+/// durable, and only then apply them where readers see them.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    map: &'a FileMap,
+    /// Per file with a pending update: its newest version and the bytes its
+    /// entry will take in the encoded map.
+    newer: HashMap<String, (i32, usize)>,
+    encoded_len: usize,
+}
+
+impl<'a> Pending<'a> {
+    /// `map` with nothing pending.
+    pub fn new(map: &'a FileMap) -> Self {
+        Pending {
+            map,
+            newer: HashMap::new(),
+            encoded_len: map.encoded_len,
+        }
+    }
+
+    /// Whether `meta` follows the newest version, pending or applied.
+    fn accepts(&self, meta: &FileMetaData) -> bool {
+        let current = match self.newer.get(&meta.filename) {
+            Some(&(version, _)) => version,
+            None => self.map.get(&meta.filename).map_or(0, |m| m.version),
+        };
+        follows(current, meta)
+    }
+
+    /// The encoded length of the map once everything pending and `meta`
+    /// are applied.
+    fn len_after(&self, meta: &FileMetaData) -> usize {
+        let old = match self.newer.get(&meta.filename) {
+            Some(&(_, len)) => len,
+            None => self.map.get(&meta.filename).map_or(0, map_entry_len),
+        };
+        self.encoded_len - old + map_entry_len(meta)
+    }
+
+    /// Records `meta`, which [`Pending::accepts`], as pending.
+    pub fn add(&mut self, meta: &FileMetaData) {
+        self.encoded_len = self.len_after(meta);
+        self.newer
+            .insert(meta.filename.clone(), (meta.version, map_entry_len(meta)));
     }
 }
 
@@ -177,9 +280,49 @@ mod tests {
             let accepted = map.apply(update) != REJECTED_VERSION;
             let exact = map.to_proto().encoded_len();
             assert_eq!(map.encoded_len(), exact);
+            assert_eq!(map.encoded(), map.to_proto().encode_to_vec());
             if accepted {
                 assert_eq!(projected, exact);
             }
         }
+    }
+
+    #[test]
+    fn a_read_after_an_update_sees_it_and_reads_between_share_one_encoding() {
+        let mut map = FileMap::default();
+        map.apply(meta("a", 1));
+        let first = map.encoded();
+        let again = map.encoded();
+        assert_eq!(first.as_ptr(), again.as_ptr(), "one encoding shared");
+        let rejected = map.apply(meta("a", 5));
+        assert_eq!(rejected, REJECTED_VERSION);
+        assert_eq!(map.encoded().as_ptr(), first.as_ptr());
+        map.apply(meta("b", 1));
+        let after = FileInfoMap::decode(map.encoded()).unwrap();
+        assert_eq!(after, map.to_proto());
+        assert_eq!(after.file_info_map.len(), 2);
+        // The old snapshot is untouched by the update.
+        assert_eq!(FileInfoMap::decode(first).unwrap().file_info_map.len(), 1);
+    }
+
+    #[test]
+    fn pending_updates_apply_the_rule_in_order_before_the_map_sees_them() {
+        let mut map = FileMap::default();
+        map.apply(meta("a", 1));
+        let updates = [meta("a", 2), meta("a", 2), meta("a", 3), meta("b", 1)];
+        let mut pending = Pending::new(&map);
+        let mut accepted = Vec::new();
+        for update in updates {
+            if pending.accepts(&update) {
+                pending.add(&update);
+                accepted.push(update);
+            }
+        }
+        let projected = pending.encoded_len;
+        assert_eq!(accepted, vec![meta("a", 2), meta("a", 3), meta("b", 1)]);
+        for update in accepted {
+            assert_ne!(map.apply(update), REJECTED_VERSION);
+        }
+        assert_eq!(map.encoded_len(), projected);
     }
 }

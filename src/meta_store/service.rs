@@ -1,16 +1,18 @@
 //! The tonic `MetaStore` service: one [`JournaledMap`], no replication.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use super::JournaledMap;
+use super::{EncodedMapServer, FileMap, JournaledMap, MapSource, UpdateError};
 use crate::grpc;
 use crate::proto::{BlockStoreAddr, FileInfoMap, FileMetaData, Version, meta_store_server};
 
 /// Serves `GetFileInfoMap`, `UpdateFile` and `GetBlockStoreAddr`.
+#[derive(Clone)]
 pub struct MetaStoreService {
-    map: Arc<Mutex<JournaledMap>>,
+    map: Arc<JournaledMap>,
     block_store_addr: String,
 }
 
@@ -24,48 +26,36 @@ impl MetaStoreService {
     /// A service serving `map` (e.g. one opened from `--data-dir`).
     pub fn with_map(block_store_addr: String, map: JournaledMap) -> Self {
         Self {
-            map: Arc::new(Mutex::new(map)),
+            map: Arc::new(map),
             block_store_addr,
         }
     }
 
-    /// The tonic server for this service, with the project's message limits.
-    pub fn into_server(self) -> meta_store_server::MetaStoreServer<Self> {
-        meta_store_server::MetaStoreServer::new(self)
+    /// The tonic server for this service, with the project's message limits,
+    /// answering `GetFileInfoMap` from the map's shared encoding.
+    pub fn into_server(self) -> EncodedMapServer<meta_store_server::MetaStoreServer<Self>, Self> {
+        let server = meta_store_server::MetaStoreServer::new(self.clone())
             .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+        EncodedMapServer::new(server, self)
     }
 }
 
-fn lock(map: &Mutex<JournaledMap>) -> MutexGuard<'_, JournaledMap> {
-    // An update changes the map only after its journal write succeeded, in
-    // one step, so a poisoned lock still guards a consistent map.
-    crate::locks::lock(map)
-}
-
-/// Applies `meta` to `map` under the version rule, unless the map would
-/// then be too large for a `GetFileInfoMap` reply.
-fn store(map: &Mutex<JournaledMap>, meta: FileMetaData) -> Result<i32, Status> {
-    let name = meta.filename.clone();
-    let mut map = lock(map);
-    if map.map().accepts(&meta) {
-        let after = map.map().len_after(&meta);
-        grpc::fits("GetFileInfoMap's reply", after, grpc::MAX_MESSAGE_BYTES)
-            .map_err(|e| Status::resource_exhausted(format!("update of {name:?} refused: {e}")))?;
+impl MapSource for MetaStoreService {
+    async fn encoded_map(&self) -> Result<Bytes, Status> {
+        Ok(self.map.read(FileMap::encoded))
     }
-    map.update(meta).map_err(|e| {
-        tracing::error!(file = %name, error = %e, "UpdateFile not stored");
-        Status::internal(format!("update of {name:?} could not be stored: {e}"))
-    })
 }
 
 #[tonic::async_trait]
 impl meta_store_server::MetaStore for MetaStoreService {
+    /// Reached only when the service is served without
+    /// [`MetaStoreService::into_server`], which answers from the encoding.
     async fn get_file_info_map(
         &self,
         _request: Request<()>,
     ) -> Result<Response<FileInfoMap>, Status> {
-        Ok(Response::new(lock(&self.map).map().to_proto()))
+        Ok(Response::new(self.map.read(FileMap::to_proto)))
     }
 
     async fn update_file(
@@ -74,11 +64,15 @@ impl meta_store_server::MetaStore for MetaStoreService {
     ) -> Result<Response<Version>, Status> {
         let meta = request.into_inner();
         let name = meta.filename.clone();
-        let map = Arc::clone(&self.map);
-        // The journal's fsync blocks, so it runs on the blocking pool.
-        let version = tokio::task::spawn_blocking(move || store(&map, meta))
-            .await
-            .map_err(|e| Status::internal(format!("update task failed: {e}")))??;
+        let version = self.map.update(meta).await.map_err(|e| match e {
+            UpdateError::TooLarge(e) => {
+                Status::resource_exhausted(format!("update of {name:?} refused: {e}"))
+            }
+            e => {
+                tracing::error!(file = %name, error = %e, "UpdateFile not stored");
+                Status::internal(format!("update of {name:?} could not be stored: {e}"))
+            }
+        })?;
         tracing::debug!(file = %name, version, "UpdateFile");
         Ok(Response::new(Version { version }))
     }

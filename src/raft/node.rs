@@ -307,12 +307,13 @@ impl RaftNode {
     }
 
     /// `GetFileInfoMap` on the leader: confirms leadership with a majority
-    /// first (blocking while there is none), then answers from applied state.
-    pub async fn file_info_map(&self) -> Result<FileInfoMap, NodeError> {
+    /// first (blocking while there is none), then answers from applied state
+    /// (its encoded `FileInfoMap`, shared by reads until the next apply).
+    pub async fn file_info_map(&self) -> Result<bytes::Bytes, NodeError> {
         self.confirm_leadership().await?;
         let state = self.state();
         self.check_leader(&state)?;
-        Ok(state.map.to_proto())
+        Ok(state.map.encoded())
     }
 
     /// `GetBlockStoreAddr` on the leader, confirmed like a read.

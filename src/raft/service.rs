@@ -2,11 +2,14 @@
 //! and the plain `MetaStore` service on the same node so clients written for
 //! a single MetaStore can talk to a Raft server too.
 
+use bytes::Bytes;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::AppendRequest;
 use super::node::{NodeError, RaftNode};
 use crate::grpc::MAX_MESSAGE_BYTES;
+use crate::meta_store::{EncodedMapServer, MapSource};
 use crate::proto::{
     AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
     RaftInternalState, Success, Version, meta_store_server, raft_surfstore_server,
@@ -24,22 +27,32 @@ impl RaftService {
         Self { node }
     }
 
-    /// The `RaftSurfstore` tonic server, with the project's message limits.
-    pub fn raft_server(&self) -> raft_surfstore_server::RaftSurfstoreServer<Self> {
-        raft_surfstore_server::RaftSurfstoreServer::new(self.clone())
+    /// The `RaftSurfstore` tonic server, with the project's message limits,
+    /// answering `GetFileInfoMap` from the map's shared encoding.
+    pub fn raft_server(
+        &self,
+    ) -> EncodedMapServer<raft_surfstore_server::RaftSurfstoreServer<Self>, Self> {
+        let server = raft_surfstore_server::RaftSurfstoreServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        EncodedMapServer::new(server, self.clone())
     }
 
-    /// The `MetaStore` tonic server over the same node.
-    pub fn meta_server(&self) -> meta_store_server::MetaStoreServer<Self> {
-        meta_store_server::MetaStoreServer::new(self.clone())
+    /// The `MetaStore` tonic server over the same node, likewise.
+    pub fn meta_server(&self) -> EncodedMapServer<meta_store_server::MetaStoreServer<Self>, Self> {
+        let server = meta_store_server::MetaStoreServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        EncodedMapServer::new(server, self.clone())
     }
 
+    /// Reached only when served without [`RaftService::raft_server`] or
+    /// [`RaftService::meta_server`], which send the encoding as it is.
     async fn file_info_map(&self) -> Result<Response<FileInfoMap>, Status> {
-        Ok(Response::new(self.node.file_info_map().await?))
+        let encoded = self.node.file_info_map().await?;
+        FileInfoMap::decode(encoded)
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("cannot decode the map: {e}")))
     }
 
     async fn update_file(&self, meta: FileMetaData) -> Result<Response<Version>, Status> {
@@ -50,6 +63,12 @@ impl RaftService {
     async fn block_store_addr(&self) -> Result<Response<BlockStoreAddr>, Status> {
         let addr = self.node.confirmed_block_store_addr().await?;
         Ok(Response::new(BlockStoreAddr { addr }))
+    }
+}
+
+impl MapSource for RaftService {
+    async fn encoded_map(&self) -> Result<Bytes, Status> {
+        Ok(self.node.file_info_map().await?)
     }
 }
 
