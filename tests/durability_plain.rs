@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, bin, run, start_server};
+use common::{Server, bin, run, start_server, within};
 use surfstore::grpc::{MAX_MESSAGE_BYTES, channel};
 use surfstore::hash::{hash_block, tombstone};
 use surfstore::meta_store::JOURNAL_FILE;
@@ -174,8 +174,14 @@ async fn nothing_acknowledged_is_lost_when_killed_under_load() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.proc.kill();
-    updates.await.unwrap();
-    puts.await.unwrap();
+    // Both loops end at their first failed call; bounded, so that a call
+    // that never fails cannot hang the suite.
+    within("the update loop after the kill", updates)
+        .await
+        .unwrap();
+    within("the PutBlock loop after the kill", puts)
+        .await
+        .unwrap();
 
     let server = start_durable(dir.path());
     let mut c = connect(&server);
