@@ -157,12 +157,9 @@ struct State {
     crashed: bool,
     map: FileMap,
     storage: Box<dyn RaftStorage>,
-    /// How many log entries `storage` holds: the core withholds the
-    /// proposals of an unconfirmed leader, so this can trail the log.
-    durable_len: usize,
-    /// Pending `UpdateFile` calls by log index: the term their entry was
-    /// proposed in and where to send the applied version.
-    waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<i32, NodeError>>)>,
+    /// Pending `UpdateFile` calls by the index and term of their entry:
+    /// where to send the applied version.
+    waiters: BTreeMap<(LogIndex, Term), oneshot::Sender<Result<i32, NodeError>>>,
 }
 
 impl RaftNode {
@@ -188,11 +185,10 @@ impl RaftNode {
                 })
             });
         }
-        let durable_len = log.len();
         tracing::info!(
             term = hard.term,
             commit = hard.commit,
-            entries = durable_len,
+            entries = log.len(),
             "loaded raft state"
         );
         let mut core = RaftCore::restore(config.id, config.addrs.len(), hard, log);
@@ -202,7 +198,6 @@ impl RaftNode {
             crashed: false,
             map: FileMap::default(),
             storage,
-            durable_len,
             waiters: BTreeMap::new(),
         };
         let node = RaftNode {
@@ -260,19 +255,12 @@ impl RaftNode {
 
     /// `SetLeader`: becomes leader of a new term (SPEC §5).
     pub fn set_leader(&self) -> Result<(), NodeError> {
-        {
-            let mut state = self.state();
-            if state.crashed {
-                return Err(NodeError::Crashed);
-            }
-            state.core.set_leader()?;
-            // Calls waiting on entries of the ended term get an error now:
-            // such entries commit only with a later entry of the new term.
-            let ended = self.not_leader(&state.core);
-            fail_waiters(&mut state, &ended);
-            self.after_core_step(&mut state);
+        let mut state = self.state();
+        if state.crashed {
+            return Err(NodeError::Crashed);
         }
-        self.wake_replicators();
+        state.core.set_leader()?;
+        self.after_core_step(&mut state);
         Ok(())
     }
 
@@ -297,11 +285,10 @@ impl RaftNode {
                 .propose(meta)
                 .map_err(|_| self.not_leader(&state.core))?;
             let (tx, rx) = oneshot::channel();
-            state.waiters.insert(index, (term, tx));
+            state.waiters.insert((index, term), tx);
             self.after_core_step(&mut state);
             rx
         };
-        self.wake_replicators();
         // A dropped sender means the node went away: report it as a crash.
         rx.await.unwrap_or(Err(NodeError::Crashed))
     }
@@ -483,13 +470,7 @@ impl RaftNode {
             }
         };
         let acked = state.core.acknowledges_leadership(sent, &reply);
-        let was_confirmed = state.core.is_confirmed_leader();
         let status = state.core.handle_append_response(peer, sent, &reply);
-        if !was_confirmed && state.core.is_confirmed_leader() {
-            // Proposals held back until now must reach every peer, including
-            // those whose tasks went idle after matching what could be sent.
-            self.wake_replicators();
-        }
         self.after_core_step(&mut state);
         Some((acked, status))
     }
@@ -630,73 +611,41 @@ impl RaftNode {
         Ok(reply)
     }
 
-    /// After any core step: apply what became committed, answer the waiters
-    /// whose entries were applied, and fail the rest if leadership was lost.
+    /// After any core step: carries out the core's [`super::Ready`]:
+    /// persists it, wakes the replication tasks if the core has something
+    /// new for peers, answers the calls whose proposals were abandoned, and
+    /// applies what became committed, answering the calls it completes.
     fn after_core_step(&self, state: &mut State) {
         let ready = state.core.take_ready();
-        if ready.hard_state.is_some() || ready.log_changed_from.is_some() {
-            if let Some(from) = ready.log_changed_from {
-                state.durable_len = usize::try_from(from).unwrap_or(0) + ready.entries.len();
-            }
-            let durable = &state.core.log()[..state.durable_len];
-            if let Err(error) =
-                state
-                    .storage
-                    .save(&state.core.hard_state(), durable, ready.log_changed_from)
-            {
-                // Nothing that depends on this step may leave the process:
-                // stop here, as etcd does when its WAL fails.
-                tracing::error!(%error, "cannot persist raft state; stopping");
-                std::process::exit(1);
-            }
+        if let Err(error) = state.storage.save(
+            ready.hard_state,
+            ready.log_changed_from,
+            &ready.entries,
+            ready.must_sync,
+        ) {
+            // Nothing that depends on this step may leave the process:
+            // stop here, as etcd does when its WAL fails.
+            tracing::error!(%error, "cannot persist raft state; stopping");
+            std::process::exit(1);
         }
-        if !ready.committed.is_empty() && state.core.is_leader() {
-            // Tell followers the new commit index now rather than at the next
-            // heartbeat: until they know it, a new leader could not serve
-            // these entries (it may only commit entries of its own term).
+        if ready.wake_peers {
             self.wake_replicators();
         }
-        for (index, entry) in ready.committed {
-            let term = entry.term;
-            let version = state.map.apply(entry.meta);
-            if let Some((proposed_term, tx)) = state.waiters.remove(&index) {
-                let result = if proposed_term == term {
-                    Ok(version)
-                } else {
-                    Err(self.not_leader(&state.core))
-                };
-                // The caller may have given up (deadline); nothing to do then.
-                let _ = tx.send(result);
-            }
-        }
-        if state.waiters.is_empty() {
-            return;
-        }
-        if state.core.is_leader() {
-            // Entries an unconfirmed leader dropped on stepping down, or
-            // that a newer leader replaced, will never answer their callers.
-            let log = state.core.log();
-            let gone: Vec<LogIndex> = state
-                .waiters
-                .iter()
-                .filter(|&(&index, &(term, _))| {
-                    usize::try_from(index)
-                        .ok()
-                        .and_then(|i| log.get(i))
-                        .map(|e| e.term)
-                        != Some(term)
-                })
-                .map(|(&index, _)| index)
-                .collect();
+        if !ready.abandoned.is_empty() {
             let error = self.not_leader(&state.core);
-            for index in gone {
-                if let Some((_, tx)) = state.waiters.remove(&index) {
+            for key in ready.abandoned {
+                if let Some(tx) = state.waiters.remove(&key) {
+                    // The caller may have given up (deadline); nothing to do then.
                     let _ = tx.send(Err(error.clone()));
                 }
             }
-        } else {
-            let error = self.not_leader(&state.core);
-            fail_waiters(state, &error);
+        }
+        for (index, entry) in ready.committed {
+            let key = (index, entry.term);
+            let version = state.map.apply(entry.meta);
+            if let Some(tx) = state.waiters.remove(&key) {
+                let _ = tx.send(Ok(version));
+            }
         }
     }
 
@@ -751,7 +700,7 @@ async fn call(
 }
 
 fn fail_waiters(state: &mut State, error: &NodeError) {
-    for (_, (_, tx)) in std::mem::take(&mut state.waiters) {
+    for (_, tx) in std::mem::take(&mut state.waiters) {
         let _ = tx.send(Err(error.clone()));
     }
 }
