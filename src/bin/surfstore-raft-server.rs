@@ -107,12 +107,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
         StartError::Addr(e) => Fatal::usage(e),
         StartError::Storage(e) => Fatal::failure(e),
     })?;
-    let service = RaftService::new(node);
+    let service = RaftService::new(node.clone());
     tracing::info!(id = args.id, %listen, "raft server serving");
-    grpc::server()
+    let serve = grpc::server()
         .add_service(service.raft_server())
         .add_service(service.meta_server())
-        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal())
-        .await
-        .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
+        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal());
+    tokio::select! {
+        served = serve => served.map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}"))),
+        () = node.failed() => Err(Fatal::failure("cannot persist raft state; stopping")),
+    }
 }

@@ -1,11 +1,27 @@
-//! The async driver around [`RaftCore`]: it owns the core behind a mutex, one
-//! replication task per peer, the waiters of pending `UpdateFile` calls, the
-//! applied [`FileMap`] and the chaos flag.
+//! The async driver around [`RaftCore`]: one event loop owns the core, the
+//! waiters of pending `UpdateFile` calls, the applied [`FileMap`] and the
+//! chaos flag; one replication task per peer moves bytes.
 //!
-//! Every decision is the core's. The node only moves bytes: it asks the core
-//! what to send, sends it with a deadline, feeds the reply back, persists and
-//! applies what [`RaftCore::take_ready`] hands out, and wakes waiters. The
-//! mutex is never held across an `.await`.
+//! Every decision is the core's. Everything that touches the core is a step
+//! sent to the loop through a channel (a proposal, an AppendEntries from a
+//! leader, a peer's reply or failure, a request to build, a chaos call, a
+//! read). Each turn the loop runs every step that is waiting, takes the
+//! core's [`super::Ready`] once, and persists it in one write on a blocking
+//! thread (group commit: one fsync covers every proposal and request of the
+//! turn), never on a tokio worker. Only then does anything the turn decided
+//! leave the loop: the steps' answers (an AppendEntries reply, a request to
+//! send), the applied versions of committed proposals. The loop carries out
+//! the rest of the Ready: it wakes the replication tasks when the core says
+//! it has something new for peers, and answers abandoned proposals.
+//!
+//! A storage error is a state, not an exit: the node logs it once, answers
+//! every call with [`NodeError::Failed`] (`UNAVAILABLE`) from then on, and
+//! [`RaftNode::failed`] tells the binary to exit non-zero.
+//!
+//! `Crash` abandons the node's outstanding AppendEntries: every call built
+//! before it is dropped when it comes, so a request cannot reach a peer
+//! after the peer was restored. What remains: bytes already on the wire, a
+//! request the peer already received, are processed by the peer.
 //!
 //! # Pipelining
 //!
@@ -30,17 +46,18 @@
 //! replication tasks have in flight.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use prost::Message;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend, TermExhausted};
+use super::core::{Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted};
 use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
@@ -91,6 +108,10 @@ pub enum NodeError {
     /// An update refused because a message that must carry it could not.
     #[error("UpdateFile refused: {0}")]
     TooLarge(#[from] grpc::TooLarge),
+    /// The server could not persist its state and serves nothing until it
+    /// is restarted.
+    #[error("Server cannot persist its state; it must be restarted.")]
+    Failed,
 }
 
 /// Why a node could not start.
@@ -141,31 +162,67 @@ pub struct RaftNode {
 
 struct Shared {
     config: NodeConfig,
-    state: Mutex<State>,
+    /// The event loop's input.
+    steps: mpsc::UnboundedSender<Step>,
     /// Per peer: the client (None for this server) and the wake-up of its
     /// replication task.
     peers: Vec<Option<Peer>>,
+    /// How many times this server was crashed: a call built before a crash
+    /// is abandoned when it comes.
+    crashes: watch::Receiver<u64>,
+    /// Whether storage failed.
+    failed: watch::Receiver<bool>,
 }
 
 struct Peer {
     client: RaftSurfstoreClient<Channel>,
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
+/// Something to do with the node's state on the event loop. It returns its
+/// answer, which the loop delivers once the turn's Ready is durable.
+type Step = Box<dyn FnOnce(&mut State) -> Answer + Send>;
+
+/// Delivers a step's answer to its caller.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// What the event loop owns.
 struct State {
     core: RaftCore,
     crashed: bool,
+    failed: bool,
     map: FileMap,
-    storage: Box<dyn RaftStorage>,
+    /// Every server's address, to name the leader in errors.
+    addrs: Vec<String>,
     /// Pending `UpdateFile` calls by the index and term of their entry:
     /// where to send the applied version.
     waiters: BTreeMap<(LogIndex, Term), oneshot::Sender<Result<i32, NodeError>>>,
+    crashes: watch::Sender<u64>,
+    failed_signal: watch::Sender<bool>,
+}
+
+/// Why a Ready could not be persisted.
+#[derive(Debug, thiserror::Error)]
+enum PersistError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the storage writer thread panicked")]
+    Writer,
+}
+
+/// The event loop: the state, the storage it persists to, and its input.
+struct Driver {
+    state: State,
+    /// `None` only once a write failed.
+    storage: Option<Box<dyn RaftStorage>>,
+    steps: mpsc::UnboundedReceiver<Step>,
+    wakes: Vec<Arc<Notify>>,
 }
 
 impl RaftNode {
     /// Creates the node from what `storage` holds (replaying its committed
-    /// prefix into the map) and spawns one replication task per peer on the
-    /// current tokio runtime.
+    /// prefix into the map) and spawns its event loop and one replication
+    /// task per peer on the current tokio runtime.
     pub fn start(
         config: NodeConfig,
         mut storage: Box<dyn RaftStorage>,
@@ -181,7 +238,7 @@ impl RaftNode {
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
                 Some(Peer {
                     client,
-                    wake: Notify::new(),
+                    wake: Arc::new(Notify::new()),
                 })
             });
         }
@@ -193,21 +250,42 @@ impl RaftNode {
         );
         let mut core = RaftCore::restore(config.id, config.addrs.len(), hard, log);
         core.set_pipeline_depth(config.pipeline_depth);
-        let state = State {
+        let (steps_tx, steps) = mpsc::unbounded_channel();
+        let (crashes, crashes_rx) = watch::channel(0);
+        let (failed_signal, failed_rx) = watch::channel(false);
+        let mut state = State {
             core,
             crashed: false,
+            failed: false,
             map: FileMap::default(),
-            storage,
+            addrs: config.addrs.clone(),
             waiters: BTreeMap::new(),
+            crashes,
+            failed_signal,
         };
+        // What was loaded is durable: this Ready only replays the committed
+        // prefix.
+        let replay = state.core.take_ready();
+        state.carry_out(replay);
+        let wakes = peers.iter().flatten().map(|p| p.wake.clone()).collect();
+        tokio::spawn(
+            Driver {
+                state,
+                storage: Some(storage),
+                steps,
+                wakes,
+            }
+            .run(),
+        );
         let node = RaftNode {
             shared: Arc::new(Shared {
                 config,
-                state: Mutex::new(state),
+                steps: steps_tx,
                 peers,
+                crashes: crashes_rx,
+                failed: failed_rx,
             }),
         };
-        node.after_core_step(&mut node.state());
         for peer in node.peer_ids() {
             tokio::spawn(node.clone().replicate(peer));
         }
@@ -219,13 +297,17 @@ impl RaftNode {
         &self.shared.config.block_store_addr
     }
 
+    /// Completes once storage failed: the server then serves nothing, and
+    /// its process should exit non-zero.
+    pub async fn failed(&self) {
+        let mut failed = self.shared.failed.clone();
+        // A closed channel means the loop is gone: nothing is served either.
+        let _ = failed.wait_for(|&f| f).await;
+    }
+
     fn peer_ids(&self) -> impl Iterator<Item = ServerId> + use<> {
         let me = self.shared.config.id;
         (0..self.shared.config.addrs.len()).filter(move |&p| p != me)
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        crate::locks::lock(&self.shared.state)
     }
 
     fn wake_replicators(&self) {
@@ -234,61 +316,67 @@ impl RaftNode {
         }
     }
 
-    /// The error for a call that needs a live leader, if this server is not one.
-    fn check_leader(&self, state: &State) -> Result<(), NodeError> {
-        if state.crashed {
-            Err(NodeError::Crashed)
-        } else if state.core.is_leader() {
-            Ok(())
-        } else {
-            Err(self.not_leader(&state.core))
-        }
-    }
-
-    fn not_leader(&self, core: &RaftCore) -> NodeError {
-        NodeError::NotLeader {
-            leader: core
-                .leader_hint()
-                .and_then(|l| self.shared.config.addrs.get(l).cloned()),
-        }
+    /// Runs `step` on the event loop and returns its answer once the turn
+    /// it ran in is durable; [`NodeError::Failed`] once storage failed.
+    async fn with<R, F>(&self, step: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut State) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let step: Step = Box::new(move |state: &mut State| -> Answer {
+            let result = if state.failed {
+                Err(NodeError::Failed)
+            } else {
+                Ok(step(state))
+            };
+            Box::new(move || {
+                // The caller may have given up (deadline); nothing to do then.
+                let _ = tx.send(result);
+            })
+        });
+        self.shared
+            .steps
+            .send(step)
+            .map_err(|_| NodeError::Failed)?;
+        // A dropped answer means the turn's write failed.
+        rx.await.unwrap_or(Err(NodeError::Failed))
     }
 
     /// `SetLeader`: becomes leader of a new term (SPEC §5).
-    pub fn set_leader(&self) -> Result<(), NodeError> {
-        let mut state = self.state();
-        if state.crashed {
-            return Err(NodeError::Crashed);
-        }
-        state.core.set_leader()?;
-        self.after_core_step(&mut state);
-        Ok(())
+    pub async fn set_leader(&self) -> Result<(), NodeError> {
+        self.with(|state| {
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            state.core.set_leader()?;
+            Ok(())
+        })
+        .await?
     }
 
     /// `UpdateFile` on the leader: appends, waits until the entry is
     /// committed and applied, and returns the version the MetaStore rule
     /// gave it (-1 if rejected). Blocks while no majority is reachable.
     pub async fn update_file(&self, meta: FileMetaData) -> Result<i32, NodeError> {
-        let rx = {
-            let mut state = self.state();
-            self.check_leader(&state)?;
-            let term = state.core.term();
-            limits::check_proposal(
-                state.core.log_bytes(),
-                state.core.unapplied_bytes(),
-                &state.map,
-                term,
-                &meta,
-                grpc::MAX_MESSAGE_BYTES,
-            )?;
-            let index = state
-                .core
-                .propose(meta)
-                .map_err(|_| self.not_leader(&state.core))?;
-            let (tx, rx) = oneshot::channel();
-            state.waiters.insert((index, term), tx);
-            self.after_core_step(&mut state);
-            rx
-        };
+        let rx = self
+            .with(move |state| {
+                state.check_leader()?;
+                let term = state.core.term();
+                limits::check_proposal(
+                    state.core.log_bytes(),
+                    state.core.unapplied_bytes(),
+                    &state.map,
+                    term,
+                    &meta,
+                    grpc::MAX_MESSAGE_BYTES,
+                )?;
+                let index = state.core.propose(meta).map_err(|_| state.not_leader())?;
+                let (tx, rx) = oneshot::channel();
+                state.waiters.insert((index, term), tx);
+                Ok::<_, NodeError>(rx)
+            })
+            .await??;
         // A dropped sender means the node went away: report it as a crash.
         rx.await.unwrap_or(Err(NodeError::Crashed))
     }
@@ -297,9 +385,11 @@ impl RaftNode {
     /// first (blocking while there is none), then answers from applied state.
     pub async fn file_info_map(&self) -> Result<FileInfoMap, NodeError> {
         self.confirm_leadership().await?;
-        let state = self.state();
-        self.check_leader(&state)?;
-        Ok(state.map.to_proto())
+        self.with(|state| {
+            state.check_leader()?;
+            Ok(state.map.to_proto())
+        })
+        .await?
     }
 
     /// `GetBlockStoreAddr` on the leader, confirmed like a read.
@@ -311,11 +401,11 @@ impl RaftNode {
     /// Waits until a majority acknowledges this server as leader of its term.
     async fn confirm_leadership(&self) -> Result<(), NodeError> {
         loop {
-            self.check_leader(&self.state())?;
+            self.with(|state| state.check_leader()).await??;
             if self.round(false).await? {
                 return Ok(());
             }
-            self.check_leader(&self.state())?;
+            self.with(|state| state.check_leader()).await??;
             tokio::time::sleep(RETRY_INTERVAL).await;
         }
     }
@@ -325,14 +415,17 @@ impl RaftNode {
     /// committed when the call returns. Returns whether a majority (this
     /// server included) acknowledged; a follower answers `false`.
     pub async fn send_heartbeat(&self) -> Result<bool, NodeError> {
-        {
-            let state = self.state();
-            if state.crashed {
-                return Err(NodeError::Crashed);
-            }
-            if !state.core.is_leader() {
-                return Ok(false);
-            }
+        let leading = self
+            .with(|state| {
+                if state.crashed {
+                    Err(NodeError::Crashed)
+                } else {
+                    Ok(state.core.is_leader())
+                }
+            })
+            .await??;
+        if !leading {
+            return Ok(false);
         }
         self.round(true).await
     }
@@ -359,14 +452,14 @@ impl RaftNode {
                 }
             }
         }
-        let state = self.state();
-        match self.check_leader(&state) {
+        self.with(move |state| match state.check_leader() {
             Ok(()) => Ok(is_majority(acks, cluster_size)),
             // Deposed during the round (a newer term, or a majority that
             // would not follow it): like any follower, no majority.
             Err(NodeError::NotLeader { .. }) => Ok(false),
             Err(crashed) => Err(crashed),
-        }
+        })
+        .await?
     }
 
     /// Repairs every peer at once, then, in further passes, every peer
@@ -396,12 +489,16 @@ impl RaftNode {
                     reachable.remove(&peer);
                 }
             }
-            let state = self.state();
-            pending = reachable
-                .iter()
-                .copied()
-                .filter(|&peer| state.core.peer_is_behind(peer))
-                .collect();
+            let candidates = reachable.clone();
+            pending = self
+                .with(move |state| {
+                    candidates
+                        .into_iter()
+                        .filter(|&peer| state.core.peer_is_behind(peer))
+                        .collect()
+                })
+                .await
+                .unwrap_or_default();
         }
         acknowledged.len()
     }
@@ -433,64 +530,69 @@ impl RaftNode {
         peer: ServerId,
         max_entries: usize,
     ) -> Option<(bool, ReplicationStatus)> {
-        let outgoing = {
-            let state = self.state();
-            if state.crashed {
-                return None;
-            }
-            state.core.sync_request(peer, max_entries)?
-        };
-        let client = self.shared.peers[peer].as_ref()?.client.clone();
-        let (sent, outcome) = call(client, outgoing).await;
-        self.feed_back(peer, &sent, outcome)
+        let (outgoing, crashes) = self
+            .with(move |state| {
+                let outgoing = state.buildable()?.core.sync_request(peer, max_entries)?;
+                Some((outgoing, state.crash_count()))
+            })
+            .await
+            .ok()
+            .flatten()?;
+        let client = self.shared.peers.get(peer)?.as_ref()?.client.clone();
+        let (sent, outcome) = call(client, outgoing, self.crash_after(crashes)).await;
+        self.feed_back(peer, sent, outcome).await
     }
 
-    /// Feeds the outcome of a call to `peer` back to the core: the reply, or
-    /// the failure. A reply that arrives while crashed is not acted on (the
-    /// server takes part in nothing) and counts as a failure, so the core
-    /// does not wait for it. Returns whether the reply acknowledged this
-    /// leader, and the core's verdict; `None` for a failure.
-    fn feed_back(
+    /// Feeds the outcome of a call to `peer` back to the core (see
+    /// [`State::feed_back`]).
+    async fn feed_back(
         &self,
         peer: ServerId,
-        sent: &SentAppend,
+        sent: SentAppend,
         outcome: Result<AppendEntryOutput, tonic::Status>,
     ) -> Option<(bool, ReplicationStatus)> {
-        let mut state = self.state();
-        let reply = match outcome {
-            Ok(reply) if !state.crashed => reply,
-            Ok(_) => {
-                state.core.report_unreachable(peer, sent);
-                return None;
-            }
-            Err(status) => {
-                tracing::debug!(peer, %status, "AppendEntries failed");
-                state.core.report_unreachable(peer, sent);
-                return None;
-            }
-        };
-        let acked = state.core.acknowledges_leadership(sent, &reply);
-        let status = state.core.handle_append_response(peer, sent, &reply);
-        self.after_core_step(&mut state);
-        Some((acked, status))
+        self.with(move |state| state.feed_back(peer, &sent, outcome))
+            .await
+            .ok()
+            .flatten()
     }
 
-    /// The requests the window lets the replication task send `peer` now.
-    fn window_requests(&self, peer: ServerId) -> Vec<Outgoing> {
-        let mut state = self.state();
-        if state.crashed {
-            return Vec::new();
+    /// Completes when this server is crashed after its `count`th crash: a
+    /// call built before then is abandoned.
+    fn crash_after(&self, count: u64) -> impl Future<Output = ()> + Send + use<> {
+        let mut crashes = self.shared.crashes.clone();
+        async move {
+            // A closed channel means the loop is gone: abandon the call too.
+            let _ = crashes.wait_for(|&c| c != count).await;
         }
-        std::iter::from_fn(|| state.core.next_append(peer, MAX_BATCH_ENTRIES)).collect()
     }
 
-    /// A heartbeat for `peer`, unless crashed or not leading.
-    fn heartbeat_request(&self, peer: ServerId) -> Option<Outgoing> {
-        let state = self.state();
-        if state.crashed {
-            return None;
-        }
-        state.core.sync_request(peer, 0)
+    /// The requests the window lets the replication task send `peer` now,
+    /// and the crash count they were built at.
+    async fn window_requests(&self, peer: ServerId) -> (Vec<Outgoing>, u64) {
+        self.with(move |state| {
+            let count = state.crash_count();
+            let Some(state) = state.buildable() else {
+                return (Vec::new(), count);
+            };
+            let core = &mut state.core;
+            let requests = std::iter::from_fn(|| core.next_append(peer, MAX_BATCH_ENTRIES));
+            (requests.collect(), count)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// A heartbeat for `peer`, unless crashed or not leading, and the crash
+    /// count it was built at.
+    async fn heartbeat_request(&self, peer: ServerId) -> Option<(Outgoing, u64)> {
+        self.with(move |state| {
+            let outgoing = state.buildable()?.core.sync_request(peer, 0)?;
+            Some((outgoing, state.crash_count()))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The per-peer replication loop. It keeps as many AppendEntries in
@@ -504,8 +606,9 @@ impl RaftNode {
     /// hundreds of times a second. When the backoff ends it tries again if
     /// anything asked it to meanwhile or entries wait for a commit, so a
     /// blocked `UpdateFile` completes by itself once a majority is back.
+    /// It ends when storage fails.
     async fn replicate(self, peer: ServerId) {
-        let Some(link) = self.shared.peers[peer].as_ref() else {
+        let Some(link) = self.shared.peers.get(peer).and_then(Option::as_ref) else {
             return;
         };
         let mut ticker = self.shared.config.heartbeat.map(|period| {
@@ -521,17 +624,26 @@ impl RaftNode {
         // Something asked for a send while the peer was held.
         let mut asked = false;
         let mut beat_due = false;
-        loop {
+        while !*self.shared.failed.borrow() {
             if !paused {
-                for outgoing in self.window_requests(peer) {
-                    calls.push(call(link.client.clone(), outgoing));
+                let (requests, crashes) = self.window_requests(peer).await;
+                for outgoing in requests {
+                    calls.push(call(
+                        link.client.clone(),
+                        outgoing,
+                        self.crash_after(crashes),
+                    ));
                 }
             }
             if std::mem::take(&mut beat_due)
                 && calls.is_empty()
-                && let Some(outgoing) = self.heartbeat_request(peer)
+                && let Some((outgoing, crashes)) = self.heartbeat_request(peer).await
             {
-                calls.push(call(link.client.clone(), outgoing));
+                calls.push(call(
+                    link.client.clone(),
+                    outgoing,
+                    self.crash_after(crashes),
+                ));
             }
             let tick = async {
                 match ticker.as_mut() {
@@ -549,7 +661,7 @@ impl RaftNode {
             };
             tokio::select! {
                 Some((sent, outcome)) = calls.next(), if !calls.is_empty() => {
-                    match self.feed_back(peer, &sent, outcome) {
+                    match self.feed_back(peer, sent, outcome).await {
                         None | Some((_, ReplicationStatus::Denied)) => {
                             paused = true;
                             // The calls of one window fail together: one step.
@@ -581,7 +693,7 @@ impl RaftNode {
                 }
                 () = release => {
                     held_until = None;
-                    if std::mem::take(&mut asked) || self.awaits_commit() {
+                    if std::mem::take(&mut asked) || self.awaits_commit().await {
                         paused = false;
                     }
                 }
@@ -593,48 +705,132 @@ impl RaftNode {
     /// failed peer must be retried, or the pending `UpdateFile` calls would
     /// wait for an explicit heartbeat. Otherwise lagging peers catch up on
     /// the next heartbeat or proposal, as in the original.
-    fn awaits_commit(&self) -> bool {
-        let state = self.state();
-        !state.crashed
-            && state.core.is_leader()
-            && state.core.commit_index() < state.core.last_index()
+    async fn awaits_commit(&self) -> bool {
+        self.with(|state| {
+            !state.crashed
+                && state.core.is_leader()
+                && state.core.commit_index() < state.core.last_index()
+        })
+        .await
+        .unwrap_or(false)
     }
 
-    /// `AppendEntries` from a leader, validated at the edge.
-    pub fn append_entries(&self, request: AppendRequest) -> Result<AppendEntryOutput, NodeError> {
-        let mut state = self.state();
-        if state.crashed {
-            return Err(NodeError::Crashed);
-        }
-        let reply = state.core.handle_append_entries(request);
-        self.after_core_step(&mut state);
-        Ok(reply)
+    /// `AppendEntries` from a leader, validated at the edge. The reply
+    /// leaves once what it acknowledges is durable.
+    pub async fn append_entries(
+        &self,
+        request: AppendRequest,
+    ) -> Result<AppendEntryOutput, NodeError> {
+        self.with(move |state| {
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            Ok(state.core.handle_append_entries(request))
+        })
+        .await?
     }
 
-    /// After any core step: carries out the core's [`super::Ready`]:
-    /// persists it, wakes the replication tasks if the core has something
-    /// new for peers, answers the calls whose proposals were abandoned, and
-    /// applies what became committed, answering the calls it completes.
-    fn after_core_step(&self, state: &mut State) {
-        let ready = state.core.take_ready();
-        if let Err(error) = state.storage.save(
-            ready.hard_state,
-            ready.log_changed_from,
-            &ready.entries,
-            ready.must_sync,
-        ) {
-            // Nothing that depends on this step may leave the process:
-            // stop here, as etcd does when its WAL fails.
-            tracing::error!(%error, "cannot persist raft state; stopping");
-            std::process::exit(1);
+    /// `Crash`: enters the crashed state; pending calls fail, and the
+    /// AppendEntries this server has in flight are abandoned.
+    pub async fn crash(&self) -> Result<(), NodeError> {
+        self.with(|state| {
+            state.crashed = true;
+            state.crashes.send_modify(|count| *count += 1);
+            state.fail_waiters(&NodeError::Crashed);
+        })
+        .await
+    }
+
+    /// `Restore`: leaves the crashed state.
+    pub async fn restore(&self) -> Result<(), NodeError> {
+        self.with(|state| state.crashed = false).await?;
+        self.wake_replicators();
+        Ok(())
+    }
+
+    /// `IsCrashed`.
+    pub async fn is_crashed(&self) -> Result<bool, NodeError> {
+        self.with(|state| state.crashed).await
+    }
+
+    /// `GetInternalState`: works whether crashed or not.
+    pub async fn internal_state(&self) -> Result<InternalState, NodeError> {
+        self.with(|state| InternalState {
+            is_leader: state.core.is_leader(),
+            term: state.core.term(),
+            log: state.core.log().to_vec(),
+            map: state.map.to_proto(),
+        })
+        .await
+    }
+}
+
+impl State {
+    fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader: self
+                .core
+                .leader_hint()
+                .and_then(|l| self.addrs.get(l).cloned()),
         }
-        if ready.wake_peers {
-            self.wake_replicators();
+    }
+
+    /// The error for a call that needs a live leader, if this server is not one.
+    fn check_leader(&self) -> Result<(), NodeError> {
+        if self.crashed {
+            Err(NodeError::Crashed)
+        } else if self.core.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
         }
+    }
+
+    /// The state, if requests may be built from it: not while crashed.
+    fn buildable(&mut self) -> Option<&mut State> {
+        (!self.crashed).then_some(self)
+    }
+
+    fn crash_count(&self) -> u64 {
+        *self.crashes.borrow()
+    }
+
+    /// Feeds the outcome of a call to `peer` back to the core: the reply, or
+    /// the failure. A reply that arrives while crashed is not acted on (the
+    /// server takes part in nothing) and counts as a failure, so the core
+    /// does not wait for it. Returns whether the reply acknowledged this
+    /// leader, and the core's verdict; `None` for a failure.
+    fn feed_back(
+        &mut self,
+        peer: ServerId,
+        sent: &SentAppend,
+        outcome: Result<AppendEntryOutput, tonic::Status>,
+    ) -> Option<(bool, ReplicationStatus)> {
+        let reply = match outcome {
+            Ok(reply) if !self.crashed => reply,
+            Ok(_) => {
+                self.core.report_unreachable(peer, sent);
+                return None;
+            }
+            Err(status) => {
+                tracing::debug!(peer, %status, "AppendEntries failed");
+                self.core.report_unreachable(peer, sent);
+                return None;
+            }
+        };
+        let acked = self.core.acknowledges_leadership(sent, &reply);
+        let status = self.core.handle_append_response(peer, sent, &reply);
+        Some((acked, status))
+    }
+
+    /// Carries out a durable Ready's answers: the calls whose proposals
+    /// were abandoned, then the committed entries, applied in order, and the
+    /// calls they complete.
+    fn carry_out(&mut self, ready: Ready) {
         if !ready.abandoned.is_empty() {
-            let error = self.not_leader(&state.core);
+            let error = self.not_leader();
             for key in ready.abandoned {
-                if let Some(tx) = state.waiters.remove(&key) {
+                if let Some(tx) = self.waiters.remove(&key) {
                     // The caller may have given up (deadline); nothing to do then.
                     let _ = tx.send(Err(error.clone()));
                 }
@@ -642,49 +838,90 @@ impl RaftNode {
         }
         for (index, entry) in ready.committed {
             let key = (index, entry.term);
-            let version = state.map.apply(entry.meta);
-            if let Some(tx) = state.waiters.remove(&key) {
+            let version = self.map.apply(entry.meta);
+            if let Some(tx) = self.waiters.remove(&key) {
                 let _ = tx.send(Ok(version));
             }
         }
     }
 
-    /// `Crash`: enters the crashed state; pending calls fail.
-    pub fn crash(&self) {
-        let mut state = self.state();
-        state.crashed = true;
-        fail_waiters(&mut state, &NodeError::Crashed);
-    }
-
-    /// `Restore`: leaves the crashed state.
-    pub fn restore(&self) {
-        self.state().crashed = false;
-        self.wake_replicators();
-    }
-
-    /// `IsCrashed`.
-    pub fn is_crashed(&self) -> bool {
-        self.state().crashed
-    }
-
-    /// `GetInternalState`: works whether crashed or not.
-    pub fn internal_state(&self) -> InternalState {
-        let state = self.state();
-        InternalState {
-            is_leader: state.core.is_leader(),
-            term: state.core.term(),
-            log: state.core.log().to_vec(),
-            map: state.map.to_proto(),
+    fn fail_waiters(&mut self, error: &NodeError) {
+        for (_, tx) in std::mem::take(&mut self.waiters) {
+            let _ = tx.send(Err(error.clone()));
         }
     }
 }
 
-/// Sends one AppendEntries with a deadline. It owns what it needs, so calls
-/// to one peer can be in flight together while the node's mutex is free;
-/// the request is moved into the call, and only its [`SentAppend`] is kept.
+impl Driver {
+    /// Turns until every handle of the node is gone: each takes every step
+    /// waiting, so one write covers them all.
+    async fn run(mut self) {
+        while let Some(step) = self.steps.recv().await {
+            let mut answers = vec![step(&mut self.state)];
+            while let Ok(step) = self.steps.try_recv() {
+                answers.push(step(&mut self.state));
+            }
+            self.finish_turn(answers).await;
+        }
+    }
+
+    /// Persists the turn's Ready, then lets its effects out: wakes the
+    /// replication tasks if the core asks, answers proposals, and delivers
+    /// the steps' answers. After a failed write nothing of the turn leaves:
+    /// the answers are dropped (their callers see [`NodeError::Failed`]).
+    async fn finish_turn(&mut self, answers: Vec<Answer>) {
+        let mut ready = self.state.core.take_ready();
+        if let Err(error) = self.persist(&mut ready).await {
+            tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
+            self.state.failed = true;
+            self.state.failed_signal.send_replace(true);
+            self.state.fail_waiters(&NodeError::Failed);
+            return;
+        }
+        if ready.wake_peers {
+            for wake in &self.wakes {
+                wake.notify_one();
+            }
+        }
+        self.state.carry_out(ready);
+        for answer in answers {
+            answer();
+        }
+    }
+
+    /// Writes what `ready` asks to persist (its entries are moved out) on a
+    /// blocking thread when the storage touches a disk.
+    async fn persist(&mut self, ready: &mut Ready) -> Result<(), PersistError> {
+        if ready.hard_state.is_none() && ready.log_changed_from.is_none() {
+            return Ok(());
+        }
+        let mut storage = self.storage.take().ok_or(PersistError::Writer)?;
+        let (hard, from, sync) = (ready.hard_state, ready.log_changed_from, ready.must_sync);
+        let entries = std::mem::take(&mut ready.entries);
+        if !storage.blocks() {
+            let saved = storage.save(hard, from, &entries, sync);
+            self.storage = Some(storage);
+            return Ok(saved?);
+        }
+        let (storage, saved) = tokio::task::spawn_blocking(move || {
+            let saved = storage.save(hard, from, &entries, sync);
+            (storage, saved)
+        })
+        .await
+        .map_err(|_| PersistError::Writer)?;
+        self.storage = Some(storage);
+        Ok(saved?)
+    }
+}
+
+/// Sends one AppendEntries with a deadline, unless `abandon` completes
+/// first (a `Crash`). It owns what it needs, so calls to one peer can be in
+/// flight together; the request is moved into the call, and only its
+/// [`SentAppend`] is kept.
 async fn call(
     mut client: RaftSurfstoreClient<Channel>,
     outgoing: Outgoing,
+    abandon: impl Future<Output = ()>,
 ) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
     let Outgoing { request, sent } = outgoing;
     let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
@@ -692,15 +929,9 @@ async fn call(
     request.set_timeout(
         APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC),
     );
-    let outcome = client
-        .append_entries(request)
-        .await
-        .map(tonic::Response::into_inner);
+    let outcome = tokio::select! {
+        outcome = client.append_entries(request) => outcome.map(tonic::Response::into_inner),
+        () = abandon => Err(tonic::Status::cancelled("abandoned: this server was crashed")),
+    };
     (sent, outcome)
-}
-
-fn fail_waiters(state: &mut State, error: &NodeError) {
-    for (_, tx) in std::mem::take(&mut state.waiters) {
-        let _ = tx.send(Err(error.clone()));
-    }
 }

@@ -56,7 +56,7 @@ impl RaftService {
 impl From<NodeError> for Status {
     fn from(error: NodeError) -> Self {
         match error {
-            NodeError::Crashed => Status::unavailable(error.to_string()),
+            NodeError::Crashed | NodeError::Failed => Status::unavailable(error.to_string()),
             NodeError::NotLeader { .. } | NodeError::TermExhausted(_) => {
                 Status::failed_precondition(error.to_string())
             }
@@ -78,11 +78,11 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         // Checked here, once, so the core never sees a value no leader sends.
         let request = AppendRequest::try_from(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("AppendEntries refused: {e}")))?;
-        Ok(Response::new(self.node.append_entries(request)?))
+        Ok(Response::new(self.node.append_entries(request).await?))
     }
 
     async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.set_leader()?;
+        self.node.set_leader().await?;
         Ok(success(true))
     }
 
@@ -115,7 +115,7 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         &self,
         _request: Request<()>,
     ) -> Result<Response<RaftInternalState>, Status> {
-        let state = self.node.internal_state();
+        let state = self.node.internal_state().await?;
         Ok(Response::new(RaftInternalState {
             is_leader: state.is_leader,
             term: state.term,
@@ -126,17 +126,17 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
 
     async fn is_crashed(&self, _request: Request<()>) -> Result<Response<CrashedState>, Status> {
         Ok(Response::new(CrashedState {
-            is_crashed: self.node.is_crashed(),
+            is_crashed: self.node.is_crashed().await?,
         }))
     }
 
     async fn restore(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.restore();
+        self.node.restore().await?;
         Ok(success(true))
     }
 
     async fn crash(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.crash();
+        self.node.crash().await?;
         Ok(success(true))
     }
 }

@@ -64,6 +64,13 @@ pub trait RaftStorage: Send {
         entries: &[Entry],
         must_sync: bool,
     ) -> Result<(), StorageError>;
+
+    /// Whether `save` may block on a disk, so the node runs it on a
+    /// blocking thread; storage that keeps nothing is called in place,
+    /// sparing every step a thread hand-off.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// Keeps nothing: a server without `--data-dir` starts empty every time.
@@ -83,6 +90,10 @@ impl RaftStorage for MemoryStorage {
         _must_sync: bool,
     ) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 
