@@ -55,17 +55,16 @@ use futures::stream::FuturesUnordered;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::core::{Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted};
 use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
+use super::transport::{GrpcTransport, Transport};
 use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
 use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::FileMap;
-use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 
 /// The most entries one AppendEntries carries; more are sent in the next.
@@ -164,19 +163,16 @@ struct Shared {
     config: NodeConfig,
     /// The event loop's input.
     steps: mpsc::UnboundedSender<Step>,
-    /// Per peer: the client (None for this server) and the wake-up of its
-    /// replication task.
-    peers: Vec<Option<Peer>>,
+    /// How requests reach the peers.
+    transport: Arc<dyn Transport>,
+    /// Per peer: the wake-up of its replication task (None for this
+    /// server).
+    peers: Vec<Option<Arc<Notify>>>,
     /// How many times this server was crashed: a call built before a crash
     /// is abandoned when it comes.
     crashes: watch::Receiver<u64>,
     /// Whether storage failed.
     failed: watch::Receiver<bool>,
-}
-
-struct Peer {
-    client: RaftSurfstoreClient<Channel>,
-    wake: Arc<Notify>,
 }
 
 /// Something to do with the node's state on the event loop. It returns its
@@ -221,27 +217,24 @@ struct Driver {
 
 impl RaftNode {
     /// Creates the node from what `storage` holds (replaying its committed
-    /// prefix into the map) and spawns its event loop and one replication
-    /// task per peer on the current tokio runtime.
-    pub fn start(
+    /// prefix into the map), reaching its peers over gRPC, and spawns its
+    /// event loop and one replication task per peer on the current tokio
+    /// runtime.
+    pub fn start(config: NodeConfig, storage: Box<dyn RaftStorage>) -> Result<Self, StartError> {
+        let transport = GrpcTransport::new(&config.addrs, config.id)?;
+        Self::start_with(config, storage, Arc::new(transport))
+    }
+
+    /// [`RaftNode::start`] with peers reached through `transport`.
+    pub fn start_with(
         config: NodeConfig,
         mut storage: Box<dyn RaftStorage>,
+        transport: Arc<dyn Transport>,
     ) -> Result<Self, StartError> {
         let (hard, log) = storage.load()?;
-        let mut peers = Vec::with_capacity(config.addrs.len());
-        for (id, addr) in config.addrs.iter().enumerate() {
-            peers.push(if id == config.id {
-                None
-            } else {
-                let client = RaftSurfstoreClient::new(grpc::peer_channel(addr)?)
-                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-                Some(Peer {
-                    client,
-                    wake: Arc::new(Notify::new()),
-                })
-            });
-        }
+        let peers: Vec<_> = (0..config.addrs.len())
+            .map(|id| (id != config.id).then(|| Arc::new(Notify::new())))
+            .collect();
         tracing::info!(
             term = hard.term,
             commit = hard.commit,
@@ -267,7 +260,7 @@ impl RaftNode {
         // prefix.
         let replay = state.core.take_ready();
         state.carry_out(replay);
-        let wakes = peers.iter().flatten().map(|p| p.wake.clone()).collect();
+        let wakes = peers.iter().flatten().cloned().collect();
         tokio::spawn(
             Driver {
                 state,
@@ -281,6 +274,7 @@ impl RaftNode {
             shared: Arc::new(Shared {
                 config,
                 steps: steps_tx,
+                transport,
                 peers,
                 crashes: crashes_rx,
                 failed: failed_rx,
@@ -311,8 +305,8 @@ impl RaftNode {
     }
 
     fn wake_replicators(&self) {
-        for peer in self.shared.peers.iter().flatten() {
-            peer.wake.notify_one();
+        for wake in self.shared.peers.iter().flatten() {
+            wake.notify_one();
         }
     }
 
@@ -538,8 +532,7 @@ impl RaftNode {
             .await
             .ok()
             .flatten()?;
-        let client = self.shared.peers.get(peer)?.as_ref()?.client.clone();
-        let (sent, outcome) = call(client, outgoing, self.crash_after(crashes)).await;
+        let (sent, outcome) = self.call(peer, outgoing, crashes).await;
         self.feed_back(peer, sent, outcome).await
     }
 
@@ -557,13 +550,33 @@ impl RaftNode {
             .flatten()
     }
 
-    /// Completes when this server is crashed after its `count`th crash: a
-    /// call built before then is abandoned.
-    fn crash_after(&self, count: u64) -> impl Future<Output = ()> + Send + use<> {
-        let mut crashes = self.shared.crashes.clone();
+    /// Sends one AppendEntries to `peer` with a deadline, unless this
+    /// server is crashed after its `crashes`th crash first, when the call is
+    /// abandoned. It owns what it needs, so calls to one peer can be in
+    /// flight together; the request is moved into the call, and only its
+    /// [`SentAppend`] is kept.
+    fn call(
+        &self,
+        peer: ServerId,
+        outgoing: Outgoing,
+        crashes: u64,
+    ) -> impl Future<Output = (SentAppend, Result<AppendEntryOutput, tonic::Status>)> + Send + use<>
+    {
+        let Outgoing { request, sent } = outgoing;
+        let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
+        let timeout = APPEND_TIMEOUT
+            + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC);
+        let reply = self.shared.transport.append_entries(peer, request, timeout);
+        let mut crashed = self.shared.crashes.clone();
         async move {
-            // A closed channel means the loop is gone: abandon the call too.
-            let _ = crashes.wait_for(|&c| c != count).await;
+            let outcome = tokio::select! {
+                outcome = reply => outcome,
+                // A closed channel means the loop is gone: abandon the call too.
+                _ = crashed.wait_for(|&c| c != crashes) => {
+                    Err(tonic::Status::cancelled("abandoned: this server was crashed"))
+                }
+            };
+            (sent, outcome)
         }
     }
 
@@ -608,7 +621,7 @@ impl RaftNode {
     /// blocked `UpdateFile` completes by itself once a majority is back.
     /// It ends when storage fails.
     async fn replicate(self, peer: ServerId) {
-        let Some(link) = self.shared.peers.get(peer).and_then(Option::as_ref) else {
+        let Some(wake) = self.shared.peers.get(peer).cloned().flatten() else {
             return;
         };
         let mut ticker = self.shared.config.heartbeat.map(|period| {
@@ -628,22 +641,14 @@ impl RaftNode {
             if !paused {
                 let (requests, crashes) = self.window_requests(peer).await;
                 for outgoing in requests {
-                    calls.push(call(
-                        link.client.clone(),
-                        outgoing,
-                        self.crash_after(crashes),
-                    ));
+                    calls.push(self.call(peer, outgoing, crashes));
                 }
             }
             if std::mem::take(&mut beat_due)
                 && calls.is_empty()
                 && let Some((outgoing, crashes)) = self.heartbeat_request(peer).await
             {
-                calls.push(call(
-                    link.client.clone(),
-                    outgoing,
-                    self.crash_after(crashes),
-                ));
+                calls.push(self.call(peer, outgoing, crashes));
             }
             let tick = async {
                 match ticker.as_mut() {
@@ -676,7 +681,7 @@ impl RaftNode {
                         Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
                     }
                 }
-                () = link.wake.notified() => {
+                () = wake.notified() => {
                     if held_until.is_some() {
                         asked = true;
                     } else {
@@ -914,24 +919,5 @@ impl Driver {
     }
 }
 
-/// Sends one AppendEntries with a deadline, unless `abandon` completes
-/// first (a `Crash`). It owns what it needs, so calls to one peer can be in
-/// flight together; the request is moved into the call, and only its
-/// [`SentAppend`] is kept.
-async fn call(
-    mut client: RaftSurfstoreClient<Channel>,
-    outgoing: Outgoing,
-    abandon: impl Future<Output = ()>,
-) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
-    let Outgoing { request, sent } = outgoing;
-    let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(
-        APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC),
-    );
-    let outcome = tokio::select! {
-        outcome = client.append_entries(request) => outcome.map(tonic::Response::into_inner),
-        () = abandon => Err(tonic::Status::cancelled("abandoned: this server was crashed")),
-    };
-    (sent, outcome)
-}
+#[cfg(test)]
+mod tests;
