@@ -160,6 +160,11 @@ pub struct Ready {
     /// commit index moved: a commit index lost in a crash is learnt again
     /// from the leader, and Raft keeps it volatile anyway.
     pub must_sync: bool,
+    /// The term or vote changed: nothing built since, not even a leader's
+    /// requests, may leave before this Ready is durable, or a restart could
+    /// forget a vote that a request already used. Otherwise a leader may
+    /// send its requests while it writes (Raft thesis §10.2.1).
+    pub new_term_or_vote: bool,
     /// Newly committed entries with their indices, in log order, each handed
     /// out exactly once: apply them in this order. One whose index and term
     /// are those [`RaftCore::propose`] gave a proposal is that proposal.
@@ -617,6 +622,7 @@ impl RaftCore {
         Ready {
             hard_state,
             must_sync: vote_or_term_changed || log_changed_from.is_some(),
+            new_term_or_vote: vote_or_term_changed,
             log_changed_from,
             entries,
             committed,

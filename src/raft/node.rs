@@ -10,9 +10,13 @@
 //! thread (group commit: one fsync covers every proposal and request of the
 //! turn), never on a tokio worker. Only then does anything the turn decided
 //! leave the loop: the steps' answers (an AppendEntries reply, a request to
-//! send), the applied versions of committed proposals. The loop carries out
-//! the rest of the Ready: it wakes the replication tasks when the core says
-//! it has something new for peers, and answers abandoned proposals.
+//! send), the applied versions of committed proposals. One exception, Raft
+//! thesis §10.2.1: when the core has something new for peers and the turn
+//! keeps term and vote, the loop builds the peers' requests before the write
+//! and hands them to the replication tasks, so followers write the new
+//! entries while the leader does. The leader's own copy still counts toward
+//! a majority only once durable: the replies are steps, and no step runs
+//! before the write ends. The loop also answers abandoned proposals.
 //!
 //! A storage error is a state, not an exit: the node logs it once, answers
 //! every call with [`NodeError::Failed`] (`UNAVAILABLE`) from then on, and
@@ -195,7 +199,16 @@ struct State {
     waiters: BTreeMap<(LogIndex, Term), oneshot::Sender<Result<i32, NodeError>>>,
     crashes: watch::Sender<u64>,
     failed_signal: watch::Sender<bool>,
+    /// Per peer: where the loop hands the peer's replication task the
+    /// requests it built while writing (None for this server).
+    outboxes: Vec<Option<mpsc::UnboundedSender<Built>>>,
+    /// Per peer: its replication task is backing off after a failed call or
+    /// a refusal, so the loop builds nothing for it and only wakes it.
+    held: Vec<bool>,
 }
+
+/// Requests built for one peer, and the crash count they were built at.
+type Built = (Vec<Outgoing>, u64);
 
 /// Why a Ready could not be persisted.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +225,8 @@ struct Driver {
     /// `None` only once a write failed.
     storage: Option<Box<dyn RaftStorage>>,
     steps: mpsc::UnboundedReceiver<Step>,
-    wakes: Vec<Arc<Notify>>,
+    /// Each peer's id and the wake-up of its replication task.
+    wakes: Vec<(ServerId, Arc<Notify>)>,
 }
 
 impl RaftNode {
@@ -246,6 +260,16 @@ impl RaftNode {
         let (steps_tx, steps) = mpsc::unbounded_channel();
         let (crashes, crashes_rx) = watch::channel(0);
         let (failed_signal, failed_rx) = watch::channel(false);
+        let (outboxes, mut inboxes): (Vec<_>, Vec<_>) = peers
+            .iter()
+            .map(|wake| match wake {
+                Some(_) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            })
+            .unzip();
         let mut state = State {
             core,
             crashed: false,
@@ -255,12 +279,18 @@ impl RaftNode {
             waiters: BTreeMap::new(),
             crashes,
             failed_signal,
+            outboxes,
+            held: vec![false; config.addrs.len()],
         };
         // What was loaded is durable: this Ready only replays the committed
         // prefix.
         let replay = state.core.take_ready();
         state.carry_out(replay);
-        let wakes = peers.iter().flatten().cloned().collect();
+        let wakes = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(id, wake)| Some((id, wake.clone()?)))
+            .collect();
         tokio::spawn(
             Driver {
                 state,
@@ -281,7 +311,9 @@ impl RaftNode {
             }),
         };
         for peer in node.peer_ids() {
-            tokio::spawn(node.clone().replicate(peer));
+            if let Some(inbox) = inboxes.get_mut(peer).and_then(Option::take) {
+                tokio::spawn(node.clone().replicate(peer, inbox));
+            }
         }
         Ok(node)
     }
@@ -552,8 +584,9 @@ impl RaftNode {
 
     /// Sends one AppendEntries to `peer` with a deadline, unless this
     /// server is crashed after its `crashes`th crash first, when the call is
-    /// abandoned. It owns what it needs, so calls to one peer can be in
-    /// flight together; the request is moved into the call, and only its
+    /// abandoned. The call runs as its own task from now on, so it
+    /// progresses while the replication task waits for the event loop (a
+    /// write under way); the request is moved into it, and only its
     /// [`SentAppend`] is kept.
     fn call(
         &self,
@@ -568,29 +601,33 @@ impl RaftNode {
             + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC);
         let reply = self.shared.transport.append_entries(peer, request, timeout);
         let mut crashed = self.shared.crashes.clone();
-        async move {
-            let outcome = tokio::select! {
+        let task = tokio::spawn(async move {
+            tokio::select! {
                 outcome = reply => outcome,
                 // A closed channel means the loop is gone: abandon the call too.
                 _ = crashed.wait_for(|&c| c != crashes) => {
                     Err(tonic::Status::cancelled("abandoned: this server was crashed"))
                 }
-            };
+            }
+        });
+        async move {
+            let outcome = task.await.unwrap_or_else(|error| {
+                Err(tonic::Status::internal(format!(
+                    "AppendEntries task failed: {error}"
+                )))
+            });
             (sent, outcome)
         }
     }
 
     /// The requests the window lets the replication task send `peer` now,
     /// and the crash count they were built at.
-    async fn window_requests(&self, peer: ServerId) -> (Vec<Outgoing>, u64) {
+    async fn window_requests(&self, peer: ServerId) -> Built {
         self.with(move |state| {
-            let count = state.crash_count();
-            let Some(state) = state.buildable() else {
-                return (Vec::new(), count);
-            };
-            let core = &mut state.core;
-            let requests = std::iter::from_fn(|| core.next_append(peer, MAX_BATCH_ENTRIES));
-            (requests.collect(), count)
+            if let Some(held) = state.held.get_mut(peer) {
+                *held = false;
+            }
+            state.build(peer)
         })
         .await
         .unwrap_or_default()
@@ -620,7 +657,7 @@ impl RaftNode {
     /// anything asked it to meanwhile or entries wait for a commit, so a
     /// blocked `UpdateFile` completes by itself once a majority is back.
     /// It ends when storage fails.
-    async fn replicate(self, peer: ServerId) {
+    async fn replicate(self, peer: ServerId, mut inbox: mpsc::UnboundedReceiver<Built>) {
         let Some(wake) = self.shared.peers.get(peer).cloned().flatten() else {
             return;
         };
@@ -679,6 +716,13 @@ impl RaftNode {
                             backoff.reset();
                         }
                         Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
+                    }
+                }
+                Some((requests, crashes)) = inbox.recv() => {
+                    // Recorded as sent in the core's window: sent whatever
+                    // the backoff, or the window would wait for them.
+                    for outgoing in requests {
+                        calls.push(self.call(peer, outgoing, crashes));
                     }
                 }
                 () = wake.notified() => {
@@ -800,6 +844,18 @@ impl State {
         *self.crashes.borrow()
     }
 
+    /// The requests the window lets this server send `peer` now, unless
+    /// crashed.
+    fn build(&mut self, peer: ServerId) -> Built {
+        let count = self.crash_count();
+        let Some(state) = self.buildable() else {
+            return (Vec::new(), count);
+        };
+        let core = &mut state.core;
+        let requests = std::iter::from_fn(|| core.next_append(peer, MAX_BATCH_ENTRIES));
+        (requests.collect(), count)
+    }
+
     /// Feeds the outcome of a call to `peer` back to the core: the reply, or
     /// the failure. A reply that arrives while crashed is not acted on (the
     /// server takes part in nothing) and counts as a failure, so the core
@@ -815,16 +871,21 @@ impl State {
             Ok(reply) if !self.crashed => reply,
             Ok(_) => {
                 self.core.report_unreachable(peer, sent);
+                self.hold(peer);
                 return None;
             }
             Err(status) => {
                 tracing::debug!(peer, %status, "AppendEntries failed");
                 self.core.report_unreachable(peer, sent);
+                self.hold(peer);
                 return None;
             }
         };
         let acked = self.core.acknowledges_leadership(sent, &reply);
         let status = self.core.handle_append_response(peer, sent, &reply);
+        if status == ReplicationStatus::Denied {
+            self.hold(peer);
+        }
         Some((acked, status))
     }
 
@@ -847,6 +908,14 @@ impl State {
             if let Some(tx) = self.waiters.remove(&key) {
                 let _ = tx.send(Ok(version));
             }
+        }
+    }
+
+    /// Notes that `peer`'s replication task backs off (see
+    /// [`RaftNode::replicate`]): it builds again once the backoff ends.
+    fn hold(&mut self, peer: ServerId) {
+        if let Some(held) = self.held.get_mut(peer) {
+            *held = true;
         }
     }
 
@@ -876,6 +945,14 @@ impl Driver {
     /// the answers are dropped (their callers see [`NodeError::Failed`]).
     async fn finish_turn(&mut self, answers: Vec<Answer>) {
         let mut ready = self.state.core.take_ready();
+        // A leader sends its new entries while it writes them (Raft thesis
+        // §10.2.1). Its own copy counts toward a majority only once durable,
+        // and it does: replies are steps, and no step runs before this write
+        // ends. A new term or vote must be durable before any request of it.
+        let send_now = ready.wake_peers && !ready.new_term_or_vote;
+        if send_now {
+            self.send_to_peers();
+        }
         if let Err(error) = self.persist(&mut ready).await {
             tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
             self.state.failed = true;
@@ -883,14 +960,32 @@ impl Driver {
             self.state.fail_waiters(&NodeError::Failed);
             return;
         }
-        if ready.wake_peers {
-            for wake in &self.wakes {
+        if ready.wake_peers && !send_now {
+            for (_, wake) in &self.wakes {
                 wake.notify_one();
             }
         }
         self.state.carry_out(ready);
         for answer in answers {
             answer();
+        }
+    }
+
+    /// Builds what each peer's window allows now and hands it to the peer's
+    /// replication task; a peer backing off is only woken, its task decides.
+    fn send_to_peers(&mut self) {
+        for (peer, wake) in &self.wakes {
+            if self.state.held.get(*peer).copied().unwrap_or(true) {
+                wake.notify_one();
+                continue;
+            }
+            let built = self.state.build(*peer);
+            if !built.0.is_empty()
+                && let Some(Some(outbox)) = self.state.outboxes.get(*peer)
+            {
+                // A closed outbox: the task ended with a storage failure.
+                let _ = outbox.send(built);
+            }
         }
     }
 

@@ -401,11 +401,19 @@ impl Cluster {
             log_changed_from,
             entries,
             must_sync,
+            new_term_or_vote,
             committed,
             abandoned,
             wake_peers: _,
         } = ready;
         let server = &mut self.servers[id];
+        assert_eq!(
+            new_term_or_vote,
+            hard_state
+                .is_some_and(|h| h.term != server.disk.hard.term
+                    || h.voted_for != server.disk.hard.voted_for),
+            "server {id}: new_term_or_vote must say whether term or vote changed"
+        );
         if !must_sync {
             assert!(
                 log_changed_from.is_none()

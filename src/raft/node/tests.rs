@@ -105,21 +105,24 @@ impl Transport for Loopback {
     }
 }
 
-/// `size` in-process nodes over one [`Loopback`], on `disks`.
-fn cluster(size: usize) -> (Vec<RaftNode>, Arc<Loopback>) {
+/// `size` in-process nodes over one [`Loopback`], and their disks.
+fn cluster(size: usize) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
     let transport = Arc::new(Loopback {
         nodes: OnceLock::new(),
         open: watch::channel(true).0,
         waiting_with_entries: Arc::default(),
     });
-    let nodes: Vec<RaftNode> = (0..size)
-        .map(|id| {
-            let storage = Box::new(TestStorage(Arc::default()));
+    let disks: Vec<Arc<Disk>> = (0..size).map(|_| Arc::default()).collect();
+    let nodes: Vec<RaftNode> = disks
+        .iter()
+        .enumerate()
+        .map(|(id, disk)| {
+            let storage = Box::new(TestStorage(disk.clone()));
             RaftNode::start_with(config(id, size), storage, transport.clone()).unwrap()
         })
         .collect();
     assert!(transport.nodes.set(nodes.clone()).is_ok());
-    (nodes, transport)
+    (nodes, disks, transport)
 }
 
 /// One server alone on `disk`.
@@ -214,7 +217,7 @@ async fn a_crash_during_a_write_lets_the_write_finish_first() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_are_answered_when_leadership_is_lost() {
-    let (nodes, _transport) = cluster(3);
+    let (nodes, _disks, _transport) = cluster(3);
     nodes[1].crash().await.unwrap();
     nodes[2].crash().await.unwrap();
     nodes[0].set_leader().await.unwrap();
@@ -246,7 +249,7 @@ async fn waiters_are_answered_when_leadership_is_lost() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_abandons_requests_in_flight() {
-    let (nodes, transport) = cluster(3);
+    let (nodes, _disks, transport) = cluster(3);
     nodes[0].set_leader().await.unwrap();
     assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
     transport.open.send_replace(false);
@@ -267,4 +270,34 @@ async fn a_crash_abandons_requests_in_flight() {
             "a request built before the Crash landed"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_sends_new_entries_while_it_writes_them() {
+    let (nodes, disks, _transport) = cluster(3);
+    nodes[0].set_leader().await.unwrap();
+    assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
+    // Idle: nothing in flight fills the (one-request) windows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (release, held) = std::sync::mpsc::channel();
+    let at = disks[0].writes.load(Ordering::SeqCst) + 1;
+    assert!(disks[0].hold.set((at, std::sync::Mutex::new(held))).is_ok());
+    let update = tokio::spawn({
+        let node = nodes[0].clone();
+        async move { node.update_file(meta("a")).await }
+    });
+    until(|| disks[0].held.load(Ordering::SeqCst) == at).await;
+    // The leader's write of the entry is held, yet both followers get it.
+    for follower in &nodes[1..] {
+        let mut polls = 0;
+        while follower.internal_state().await.unwrap().log.is_empty() {
+            polls += 1;
+            assert!(polls < 10_000, "the followers did not get the entry");
+            tokio::task::yield_now().await;
+        }
+    }
+    // It commits only once the leader's own copy is durable.
+    assert!(!update.is_finished());
+    release.send(()).unwrap();
+    assert_eq!(update.await.unwrap(), Ok(1));
 }
