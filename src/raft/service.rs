@@ -2,10 +2,13 @@
 //! and the plain `MetaStore` service on the same node so clients written for
 //! a single MetaStore can talk to a Raft server too.
 
+use std::future::Future;
+
 use tonic::{Request, Response, Status};
 
 use super::AppendRequest;
-use super::node::{NodeError, RaftNode};
+use super::node::{NodeConfig, NodeError, RaftNode, StartError};
+use super::storage::RaftStorage;
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::proto::{
     AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
@@ -50,6 +53,42 @@ impl RaftService {
     async fn block_store_addr(&self) -> Result<Response<BlockStoreAddr>, Status> {
         let addr = self.node.confirmed_block_store_addr().await?;
         Ok(Response::new(BlockStoreAddr { addr }))
+    }
+}
+
+/// Why a Raft server stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The node could not persist its state and stopped serving.
+    #[error("cannot persist raft state; stopping")]
+    Storage,
+}
+
+/// Runs one Raft server on `listener` until `shutdown` completes (then
+/// `Ok`) or its storage fails: starts the node from `storage`, and serves
+/// `RaftSurfstore` and `MetaStore` over it. The binary only parses its
+/// arguments; a test can hand over a listener it bound itself.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: NodeConfig,
+    storage: Box<dyn RaftStorage>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let node = RaftNode::start(config, storage)?;
+    let service = RaftService::new(node.clone());
+    let serve = crate::grpc::server()
+        .add_service(service.raft_server())
+        .add_service(service.meta_server())
+        .serve_with_incoming_shutdown(crate::grpc::incoming(listener), shutdown);
+    tokio::select! {
+        served = serve => Ok(served?),
+        () = node.failed() => Err(ServeError::Storage),
     }
 }
 
@@ -162,5 +201,61 @@ impl meta_store_server::MetaStore for RaftService {
         _request: Request<()>,
     ) -> Result<Response<BlockStoreAddr>, Status> {
         self.block_store_addr().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
+    use crate::raft::storage::StorageError;
+    use crate::raft::{Entry, HardState, LogIndex};
+
+    /// Storage whose every write fails.
+    struct FailingStorage;
+
+    impl RaftStorage for FailingStorage {
+        fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+            Ok((HardState::default(), Vec::new()))
+        }
+
+        fn save(
+            &mut self,
+            _hard: Option<HardState>,
+            _from: Option<LogIndex>,
+            _entries: &[Entry],
+            _must_sync: bool,
+        ) -> Result<(), StorageError> {
+            Err(StorageError::Io {
+                op: "write",
+                path: "test-disk".into(),
+                source: std::io::Error::other("injected failure"),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_on_a_handed_listener_stops_with_an_error_when_storage_fails() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = NodeConfig {
+            id: 0,
+            addrs: vec![addr.clone()],
+            block_store_addr: "blocks".into(),
+            heartbeat: None,
+            pipeline_depth: 1,
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            config,
+            Box::new(FailingStorage),
+            std::future::pending(),
+        ));
+        let mut client = RaftSurfstoreClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let status = client.set_leader(()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(matches!(server.await.unwrap(), Err(ServeError::Storage)));
     }
 }
