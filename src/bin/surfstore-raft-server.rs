@@ -10,8 +10,8 @@ use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc;
 use surfstore::raft::MAX_INFLIGHT;
-use surfstore::raft::node::{NodeConfig, RaftNode, StartError};
-use surfstore::raft::service::RaftService;
+use surfstore::raft::node::{NodeConfig, StartError};
+use surfstore::raft::service::{self, ServeError};
 use surfstore::raft::storage::{FileStorage, MemoryStorage, RaftStorage};
 
 /// Runs one server of a Raft-replicated SurfStore MetaStore.
@@ -93,26 +93,20 @@ async fn run(args: Args) -> Result<(), Fatal> {
         Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| Fatal::data_dir(dir, e))?),
         None => Box::new(MemoryStorage),
     };
-    let node = RaftNode::start(
-        NodeConfig {
-            id: args.id,
-            addrs: config.meta_addrs,
-            block_store_addr,
-            heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
-            pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
-        },
-        storage,
-    )
-    .map_err(|e| match e {
-        StartError::Addr(e) => Fatal::usage(e),
-        StartError::Storage(e) => Fatal::failure(e),
-    })?;
-    let service = RaftService::new(node);
+    let config = NodeConfig {
+        id: args.id,
+        addrs: config.meta_addrs,
+        block_store_addr,
+        heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
+        pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
+    };
     tracing::info!(id = args.id, %listen, "raft server serving");
-    grpc::server()
-        .add_service(service.raft_server())
-        .add_service(service.meta_server())
-        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal())
+    service::serve(listener, config, storage, cli::shutdown_signal())
         .await
-        .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
+        .map_err(|e| match e {
+            ServeError::Start(StartError::Addr(e)) => Fatal::usage(e),
+            ServeError::Start(StartError::Storage(e)) => Fatal::failure(e),
+            ServeError::Transport(e) => Fatal::failure(format!("server on {listen} failed: {e}")),
+            ServeError::Storage => Fatal::failure(e),
+        })
 }

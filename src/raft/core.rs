@@ -61,6 +61,8 @@
 //! and read confirmation use [`RaftCore::sync_request`], which the window
 //! never holds back.
 
+use std::collections::BTreeMap;
+
 use super::log::{RaftLog, Rejection};
 use super::progress::{Slice, Standing, Tracker};
 use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Term};
@@ -133,25 +135,48 @@ pub struct Outgoing {
     pub sent: SentAppend,
 }
 
-/// The effects of everything since the previous [`RaftCore::take_ready`].
-/// Persist the log change, then the hard state, before sending any reply or
-/// request built since; then apply `committed`.
+/// Everything the core decided since the previous [`RaftCore::take_ready`],
+/// pushed out so that a driver only carries it out (the shape of etcd's
+/// `Ready`). Persist the log change and the hard state (fsyncing when
+/// [`Ready::must_sync`]) before sending any reply built since; then apply
+/// `committed`, answer `abandoned`, and wake the peers when
+/// [`Ready::wake_peers`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ready {
     /// The term, vote or commit index changed: the new values to persist.
     pub hard_state: Option<HardState>,
     /// The durable log must become its first `log_changed_from` entries
     /// followed by [`Ready::entries`], and nothing after them. `None`: the
-    /// durable log is current.
+    /// durable log is current. Never past the end of what earlier Readies
+    /// made durable.
     pub log_changed_from: Option<LogIndex>,
     /// The entries to write at `log_changed_from`. This can end before
     /// [`RaftCore::log`] does: proposals of a leader that is not confirmed
     /// yet are only persisted once it is, so a restart never revives entries
     /// that no other server could have seen.
     pub entries: Vec<Entry>,
+    /// Whether this Ready must be fsynced before anything depending on it
+    /// leaves the server: the log, term or vote changed. False when only the
+    /// commit index moved: a commit index lost in a crash is learnt again
+    /// from the leader, and Raft keeps it volatile anyway.
+    pub must_sync: bool,
+    /// The term or vote changed: nothing built since, not even a leader's
+    /// requests, may leave before this Ready is durable, or a restart could
+    /// forget a vote that a request already used. Otherwise a leader may
+    /// send its requests while it writes (Raft thesis §10.2.1).
+    pub new_term_or_vote: bool,
     /// Newly committed entries with their indices, in log order, each handed
-    /// out exactly once: apply them in this order.
+    /// out exactly once: apply them in this order. One whose index and term
+    /// are those [`RaftCore::propose`] gave a proposal is that proposal.
     pub committed: Vec<(LogIndex, Entry)>,
+    /// Index and term of this server's proposals that will not be answered
+    /// by `committed`: their term ended (`SetLeader`, a newer term) or this
+    /// server stepped down before they committed.
+    pub abandoned: Vec<(LogIndex, Term)>,
+    /// This server leads and has something new for its peers: entries they
+    /// may now be sent (a proposal, or a confirmation releasing held-back
+    /// ones), a higher commit index to tell them, or a new term to probe.
+    pub wake_peers: bool,
 }
 
 /// One server's Raft state: term, vote, log, commit, and (as leader) what it
@@ -166,6 +191,14 @@ pub struct RaftCore {
     leader: Option<Tracker>,
     /// The hard state as last handed out by `take_ready`.
     reported: HardState,
+    /// The term led and how much of the log was sendable as of the last
+    /// `take_ready`; `None` when not leading then.
+    reported_sendable: Option<(Term, usize)>,
+    /// This server's proposals not yet committed or abandoned: index and
+    /// term.
+    proposals: BTreeMap<LogIndex, Term>,
+    /// Proposals abandoned since the last `take_ready`.
+    abandoned: Vec<(LogIndex, Term)>,
     /// Requests a Replicate window holds per peer (1 to
     /// [`super::MAX_INFLIGHT`]).
     pipeline_depth: usize,
@@ -204,6 +237,9 @@ impl RaftCore {
             log: RaftLog::restore(log, hard.commit),
             leader: None,
             reported: hard,
+            reported_sendable: None,
+            proposals: BTreeMap::new(),
+            abandoned: Vec::new(),
             pipeline_depth: super::MAX_INFLIGHT,
             max_batch_bytes: MAX_BATCH_BYTES,
         }
@@ -298,6 +334,9 @@ impl RaftCore {
             .filter(|&t| t <= MAX_TERM)
             .ok_or(TermExhausted { term: self.term })?;
         self.become_follower();
+        // Entries of the ended term commit, if ever, only with a later
+        // entry of the new one: their callers cannot be told a version.
+        self.abandon_proposals();
         self.term = term;
         self.voted_for = Some(self.id);
         let next = self.log.last_index() + 1;
@@ -318,6 +357,7 @@ impl RaftCore {
             term: self.term,
             meta,
         });
+        self.proposals.insert(index, self.term);
         self.maybe_commit();
         Ok(index)
     }
@@ -548,16 +588,46 @@ impl RaftCore {
     pub fn take_ready(&mut self) -> Ready {
         let hard = self.hard_state();
         let hard_state = (hard != self.reported).then_some(hard);
+        let sendable = self
+            .leader
+            .as_ref()
+            .map(|_| (self.term, self.unsent_start()));
+        let wake_peers = sendable.is_some()
+            && (sendable != self.reported_sendable || hard.commit > self.reported.commit);
+        let vote_or_term_changed =
+            hard.term != self.reported.term || hard.voted_for != self.reported.voted_for;
         self.reported = hard;
+        self.reported_sendable = sendable;
         let (log_changed_from, entries) = match self.log.take_unpersisted(self.unsent_start()) {
             Some((from, entries)) => (Some(from), entries),
             None => (None, Vec::new()),
         };
+        let committed = self.log.take_committed();
+        let mut abandoned = std::mem::take(&mut self.abandoned);
+        // One that committed before it was abandoned, within this Ready,
+        // did commit as proposed: `committed` answers it.
+        abandoned.retain(|&(index, term)| {
+            committed
+                .binary_search_by_key(&index, |&(i, _)| i)
+                .ok()
+                .and_then(|at| committed.get(at))
+                .is_none_or(|(_, entry)| entry.term != term)
+        });
+        for (index, entry) in &committed {
+            match self.proposals.remove(index) {
+                Some(term) if term != entry.term => abandoned.push((*index, term)),
+                _ => {}
+            }
+        }
         Ready {
             hard_state,
+            must_sync: vote_or_term_changed || log_changed_from.is_some(),
+            new_term_or_vote: vote_or_term_changed,
             log_changed_from,
             entries,
-            committed: self.log.take_committed(),
+            committed,
+            abandoned,
+            wake_peers,
         }
     }
 
@@ -598,10 +668,18 @@ impl RaftCore {
         let Some(tracker) = self.leader.take() else {
             return;
         };
+        // A deposed leader cannot see its proposals through: even those a
+        // newer leader commits are answered by that leader's log, not here.
+        self.abandon_proposals();
         if !tracker.is_confirmed() {
             self.log.truncate(self.log.tail_start_of_term(self.term));
             self.voted_for = None;
         }
+    }
+
+    fn abandon_proposals(&mut self) {
+        let proposals = std::mem::take(&mut self.proposals);
+        self.abandoned.extend(proposals);
     }
 
     /// Adopts a higher term seen in a request or reply, as a follower with
@@ -970,6 +1048,63 @@ mod tests {
             core.take_ready().hard_state.and_then(|h| h.voted_for),
             Some(0)
         );
+    }
+
+    #[test]
+    fn ready_says_when_to_sync_and_when_to_wake_peers() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f = RaftCore::new(1, 3);
+        l.set_leader().unwrap();
+        let ready = l.take_ready();
+        assert!(ready.must_sync, "a new term and vote");
+        assert!(ready.wake_peers, "a new term to probe");
+        l.propose(meta("a", 1)).unwrap();
+        let ready = l.take_ready();
+        assert!(
+            !ready.wake_peers,
+            "an unconfirmed leader has nothing to send"
+        );
+        assert!(!ready.must_sync, "nor anything to persist");
+        // The confirmation releases the proposal: persist it, send it.
+        sync(&mut l, &mut f);
+        let ready = l.take_ready();
+        assert!(ready.must_sync && ready.wake_peers);
+        assert_eq!(ready.committed.len(), 1);
+        // The follower learns the commit index alone: no fsync needed.
+        f.take_ready();
+        exchange(&mut l, &mut f, 0);
+        let ready = f.take_ready();
+        assert_eq!(ready.hard_state.map(|h| h.commit), Some(0));
+        assert!(!ready.must_sync && ready.log_changed_from.is_none());
+        assert!(!ready.wake_peers, "a follower wakes nobody");
+        assert_eq!(l.take_ready(), Ready::default(), "nothing new");
+    }
+
+    #[test]
+    fn ready_hands_out_proposals_that_cannot_commit_as_abandoned() {
+        let mut l = RaftCore::new(0, 3);
+        let mut f = RaftCore::new(1, 3);
+        l.set_leader().unwrap();
+        sync(&mut l, &mut f);
+        let a = l.propose(meta("a", 1)).unwrap();
+        let b = l.propose(meta("b", 1)).unwrap();
+        // `a` commits; `b` is still pending when a new term starts.
+        let out = l.sync_request(1, 1).unwrap();
+        let resp = f.deliver(&out.request);
+        l.handle_append_response(1, &out.sent, &resp);
+        l.set_leader().unwrap();
+        let ready = l.take_ready();
+        assert_eq!(
+            ready.committed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [a]
+        );
+        assert_eq!(ready.abandoned, [(b, 1)]);
+        // A deposed leader abandons what it proposed in its term.
+        let c = l.propose(meta("c", 1)).unwrap();
+        l.take_ready();
+        l.deliver(&from_leader(2, 3, (1, 9)));
+        assert_eq!(l.take_ready().abandoned, [(c, 2)]);
+        assert_eq!(l.take_ready().abandoned, []);
     }
 
     #[test]

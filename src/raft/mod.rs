@@ -15,6 +15,7 @@ pub mod quorum;
 mod request;
 pub mod service;
 pub mod storage;
+pub mod transport;
 
 pub use self::core::{
     NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted,

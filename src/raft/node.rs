@@ -1,11 +1,31 @@
-//! The async driver around [`RaftCore`]: it owns the core behind a mutex, one
-//! replication task per peer, the waiters of pending `UpdateFile` calls, the
-//! applied [`FileMap`] and the chaos flag.
+//! The async driver around [`RaftCore`]: one event loop owns the core, the
+//! waiters of pending `UpdateFile` calls, the applied [`FileMap`] and the
+//! chaos flag; one replication task per peer moves bytes.
 //!
-//! Every decision is the core's. The node only moves bytes: it asks the core
-//! what to send, sends it with a deadline, feeds the reply back, persists and
-//! applies what [`RaftCore::take_ready`] hands out, and wakes waiters. The
-//! mutex is never held across an `.await`.
+//! Every decision is the core's. Everything that touches the core is a step
+//! sent to the loop through a channel (a proposal, an AppendEntries from a
+//! leader, a peer's reply or failure, a request to build, a chaos call, a
+//! read). Each turn the loop runs every step that is waiting, takes the
+//! core's [`super::Ready`] once, and persists it in one write on a blocking
+//! thread (group commit: one fsync covers every proposal and request of the
+//! turn), never on a tokio worker. Only then does anything the turn decided
+//! leave the loop: the steps' answers (an AppendEntries reply, a request to
+//! send), the applied versions of committed proposals. One exception, Raft
+//! thesis §10.2.1: when the core has something new for peers and the turn
+//! keeps term and vote, the loop builds the peers' requests before the write
+//! and hands them to the replication tasks, so followers write the new
+//! entries while the leader does. The leader's own copy still counts toward
+//! a majority only once durable: the replies are steps, and no step runs
+//! before the write ends. The loop also answers abandoned proposals.
+//!
+//! A storage error is a state, not an exit: the node logs it once, answers
+//! every call with [`NodeError::Failed`] (`UNAVAILABLE`) from then on, and
+//! [`RaftNode::failed`] tells the binary to exit non-zero.
+//!
+//! `Crash` abandons the node's outstanding AppendEntries: every call built
+//! before it is dropped when it comes, so a request cannot reach a peer
+//! after the peer was restored. What remains: bytes already on the wire, a
+//! request the peer already received, are processed by the peer.
 //!
 //! # Pipelining
 //!
@@ -30,25 +50,25 @@
 //! replication tasks have in flight.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use prost::Message;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use super::core::{Outgoing, RaftCore, ReplicationStatus, SentAppend, TermExhausted};
+use super::core::{Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted};
 use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
+use super::transport::{GrpcTransport, Transport};
 use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
 use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::FileMap;
-use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 
 /// The most entries one AppendEntries carries; more are sent in the next.
@@ -91,6 +111,10 @@ pub enum NodeError {
     /// An update refused because a message that must carry it could not.
     #[error("UpdateFile refused: {0}")]
     TooLarge(#[from] grpc::TooLarge),
+    /// The server could not persist its state and serves nothing until it
+    /// is restarted.
+    #[error("Server cannot persist its state; it must be restarted.")]
+    Failed,
 }
 
 /// Why a node could not start.
@@ -141,80 +165,155 @@ pub struct RaftNode {
 
 struct Shared {
     config: NodeConfig,
-    state: Mutex<State>,
-    /// Per peer: the client (None for this server) and the wake-up of its
-    /// replication task.
-    peers: Vec<Option<Peer>>,
+    /// The event loop's input.
+    steps: mpsc::UnboundedSender<Step>,
+    /// How requests reach the peers.
+    transport: Arc<dyn Transport>,
+    /// Per peer: the wake-up of its replication task (None for this
+    /// server).
+    peers: Vec<Option<Arc<Notify>>>,
+    /// How many times this server was crashed: a call built before a crash
+    /// is abandoned when it comes.
+    crashes: watch::Receiver<u64>,
+    /// Whether storage failed.
+    failed: watch::Receiver<bool>,
 }
 
-struct Peer {
-    client: RaftSurfstoreClient<Channel>,
-    wake: Notify,
-}
+/// Something to do with the node's state on the event loop. It returns its
+/// answer, which the loop delivers once the turn's Ready is durable.
+type Step = Box<dyn FnOnce(&mut State) -> Answer + Send>;
 
+/// Delivers a step's answer to its caller.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// What the event loop owns.
 struct State {
     core: RaftCore,
     crashed: bool,
+    failed: bool,
     map: FileMap,
-    storage: Box<dyn RaftStorage>,
-    /// How many log entries `storage` holds: the core withholds the
-    /// proposals of an unconfirmed leader, so this can trail the log.
-    durable_len: usize,
-    /// Pending `UpdateFile` calls by log index: the term their entry was
-    /// proposed in and where to send the applied version.
-    waiters: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<i32, NodeError>>)>,
+    /// Every server's address, to name the leader in errors.
+    addrs: Vec<String>,
+    /// Pending `UpdateFile` calls by the index and term of their entry:
+    /// where to send the applied version.
+    waiters: BTreeMap<(LogIndex, Term), oneshot::Sender<Result<i32, NodeError>>>,
+    crashes: watch::Sender<u64>,
+    failed_signal: watch::Sender<bool>,
+    /// Per peer: where the loop hands the peer's replication task the
+    /// requests it built while writing (None for this server).
+    outboxes: Vec<Option<mpsc::UnboundedSender<Built>>>,
+    /// Per peer: its replication task is backing off after a failed call or
+    /// a refusal, so the loop builds nothing for it and only wakes it.
+    held: Vec<bool>,
+}
+
+/// Requests built for one peer, and the crash count they were built at.
+type Built = (Vec<Outgoing>, u64);
+
+/// Why a Ready could not be persisted.
+#[derive(Debug, thiserror::Error)]
+enum PersistError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the storage writer thread panicked")]
+    Writer,
+}
+
+/// The event loop: the state, the storage it persists to, and its input.
+struct Driver {
+    state: State,
+    /// `None` only once a write failed.
+    storage: Option<Box<dyn RaftStorage>>,
+    steps: mpsc::UnboundedReceiver<Step>,
+    /// Each peer's id and the wake-up of its replication task.
+    wakes: Vec<(ServerId, Arc<Notify>)>,
 }
 
 impl RaftNode {
     /// Creates the node from what `storage` holds (replaying its committed
-    /// prefix into the map) and spawns one replication task per peer on the
-    /// current tokio runtime.
-    pub fn start(
+    /// prefix into the map), reaching its peers over gRPC, and spawns its
+    /// event loop and one replication task per peer on the current tokio
+    /// runtime.
+    pub fn start(config: NodeConfig, storage: Box<dyn RaftStorage>) -> Result<Self, StartError> {
+        let transport = GrpcTransport::new(&config.addrs, config.id)?;
+        Self::start_with(config, storage, Arc::new(transport))
+    }
+
+    /// [`RaftNode::start`] with peers reached through `transport`.
+    pub fn start_with(
         config: NodeConfig,
         mut storage: Box<dyn RaftStorage>,
+        transport: Arc<dyn Transport>,
     ) -> Result<Self, StartError> {
         let (hard, log) = storage.load()?;
-        let mut peers = Vec::with_capacity(config.addrs.len());
-        for (id, addr) in config.addrs.iter().enumerate() {
-            peers.push(if id == config.id {
-                None
-            } else {
-                let client = RaftSurfstoreClient::new(grpc::peer_channel(addr)?)
-                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-                Some(Peer {
-                    client,
-                    wake: Notify::new(),
-                })
-            });
-        }
-        let durable_len = log.len();
+        let peers: Vec<_> = (0..config.addrs.len())
+            .map(|id| (id != config.id).then(|| Arc::new(Notify::new())))
+            .collect();
         tracing::info!(
             term = hard.term,
             commit = hard.commit,
-            entries = durable_len,
+            entries = log.len(),
             "loaded raft state"
         );
         let mut core = RaftCore::restore(config.id, config.addrs.len(), hard, log);
         core.set_pipeline_depth(config.pipeline_depth);
-        let state = State {
+        let (steps_tx, steps) = mpsc::unbounded_channel();
+        let (crashes, crashes_rx) = watch::channel(0);
+        let (failed_signal, failed_rx) = watch::channel(false);
+        let (outboxes, mut inboxes): (Vec<_>, Vec<_>) = peers
+            .iter()
+            .map(|wake| match wake {
+                Some(_) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            })
+            .unzip();
+        let mut state = State {
             core,
             crashed: false,
+            failed: false,
             map: FileMap::default(),
-            storage,
-            durable_len,
+            addrs: config.addrs.clone(),
             waiters: BTreeMap::new(),
+            crashes,
+            failed_signal,
+            outboxes,
+            held: vec![false; config.addrs.len()],
         };
+        // What was loaded is durable: this Ready only replays the committed
+        // prefix.
+        let replay = state.core.take_ready();
+        state.carry_out(replay);
+        let wakes = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(id, wake)| Some((id, wake.clone()?)))
+            .collect();
+        tokio::spawn(
+            Driver {
+                state,
+                storage: Some(storage),
+                steps,
+                wakes,
+            }
+            .run(),
+        );
         let node = RaftNode {
             shared: Arc::new(Shared {
                 config,
-                state: Mutex::new(state),
+                steps: steps_tx,
+                transport,
                 peers,
+                crashes: crashes_rx,
+                failed: failed_rx,
             }),
         };
-        node.after_core_step(&mut node.state());
         for peer in node.peer_ids() {
-            tokio::spawn(node.clone().replicate(peer));
+            if let Some(inbox) = inboxes.get_mut(peer).and_then(Option::take) {
+                tokio::spawn(node.clone().replicate(peer, inbox));
+            }
         }
         Ok(node)
     }
@@ -224,84 +323,86 @@ impl RaftNode {
         &self.shared.config.block_store_addr
     }
 
+    /// Completes once storage failed: the server then serves nothing, and
+    /// its process should exit non-zero.
+    pub async fn failed(&self) {
+        let mut failed = self.shared.failed.clone();
+        // A closed channel means the loop is gone: nothing is served either.
+        let _ = failed.wait_for(|&f| f).await;
+    }
+
     fn peer_ids(&self) -> impl Iterator<Item = ServerId> + use<> {
         let me = self.shared.config.id;
         (0..self.shared.config.addrs.len()).filter(move |&p| p != me)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        crate::locks::lock(&self.shared.state)
-    }
-
     fn wake_replicators(&self) {
-        for peer in self.shared.peers.iter().flatten() {
-            peer.wake.notify_one();
+        for wake in self.shared.peers.iter().flatten() {
+            wake.notify_one();
         }
     }
 
-    /// The error for a call that needs a live leader, if this server is not one.
-    fn check_leader(&self, state: &State) -> Result<(), NodeError> {
-        if state.crashed {
-            Err(NodeError::Crashed)
-        } else if state.core.is_leader() {
-            Ok(())
-        } else {
-            Err(self.not_leader(&state.core))
-        }
-    }
-
-    fn not_leader(&self, core: &RaftCore) -> NodeError {
-        NodeError::NotLeader {
-            leader: core
-                .leader_hint()
-                .and_then(|l| self.shared.config.addrs.get(l).cloned()),
-        }
+    /// Runs `step` on the event loop and returns its answer once the turn
+    /// it ran in is durable; [`NodeError::Failed`] once storage failed.
+    async fn with<R, F>(&self, step: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut State) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let step: Step = Box::new(move |state: &mut State| -> Answer {
+            let result = if state.failed {
+                Err(NodeError::Failed)
+            } else {
+                Ok(step(state))
+            };
+            Box::new(move || {
+                // The caller may have given up (deadline); nothing to do then.
+                let _ = tx.send(result);
+            })
+        });
+        self.shared
+            .steps
+            .send(step)
+            .map_err(|_| NodeError::Failed)?;
+        // A dropped answer means the turn's write failed.
+        rx.await.unwrap_or(Err(NodeError::Failed))
     }
 
     /// `SetLeader`: becomes leader of a new term (SPEC §5).
-    pub fn set_leader(&self) -> Result<(), NodeError> {
-        {
-            let mut state = self.state();
+    pub async fn set_leader(&self) -> Result<(), NodeError> {
+        self.with(|state| {
             if state.crashed {
                 return Err(NodeError::Crashed);
             }
             state.core.set_leader()?;
-            // Calls waiting on entries of the ended term get an error now:
-            // such entries commit only with a later entry of the new term.
-            let ended = self.not_leader(&state.core);
-            fail_waiters(&mut state, &ended);
-            self.after_core_step(&mut state);
-        }
-        self.wake_replicators();
-        Ok(())
+            Ok(())
+        })
+        .await?
     }
 
     /// `UpdateFile` on the leader: appends, waits until the entry is
     /// committed and applied, and returns the version the MetaStore rule
     /// gave it (-1 if rejected). Blocks while no majority is reachable.
     pub async fn update_file(&self, meta: FileMetaData) -> Result<i32, NodeError> {
-        let rx = {
-            let mut state = self.state();
-            self.check_leader(&state)?;
-            let term = state.core.term();
-            limits::check_proposal(
-                state.core.log_bytes(),
-                state.core.unapplied_bytes(),
-                &state.map,
-                term,
-                &meta,
-                grpc::MAX_MESSAGE_BYTES,
-            )?;
-            let index = state
-                .core
-                .propose(meta)
-                .map_err(|_| self.not_leader(&state.core))?;
-            let (tx, rx) = oneshot::channel();
-            state.waiters.insert(index, (term, tx));
-            self.after_core_step(&mut state);
-            rx
-        };
-        self.wake_replicators();
+        let rx = self
+            .with(move |state| {
+                state.check_leader()?;
+                let term = state.core.term();
+                limits::check_proposal(
+                    state.core.log_bytes(),
+                    state.core.unapplied_bytes(),
+                    &state.map,
+                    term,
+                    &meta,
+                    grpc::MAX_MESSAGE_BYTES,
+                )?;
+                let index = state.core.propose(meta).map_err(|_| state.not_leader())?;
+                let (tx, rx) = oneshot::channel();
+                state.waiters.insert((index, term), tx);
+                Ok::<_, NodeError>(rx)
+            })
+            .await??;
         // A dropped sender means the node went away: report it as a crash.
         rx.await.unwrap_or(Err(NodeError::Crashed))
     }
@@ -311,9 +412,11 @@ impl RaftNode {
     /// (its encoded `FileInfoMap`, shared by reads until the next apply).
     pub async fn file_info_map(&self) -> Result<bytes::Bytes, NodeError> {
         self.confirm_leadership().await?;
-        let state = self.state();
-        self.check_leader(&state)?;
-        Ok(state.map.encoded())
+        self.with(|state| {
+            state.check_leader()?;
+            Ok(state.map.encoded())
+        })
+        .await?
     }
 
     /// `GetBlockStoreAddr` on the leader, confirmed like a read.
@@ -325,11 +428,11 @@ impl RaftNode {
     /// Waits until a majority acknowledges this server as leader of its term.
     async fn confirm_leadership(&self) -> Result<(), NodeError> {
         loop {
-            self.check_leader(&self.state())?;
+            self.with(|state| state.check_leader()).await??;
             if self.round(false).await? {
                 return Ok(());
             }
-            self.check_leader(&self.state())?;
+            self.with(|state| state.check_leader()).await??;
             tokio::time::sleep(RETRY_INTERVAL).await;
         }
     }
@@ -339,14 +442,17 @@ impl RaftNode {
     /// committed when the call returns. Returns whether a majority (this
     /// server included) acknowledged; a follower answers `false`.
     pub async fn send_heartbeat(&self) -> Result<bool, NodeError> {
-        {
-            let state = self.state();
-            if state.crashed {
-                return Err(NodeError::Crashed);
-            }
-            if !state.core.is_leader() {
-                return Ok(false);
-            }
+        let leading = self
+            .with(|state| {
+                if state.crashed {
+                    Err(NodeError::Crashed)
+                } else {
+                    Ok(state.core.is_leader())
+                }
+            })
+            .await??;
+        if !leading {
+            return Ok(false);
         }
         self.round(true).await
     }
@@ -373,14 +479,14 @@ impl RaftNode {
                 }
             }
         }
-        let state = self.state();
-        match self.check_leader(&state) {
+        self.with(move |state| match state.check_leader() {
             Ok(()) => Ok(is_majority(acks, cluster_size)),
             // Deposed during the round (a newer term, or a majority that
             // would not follow it): like any follower, no majority.
             Err(NodeError::NotLeader { .. }) => Ok(false),
             Err(crashed) => Err(crashed),
-        }
+        })
+        .await?
     }
 
     /// Repairs every peer at once, then, in further passes, every peer
@@ -410,12 +516,16 @@ impl RaftNode {
                     reachable.remove(&peer);
                 }
             }
-            let state = self.state();
-            pending = reachable
-                .iter()
-                .copied()
-                .filter(|&peer| state.core.peer_is_behind(peer))
-                .collect();
+            let candidates = reachable.clone();
+            pending = self
+                .with(move |state| {
+                    candidates
+                        .into_iter()
+                        .filter(|&peer| state.core.peer_is_behind(peer))
+                        .collect()
+                })
+                .await
+                .unwrap_or_default();
         }
         acknowledged.len()
     }
@@ -447,70 +557,93 @@ impl RaftNode {
         peer: ServerId,
         max_entries: usize,
     ) -> Option<(bool, ReplicationStatus)> {
-        let outgoing = {
-            let state = self.state();
-            if state.crashed {
-                return None;
-            }
-            state.core.sync_request(peer, max_entries)?
-        };
-        let client = self.shared.peers[peer].as_ref()?.client.clone();
-        let (sent, outcome) = call(client, outgoing).await;
-        self.feed_back(peer, &sent, outcome)
+        let (outgoing, crashes) = self
+            .with(move |state| {
+                let outgoing = state.buildable()?.core.sync_request(peer, max_entries)?;
+                Some((outgoing, state.crash_count()))
+            })
+            .await
+            .ok()
+            .flatten()?;
+        let (sent, outcome) = self.call(peer, outgoing, crashes).await;
+        self.feed_back(peer, sent, outcome).await
     }
 
-    /// Feeds the outcome of a call to `peer` back to the core: the reply, or
-    /// the failure. A reply that arrives while crashed is not acted on (the
-    /// server takes part in nothing) and counts as a failure, so the core
-    /// does not wait for it. Returns whether the reply acknowledged this
-    /// leader, and the core's verdict; `None` for a failure.
-    fn feed_back(
+    /// Feeds the outcome of a call to `peer` back to the core (see
+    /// [`State::feed_back`]).
+    async fn feed_back(
         &self,
         peer: ServerId,
-        sent: &SentAppend,
+        sent: SentAppend,
         outcome: Result<AppendEntryOutput, tonic::Status>,
     ) -> Option<(bool, ReplicationStatus)> {
-        let mut state = self.state();
-        let reply = match outcome {
-            Ok(reply) if !state.crashed => reply,
-            Ok(_) => {
-                state.core.report_unreachable(peer, sent);
-                return None;
-            }
-            Err(status) => {
-                tracing::debug!(peer, %status, "AppendEntries failed");
-                state.core.report_unreachable(peer, sent);
-                return None;
-            }
-        };
-        let acked = state.core.acknowledges_leadership(sent, &reply);
-        let was_confirmed = state.core.is_confirmed_leader();
-        let status = state.core.handle_append_response(peer, sent, &reply);
-        if !was_confirmed && state.core.is_confirmed_leader() {
-            // Proposals held back until now must reach every peer, including
-            // those whose tasks went idle after matching what could be sent.
-            self.wake_replicators();
-        }
-        self.after_core_step(&mut state);
-        Some((acked, status))
+        self.with(move |state| state.feed_back(peer, &sent, outcome))
+            .await
+            .ok()
+            .flatten()
     }
 
-    /// The requests the window lets the replication task send `peer` now.
-    fn window_requests(&self, peer: ServerId) -> Vec<Outgoing> {
-        let mut state = self.state();
-        if state.crashed {
-            return Vec::new();
+    /// Sends one AppendEntries to `peer` with a deadline, unless this
+    /// server is crashed after its `crashes`th crash first, when the call is
+    /// abandoned. The call runs as its own task from now on, so it
+    /// progresses while the replication task waits for the event loop (a
+    /// write under way); the request is moved into it, and only its
+    /// [`SentAppend`] is kept.
+    fn call(
+        &self,
+        peer: ServerId,
+        outgoing: Outgoing,
+        crashes: u64,
+    ) -> impl Future<Output = (SentAppend, Result<AppendEntryOutput, tonic::Status>)> + Send + use<>
+    {
+        let Outgoing { request, sent } = outgoing;
+        let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
+        let timeout = APPEND_TIMEOUT
+            + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC);
+        let reply = self.shared.transport.append_entries(peer, request, timeout);
+        let mut crashed = self.shared.crashes.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                outcome = reply => outcome,
+                // A closed channel means the loop is gone: abandon the call too.
+                _ = crashed.wait_for(|&c| c != crashes) => {
+                    Err(tonic::Status::cancelled("abandoned: this server was crashed"))
+                }
+            }
+        });
+        async move {
+            let outcome = task.await.unwrap_or_else(|error| {
+                Err(tonic::Status::internal(format!(
+                    "AppendEntries task failed: {error}"
+                )))
+            });
+            (sent, outcome)
         }
-        std::iter::from_fn(|| state.core.next_append(peer, MAX_BATCH_ENTRIES)).collect()
     }
 
-    /// A heartbeat for `peer`, unless crashed or not leading.
-    fn heartbeat_request(&self, peer: ServerId) -> Option<Outgoing> {
-        let state = self.state();
-        if state.crashed {
-            return None;
-        }
-        state.core.sync_request(peer, 0)
+    /// The requests the window lets the replication task send `peer` now,
+    /// and the crash count they were built at.
+    async fn window_requests(&self, peer: ServerId) -> Built {
+        self.with(move |state| {
+            if let Some(held) = state.held.get_mut(peer) {
+                *held = false;
+            }
+            state.build(peer)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// A heartbeat for `peer`, unless crashed or not leading, and the crash
+    /// count it was built at.
+    async fn heartbeat_request(&self, peer: ServerId) -> Option<(Outgoing, u64)> {
+        self.with(move |state| {
+            let outgoing = state.buildable()?.core.sync_request(peer, 0)?;
+            Some((outgoing, state.crash_count()))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The per-peer replication loop. It keeps as many AppendEntries in
@@ -524,8 +657,9 @@ impl RaftNode {
     /// hundreds of times a second. When the backoff ends it tries again if
     /// anything asked it to meanwhile or entries wait for a commit, so a
     /// blocked `UpdateFile` completes by itself once a majority is back.
-    async fn replicate(self, peer: ServerId) {
-        let Some(link) = self.shared.peers[peer].as_ref() else {
+    /// It ends when storage fails.
+    async fn replicate(self, peer: ServerId, mut inbox: mpsc::UnboundedReceiver<Built>) {
+        let Some(wake) = self.shared.peers.get(peer).cloned().flatten() else {
             return;
         };
         let mut ticker = self.shared.config.heartbeat.map(|period| {
@@ -541,17 +675,18 @@ impl RaftNode {
         // Something asked for a send while the peer was held.
         let mut asked = false;
         let mut beat_due = false;
-        loop {
+        while !*self.shared.failed.borrow() {
             if !paused {
-                for outgoing in self.window_requests(peer) {
-                    calls.push(call(link.client.clone(), outgoing));
+                let (requests, crashes) = self.window_requests(peer).await;
+                for outgoing in requests {
+                    calls.push(self.call(peer, outgoing, crashes));
                 }
             }
             if std::mem::take(&mut beat_due)
                 && calls.is_empty()
-                && let Some(outgoing) = self.heartbeat_request(peer)
+                && let Some((outgoing, crashes)) = self.heartbeat_request(peer).await
             {
-                calls.push(call(link.client.clone(), outgoing));
+                calls.push(self.call(peer, outgoing, crashes));
             }
             let tick = async {
                 match ticker.as_mut() {
@@ -569,7 +704,7 @@ impl RaftNode {
             };
             tokio::select! {
                 Some((sent, outcome)) = calls.next(), if !calls.is_empty() => {
-                    match self.feed_back(peer, &sent, outcome) {
+                    match self.feed_back(peer, sent, outcome).await {
                         None | Some((_, ReplicationStatus::Denied)) => {
                             paused = true;
                             // The calls of one window fail together: one step.
@@ -584,7 +719,14 @@ impl RaftNode {
                         Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
                     }
                 }
-                () = link.wake.notified() => {
+                Some((requests, crashes)) = inbox.recv() => {
+                    // Recorded as sent in the core's window: sent whatever
+                    // the backoff, or the window would wait for them.
+                    for outgoing in requests {
+                        calls.push(self.call(peer, outgoing, crashes));
+                    }
+                }
+                () = wake.notified() => {
                     if held_until.is_some() {
                         asked = true;
                     } else {
@@ -601,7 +743,7 @@ impl RaftNode {
                 }
                 () = release => {
                     held_until = None;
-                    if std::mem::take(&mut asked) || self.awaits_commit() {
+                    if std::mem::take(&mut asked) || self.awaits_commit().await {
                         paused = false;
                     }
                 }
@@ -613,146 +755,265 @@ impl RaftNode {
     /// failed peer must be retried, or the pending `UpdateFile` calls would
     /// wait for an explicit heartbeat. Otherwise lagging peers catch up on
     /// the next heartbeat or proposal, as in the original.
-    fn awaits_commit(&self) -> bool {
-        let state = self.state();
-        !state.crashed
-            && state.core.is_leader()
-            && state.core.commit_index() < state.core.last_index()
+    async fn awaits_commit(&self) -> bool {
+        self.with(|state| {
+            !state.crashed
+                && state.core.is_leader()
+                && state.core.commit_index() < state.core.last_index()
+        })
+        .await
+        .unwrap_or(false)
     }
 
-    /// `AppendEntries` from a leader, validated at the edge.
-    pub fn append_entries(&self, request: AppendRequest) -> Result<AppendEntryOutput, NodeError> {
-        let mut state = self.state();
-        if state.crashed {
-            return Err(NodeError::Crashed);
-        }
-        let reply = state.core.handle_append_entries(request);
-        self.after_core_step(&mut state);
-        Ok(reply)
+    /// `AppendEntries` from a leader, validated at the edge. The reply
+    /// leaves once what it acknowledges is durable.
+    pub async fn append_entries(
+        &self,
+        request: AppendRequest,
+    ) -> Result<AppendEntryOutput, NodeError> {
+        self.with(move |state| {
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            Ok(state.core.handle_append_entries(request))
+        })
+        .await?
     }
 
-    /// After any core step: apply what became committed, answer the waiters
-    /// whose entries were applied, and fail the rest if leadership was lost.
-    fn after_core_step(&self, state: &mut State) {
-        let ready = state.core.take_ready();
-        if ready.hard_state.is_some() || ready.log_changed_from.is_some() {
-            if let Some(from) = ready.log_changed_from {
-                state.durable_len = usize::try_from(from).unwrap_or(0) + ready.entries.len();
-            }
-            let durable = &state.core.log()[..state.durable_len];
-            if let Err(error) =
-                state
-                    .storage
-                    .save(&state.core.hard_state(), durable, ready.log_changed_from)
-            {
-                // Nothing that depends on this step may leave the process:
-                // stop here, as etcd does when its WAL fails.
-                tracing::error!(%error, "cannot persist raft state; stopping");
-                std::process::exit(1);
-            }
-        }
-        if !ready.committed.is_empty() && state.core.is_leader() {
-            // Tell followers the new commit index now rather than at the next
-            // heartbeat: until they know it, a new leader could not serve
-            // these entries (it may only commit entries of its own term).
-            self.wake_replicators();
-        }
-        for (index, entry) in ready.committed {
-            let term = entry.term;
-            let version = state.map.apply(entry.meta);
-            if let Some((proposed_term, tx)) = state.waiters.remove(&index) {
-                let result = if proposed_term == term {
-                    Ok(version)
-                } else {
-                    Err(self.not_leader(&state.core))
-                };
-                // The caller may have given up (deadline); nothing to do then.
-                let _ = tx.send(result);
-            }
-        }
-        if state.waiters.is_empty() {
-            return;
-        }
-        if state.core.is_leader() {
-            // Entries an unconfirmed leader dropped on stepping down, or
-            // that a newer leader replaced, will never answer their callers.
-            let log = state.core.log();
-            let gone: Vec<LogIndex> = state
-                .waiters
-                .iter()
-                .filter(|&(&index, &(term, _))| {
-                    usize::try_from(index)
-                        .ok()
-                        .and_then(|i| log.get(i))
-                        .map(|e| e.term)
-                        != Some(term)
-                })
-                .map(|(&index, _)| index)
-                .collect();
-            let error = self.not_leader(&state.core);
-            for index in gone {
-                if let Some((_, tx)) = state.waiters.remove(&index) {
-                    let _ = tx.send(Err(error.clone()));
-                }
-            }
-        } else {
-            let error = self.not_leader(&state.core);
-            fail_waiters(state, &error);
-        }
-    }
-
-    /// `Crash`: enters the crashed state; pending calls fail.
-    pub fn crash(&self) {
-        let mut state = self.state();
-        state.crashed = true;
-        fail_waiters(&mut state, &NodeError::Crashed);
+    /// `Crash`: enters the crashed state; pending calls fail, and the
+    /// AppendEntries this server has in flight are abandoned.
+    pub async fn crash(&self) -> Result<(), NodeError> {
+        self.with(|state| {
+            state.crashed = true;
+            state.crashes.send_modify(|count| *count += 1);
+            state.fail_waiters(&NodeError::Crashed);
+        })
+        .await
     }
 
     /// `Restore`: leaves the crashed state.
-    pub fn restore(&self) {
-        self.state().crashed = false;
+    pub async fn restore(&self) -> Result<(), NodeError> {
+        self.with(|state| state.crashed = false).await?;
         self.wake_replicators();
+        Ok(())
     }
 
     /// `IsCrashed`.
-    pub fn is_crashed(&self) -> bool {
-        self.state().crashed
+    pub async fn is_crashed(&self) -> Result<bool, NodeError> {
+        self.with(|state| state.crashed).await
     }
 
     /// `GetInternalState`: works whether crashed or not.
-    pub fn internal_state(&self) -> InternalState {
-        let state = self.state();
-        InternalState {
+    pub async fn internal_state(&self) -> Result<InternalState, NodeError> {
+        self.with(|state| InternalState {
             is_leader: state.core.is_leader(),
             term: state.core.term(),
             log: state.core.log().to_vec(),
             map: state.map.to_proto(),
+        })
+        .await
+    }
+}
+
+impl State {
+    fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader: self
+                .core
+                .leader_hint()
+                .and_then(|l| self.addrs.get(l).cloned()),
+        }
+    }
+
+    /// The error for a call that needs a live leader, if this server is not one.
+    fn check_leader(&self) -> Result<(), NodeError> {
+        if self.crashed {
+            Err(NodeError::Crashed)
+        } else if self.core.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// The state, if requests may be built from it: not while crashed.
+    fn buildable(&mut self) -> Option<&mut State> {
+        (!self.crashed).then_some(self)
+    }
+
+    fn crash_count(&self) -> u64 {
+        *self.crashes.borrow()
+    }
+
+    /// The requests the window lets this server send `peer` now, unless
+    /// crashed.
+    fn build(&mut self, peer: ServerId) -> Built {
+        let count = self.crash_count();
+        let Some(state) = self.buildable() else {
+            return (Vec::new(), count);
+        };
+        let core = &mut state.core;
+        let requests = std::iter::from_fn(|| core.next_append(peer, MAX_BATCH_ENTRIES));
+        (requests.collect(), count)
+    }
+
+    /// Feeds the outcome of a call to `peer` back to the core: the reply, or
+    /// the failure. A reply that arrives while crashed is not acted on (the
+    /// server takes part in nothing) and counts as a failure, so the core
+    /// does not wait for it. Returns whether the reply acknowledged this
+    /// leader, and the core's verdict; `None` for a failure.
+    fn feed_back(
+        &mut self,
+        peer: ServerId,
+        sent: &SentAppend,
+        outcome: Result<AppendEntryOutput, tonic::Status>,
+    ) -> Option<(bool, ReplicationStatus)> {
+        let reply = match outcome {
+            Ok(reply) if !self.crashed => reply,
+            Ok(_) => {
+                self.core.report_unreachable(peer, sent);
+                self.hold(peer);
+                return None;
+            }
+            Err(status) => {
+                tracing::debug!(peer, %status, "AppendEntries failed");
+                self.core.report_unreachable(peer, sent);
+                self.hold(peer);
+                return None;
+            }
+        };
+        let acked = self.core.acknowledges_leadership(sent, &reply);
+        let status = self.core.handle_append_response(peer, sent, &reply);
+        if status == ReplicationStatus::Denied {
+            self.hold(peer);
+        }
+        Some((acked, status))
+    }
+
+    /// Carries out a durable Ready's answers: the calls whose proposals
+    /// were abandoned, then the committed entries, applied in order, and the
+    /// calls they complete.
+    fn carry_out(&mut self, ready: Ready) {
+        if !ready.abandoned.is_empty() {
+            let error = self.not_leader();
+            for key in ready.abandoned {
+                if let Some(tx) = self.waiters.remove(&key) {
+                    // The caller may have given up (deadline); nothing to do then.
+                    let _ = tx.send(Err(error.clone()));
+                }
+            }
+        }
+        for (index, entry) in ready.committed {
+            let key = (index, entry.term);
+            let version = self.map.apply(entry.meta);
+            if let Some(tx) = self.waiters.remove(&key) {
+                let _ = tx.send(Ok(version));
+            }
+        }
+    }
+
+    /// Notes that `peer`'s replication task backs off (see
+    /// [`RaftNode::replicate`]): it builds again once the backoff ends.
+    fn hold(&mut self, peer: ServerId) {
+        if let Some(held) = self.held.get_mut(peer) {
+            *held = true;
+        }
+    }
+
+    fn fail_waiters(&mut self, error: &NodeError) {
+        for (_, tx) in std::mem::take(&mut self.waiters) {
+            let _ = tx.send(Err(error.clone()));
         }
     }
 }
 
-/// Sends one AppendEntries with a deadline. It owns what it needs, so calls
-/// to one peer can be in flight together while the node's mutex is free;
-/// the request is moved into the call, and only its [`SentAppend`] is kept.
-async fn call(
-    mut client: RaftSurfstoreClient<Channel>,
-    outgoing: Outgoing,
-) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
-    let Outgoing { request, sent } = outgoing;
-    let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(
-        APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC),
-    );
-    let outcome = client
-        .append_entries(request)
-        .await
-        .map(tonic::Response::into_inner);
-    (sent, outcome)
-}
+impl Driver {
+    /// Turns until every handle of the node is gone: each takes every step
+    /// waiting, so one write covers them all.
+    async fn run(mut self) {
+        while let Some(step) = self.steps.recv().await {
+            let mut answers = vec![step(&mut self.state)];
+            while let Ok(step) = self.steps.try_recv() {
+                answers.push(step(&mut self.state));
+            }
+            self.finish_turn(answers).await;
+        }
+    }
 
-fn fail_waiters(state: &mut State, error: &NodeError) {
-    for (_, (_, tx)) in std::mem::take(&mut state.waiters) {
-        let _ = tx.send(Err(error.clone()));
+    /// Persists the turn's Ready, then lets its effects out: wakes the
+    /// replication tasks if the core asks, answers proposals, and delivers
+    /// the steps' answers. After a failed write nothing of the turn leaves:
+    /// the answers are dropped (their callers see [`NodeError::Failed`]).
+    async fn finish_turn(&mut self, answers: Vec<Answer>) {
+        let mut ready = self.state.core.take_ready();
+        // A leader sends its new entries while it writes them (Raft thesis
+        // §10.2.1). Its own copy counts toward a majority only once durable,
+        // and it does: replies are steps, and no step runs before this write
+        // ends. A new term or vote must be durable before any request of it.
+        let send_now = ready.wake_peers && !ready.new_term_or_vote;
+        if send_now {
+            self.send_to_peers();
+        }
+        if let Err(error) = self.persist(&mut ready).await {
+            tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
+            self.state.failed = true;
+            self.state.failed_signal.send_replace(true);
+            self.state.fail_waiters(&NodeError::Failed);
+            return;
+        }
+        if ready.wake_peers && !send_now {
+            for (_, wake) in &self.wakes {
+                wake.notify_one();
+            }
+        }
+        self.state.carry_out(ready);
+        for answer in answers {
+            answer();
+        }
+    }
+
+    /// Builds what each peer's window allows now and hands it to the peer's
+    /// replication task; a peer backing off is only woken, its task decides.
+    fn send_to_peers(&mut self) {
+        for (peer, wake) in &self.wakes {
+            if self.state.held.get(*peer).copied().unwrap_or(true) {
+                wake.notify_one();
+                continue;
+            }
+            let built = self.state.build(*peer);
+            if !built.0.is_empty()
+                && let Some(Some(outbox)) = self.state.outboxes.get(*peer)
+            {
+                // A closed outbox: the task ended with a storage failure.
+                let _ = outbox.send(built);
+            }
+        }
+    }
+
+    /// Writes what `ready` asks to persist (its entries are moved out) on a
+    /// blocking thread when the storage touches a disk.
+    async fn persist(&mut self, ready: &mut Ready) -> Result<(), PersistError> {
+        if ready.hard_state.is_none() && ready.log_changed_from.is_none() {
+            return Ok(());
+        }
+        let mut storage = self.storage.take().ok_or(PersistError::Writer)?;
+        let (hard, from, sync) = (ready.hard_state, ready.log_changed_from, ready.must_sync);
+        let entries = std::mem::take(&mut ready.entries);
+        if !storage.blocks() {
+            let saved = storage.save(hard, from, &entries, sync);
+            self.storage = Some(storage);
+            return Ok(saved?);
+        }
+        let (storage, saved) = tokio::task::spawn_blocking(move || {
+            let saved = storage.save(hard, from, &entries, sync);
+            (storage, saved)
+        })
+        .await
+        .map_err(|_| PersistError::Writer)?;
+        self.storage = Some(storage);
+        Ok(saved?)
     }
 }
+
+#[cfg(test)]
+mod tests;

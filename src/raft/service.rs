@@ -2,12 +2,15 @@
 //! and the plain `MetaStore` service on the same node so clients written for
 //! a single MetaStore can talk to a Raft server too.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::AppendRequest;
-use super::node::{NodeError, RaftNode};
+use super::node::{NodeConfig, NodeError, RaftNode, StartError};
+use super::storage::RaftStorage;
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::meta_store::{EncodedMapServer, MapSource};
 use crate::proto::{
@@ -72,10 +75,46 @@ impl MapSource for RaftService {
     }
 }
 
+/// Why a Raft server stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The node could not persist its state and stopped serving.
+    #[error("cannot persist raft state; stopping")]
+    Storage,
+}
+
+/// Runs one Raft server on `listener` until `shutdown` completes (then
+/// `Ok`) or its storage fails: starts the node from `storage`, and serves
+/// `RaftSurfstore` and `MetaStore` over it. The binary only parses its
+/// arguments; a test can hand over a listener it bound itself.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: NodeConfig,
+    storage: Box<dyn RaftStorage>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let node = RaftNode::start(config, storage)?;
+    let service = RaftService::new(node.clone());
+    let serve = crate::grpc::server()
+        .add_service(service.raft_server())
+        .add_service(service.meta_server())
+        .serve_with_incoming_shutdown(crate::grpc::incoming(listener), shutdown);
+    tokio::select! {
+        served = serve => Ok(served?),
+        () = node.failed() => Err(ServeError::Storage),
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(error: NodeError) -> Self {
         match error {
-            NodeError::Crashed => Status::unavailable(error.to_string()),
+            NodeError::Crashed | NodeError::Failed => Status::unavailable(error.to_string()),
             NodeError::NotLeader { .. } | NodeError::TermExhausted(_) => {
                 Status::failed_precondition(error.to_string())
             }
@@ -97,11 +136,11 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         // Checked here, once, so the core never sees a value no leader sends.
         let request = AppendRequest::try_from(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("AppendEntries refused: {e}")))?;
-        Ok(Response::new(self.node.append_entries(request)?))
+        Ok(Response::new(self.node.append_entries(request).await?))
     }
 
     async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.set_leader()?;
+        self.node.set_leader().await?;
         Ok(success(true))
     }
 
@@ -134,7 +173,7 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         &self,
         _request: Request<()>,
     ) -> Result<Response<RaftInternalState>, Status> {
-        let state = self.node.internal_state();
+        let state = self.node.internal_state().await?;
         Ok(Response::new(RaftInternalState {
             is_leader: state.is_leader,
             term: state.term,
@@ -145,17 +184,17 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
 
     async fn is_crashed(&self, _request: Request<()>) -> Result<Response<CrashedState>, Status> {
         Ok(Response::new(CrashedState {
-            is_crashed: self.node.is_crashed(),
+            is_crashed: self.node.is_crashed().await?,
         }))
     }
 
     async fn restore(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.restore();
+        self.node.restore().await?;
         Ok(success(true))
     }
 
     async fn crash(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.crash();
+        self.node.crash().await?;
         Ok(success(true))
     }
 }
@@ -181,5 +220,61 @@ impl meta_store_server::MetaStore for RaftService {
         _request: Request<()>,
     ) -> Result<Response<BlockStoreAddr>, Status> {
         self.block_store_addr().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
+    use crate::raft::storage::StorageError;
+    use crate::raft::{Entry, HardState, LogIndex};
+
+    /// Storage whose every write fails.
+    struct FailingStorage;
+
+    impl RaftStorage for FailingStorage {
+        fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+            Ok((HardState::default(), Vec::new()))
+        }
+
+        fn save(
+            &mut self,
+            _hard: Option<HardState>,
+            _from: Option<LogIndex>,
+            _entries: &[Entry],
+            _must_sync: bool,
+        ) -> Result<(), StorageError> {
+            Err(StorageError::Io {
+                op: "write",
+                path: "test-disk".into(),
+                source: std::io::Error::other("injected failure"),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_on_a_handed_listener_stops_with_an_error_when_storage_fails() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = NodeConfig {
+            id: 0,
+            addrs: vec![addr.clone()],
+            block_store_addr: "blocks".into(),
+            heartbeat: None,
+            pipeline_depth: 1,
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            config,
+            Box::new(FailingStorage),
+            std::future::pending(),
+        ));
+        let mut client = RaftSurfstoreClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let status = client.set_leader(()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(matches!(server.await.unwrap(), Err(ServeError::Storage)));
     }
 }

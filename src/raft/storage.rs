@@ -1,9 +1,9 @@
 //! What a Raft server must not forget: its [`HardState`] (term, vote, commit
 //! index) and its log, behind the [`RaftStorage`] trait.
 //!
-//! The node calls [`RaftStorage::save`] with the core's state before it
-//! sends any reply or message that depends on it, and [`RaftStorage::load`]
-//! once at start. [`MemoryStorage`] keeps nothing (the original, in-memory
+//! The node hands [`RaftStorage::save`] what each [`super::Ready`] says to
+//! persist before it sends any reply or message that depends on it, and
+//! calls [`RaftStorage::load`] once at start. [`MemoryStorage`] keeps nothing (the original, in-memory
 //! behaviour); [`FileStorage`] keeps everything in one [`Wal`] under
 //! `--data-dir`.
 //!
@@ -11,8 +11,11 @@
 //!
 //! Every `save` that changes anything appends exactly **one** WAL record
 //! holding "cut the log to `k` entries, then append these, then the hard
-//! state is this" (each part optional), followed by one fdatasync. Replay
-//! folds the records in order.
+//! state is this" (each part optional), followed by one fdatasync unless
+//! only the commit index moved. Replay folds the records in order. An
+//! unsynced record survives a SIGKILL (the page cache holds it), which is
+//! what SPEC §7 promises; a power loss may take it, and with it only the
+//! commit index, which the leader teaches again.
 //!
 //! * **Atomic.** A record is all-or-nothing after a crash, so a save that
 //!   both drops a conflicting suffix and adopts a new term can never be half
@@ -47,19 +50,27 @@ pub trait RaftStorage: Send {
     /// yields `HardState::default()` and an empty log.
     fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError>;
 
-    /// Makes `hard` and `log` durable before returning. `log_changed_from`
-    /// is the first index whose entry may differ from what was saved before
-    /// (after a conflict was cut, or where new entries start); stored
-    /// entries from there on are replaced by `log[from..]`, and entries
-    /// before it are trusted to be unchanged. `None` means the log did not
-    /// change except perhaps by appending. A call that changes nothing does
-    /// no I/O.
+    /// Writes what a [`super::Ready`] asks for, in one piece: when `from`
+    /// is set, the stored log becomes its first `from` entries followed by
+    /// `entries`; then the hard state becomes `hard`, when set. With
+    /// `must_sync` it is durable before this returns; without, it is written
+    /// but may be lost in a crash until a later synced save. `from` is never
+    /// past the end of the stored log (the core promises it; a `from` that
+    /// is, is refused). A call with nothing to write does no I/O.
     fn save(
         &mut self,
-        hard: &HardState,
-        log: &[Entry],
-        log_changed_from: Option<LogIndex>,
+        hard: Option<HardState>,
+        from: Option<LogIndex>,
+        entries: &[Entry],
+        must_sync: bool,
     ) -> Result<(), StorageError>;
+
+    /// Whether `save` may block on a disk, so the node runs it on a
+    /// blocking thread; storage that keeps nothing is called in place,
+    /// sparing every step a thread hand-off.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// Keeps nothing: a server without `--data-dir` starts empty every time.
@@ -73,11 +84,16 @@ impl RaftStorage for MemoryStorage {
 
     fn save(
         &mut self,
-        _hard: &HardState,
-        _log: &[Entry],
-        _log_changed_from: Option<LogIndex>,
+        _hard: Option<HardState>,
+        _from: Option<LogIndex>,
+        _entries: &[Entry],
+        _must_sync: bool,
     ) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 
@@ -89,9 +105,7 @@ pub const LOG_FILE: &str = "raft.wal";
 #[derive(Debug)]
 pub struct FileStorage {
     wal: Wal,
-    /// The hard state as last made durable.
-    hard: HardState,
-    /// How many log entries are durable.
+    /// How many log entries are stored.
     stored_len: usize,
     /// What was replayed at open, handed out by the first `load`.
     loaded: Option<(HardState, Vec<Entry>)>,
@@ -116,7 +130,6 @@ impl FileStorage {
         );
         Ok(FileStorage {
             wal,
-            hard: state.0,
             stored_len: state.1.len(),
             loaded: Some(state),
         })
@@ -138,36 +151,44 @@ impl RaftStorage for FileStorage {
 
     fn save(
         &mut self,
-        hard: &HardState,
-        log: &[Entry],
-        log_changed_from: Option<LogIndex>,
+        hard: Option<HardState>,
+        from: Option<LogIndex>,
+        entries: &[Entry],
+        must_sync: bool,
     ) -> Result<(), StorageError> {
-        // A negative hint means "everything may have changed". Clamping to
-        // what is stored also covers a caller that skipped a save.
-        let hinted = log_changed_from.map_or(self.stored_len, |k| usize::try_from(k).unwrap_or(0));
-        let from = hinted.min(self.stored_len).min(log.len());
-        let log_changes = from < self.stored_len || from < log.len();
-        let hard_changes = *hard != self.hard;
-        if !log_changes && !hard_changes {
+        if hard.is_none() && from.is_none() {
             return Ok(());
         }
+        let log_from = from
+            .map(|from| {
+                usize::try_from(from)
+                    .ok()
+                    .filter(|&from| from <= self.stored_len)
+                    .ok_or_else(|| StorageError::Io {
+                        op: "write past the end of the log in",
+                        path: self.wal.path().to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("from {from}, {} entries stored", self.stored_len),
+                        ),
+                    })
+            })
+            .transpose()?;
         let record = SaveRecord {
-            log_from: log_changes.then_some(from as u64),
-            entries: if log_changes {
-                log[from..]
-                    .iter()
-                    .cloned()
-                    .map(UpdateOperation::from)
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            hard: hard_changes.then(|| HardRecord::from(hard)),
+            log_from: log_from.map(|from| from as u64),
+            // Entries belong at `from`; without one there is nowhere to put them.
+            entries: log_from
+                .map(|_| entries.iter().cloned().map(UpdateOperation::from).collect())
+                .unwrap_or_default(),
+            hard: hard.as_ref().map(HardRecord::from),
         };
         self.wal.append(&record.encode_to_vec())?;
-        self.wal.sync()?;
-        self.hard = *hard;
-        self.stored_len = log.len();
+        if must_sync {
+            self.wal.sync()?;
+        }
+        if let Some(from) = log_from {
+            self.stored_len = from + entries.len();
+        }
         Ok(())
     }
 }
@@ -292,7 +313,7 @@ mod tests {
         assert_eq!(loaded, (HardState::default(), vec![]));
         assert_eq!(MemoryStorage.load().unwrap(), loaded);
         MemoryStorage
-            .save(&hard(1, 0), &[entry(1, "a")], Some(0))
+            .save(Some(hard(1, 0)), Some(0), &[entry(1, "a")], true)
             .unwrap();
         assert_eq!(MemoryStorage.load().unwrap(), loaded);
     }
@@ -302,9 +323,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = vec![entry(1, "a"), entry(1, "b")];
         let mut storage = FileStorage::open(dir.path()).unwrap();
-        storage.save(&hard(1, -1), &log, Some(0)).unwrap();
+        storage
+            .save(Some(hard(1, -1)), Some(0), &log, true)
+            .unwrap();
         log.push(entry(1, "c"));
-        storage.save(&hard(1, 1), &log, Some(2)).unwrap();
+        storage
+            .save(Some(hard(1, 1)), Some(2), &log[2..], true)
+            .unwrap();
         assert_eq!(reopen(dir.path()), (hard(1, 1), log.clone()));
 
         let mut storage = FileStorage::open(dir.path()).unwrap();
@@ -314,7 +339,9 @@ mod tests {
             voted_for: None,
             ..hard(2, 3)
         };
-        storage.save(&no_vote, &log, Some(3)).unwrap();
+        storage
+            .save(Some(no_vote), Some(3), &log[3..], true)
+            .unwrap();
         // A second load reads what is on disk now.
         assert_eq!(storage.load().unwrap(), (no_vote, log.clone()));
         assert_eq!(reopen(dir.path()), (no_vote, log));
@@ -325,28 +352,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut storage = FileStorage::open(dir.path()).unwrap();
         let old: Vec<Entry> = ["a", "b", "c", "d", "e"].map(|n| entry(1, n)).to_vec();
-        storage.save(&hard(1, 1), &old, None).unwrap();
+        storage.save(Some(hard(1, 1)), Some(0), &old, true).unwrap();
         let mut new = old[..2].to_vec();
         new.extend([entry(2, "x"), entry(2, "y")]);
-        storage.save(&hard(2, 1), &new, Some(2)).unwrap();
+        storage
+            .save(Some(hard(2, 1)), Some(2), &new[2..], true)
+            .unwrap();
         assert_eq!(reopen(dir.path()), (hard(2, 1), new.clone()));
 
         // Cutting without appending, then appending on top after a reopen.
         let mut storage = FileStorage::open(dir.path()).unwrap();
-        storage.save(&hard(2, 1), &new[..1], Some(1)).unwrap();
+        storage.save(None, Some(1), &[], true).unwrap();
         assert_eq!(reopen(dir.path()), (hard(2, 1), new[..1].to_vec()));
         let mut storage = FileStorage::open(dir.path()).unwrap();
         let last = [new[0].clone(), entry(3, "z")];
-        storage.save(&hard(3, 1), &last, Some(1)).unwrap();
+        storage
+            .save(Some(hard(3, 1)), Some(1), &last[1..], true)
+            .unwrap();
         assert_eq!(reopen(dir.path()), (hard(3, 1), last.to_vec()));
     }
 
     #[test]
-    fn a_hint_past_what_was_saved_still_saves_everything() {
+    fn a_save_past_the_stored_log_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut storage = FileStorage::open(dir.path()).unwrap();
         let log = vec![entry(1, "a"), entry(1, "b")];
-        storage.save(&hard(1, -1), &log, Some(5)).unwrap();
+        storage
+            .save(Some(hard(1, -1)), Some(0), &log, true)
+            .unwrap();
+        let err = storage
+            .save(None, Some(3), &[entry(1, "c")], true)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("from 3, 2 entries stored"),
+            "{err}"
+        );
         assert_eq!(reopen(dir.path()), (hard(1, -1), log));
     }
 
@@ -355,13 +395,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut storage = FileStorage::open(dir.path()).unwrap();
         let log = vec![entry(1, "a")];
-        storage.save(&hard(1, 0), &log, Some(0)).unwrap();
+        storage.save(Some(hard(1, 0)), Some(0), &log, true).unwrap();
         let len = file_len(dir.path());
-        storage.save(&hard(1, 0), &log, None).unwrap();
-        storage.save(&hard(1, 0), &log, Some(1)).unwrap();
+        storage.save(None, None, &[], true).unwrap();
         assert_eq!(file_len(dir.path()), len);
-        // Only the hard state changed: a small record, no entries rewritten.
-        storage.save(&hard(1, 1), &log, None).unwrap();
+        // Only the commit index moved: a small record, written unsynced.
+        storage.save(Some(hard(1, 1)), None, &[], false).unwrap();
         assert!(file_len(dir.path()) - len < 40);
         assert_eq!(reopen(dir.path()), (hard(1, 1), log));
     }
@@ -371,10 +410,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = vec![entry(1, "a")];
         let mut storage = FileStorage::open(dir.path()).unwrap();
-        storage.save(&hard(1, -1), &first, Some(0)).unwrap();
+        storage
+            .save(Some(hard(1, -1)), Some(0), &first, true)
+            .unwrap();
         let saved = file_len(dir.path());
         let second = vec![entry(2, "x"), entry(2, "y")];
-        storage.save(&hard(2, 0), &second, Some(0)).unwrap();
+        storage
+            .save(Some(hard(2, 0)), Some(0), &second, true)
+            .unwrap();
         let full = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
         for cut in [saved as usize + 3, full.len() - 1] {
             std::fs::write(dir.path().join(LOG_FILE), &full[..cut]).unwrap();
@@ -393,7 +436,7 @@ mod tests {
         let log = vec![entry(1, "a"), entry(1, "b")];
         FileStorage::open(dir.path())
             .unwrap()
-            .save(&hard(1, 1), &log, Some(0))
+            .save(Some(hard(1, 1)), Some(0), &log, true)
             .unwrap();
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -407,9 +450,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut storage = FileStorage::open(dir.path()).unwrap();
         storage
-            .save(&hard(1, -1), &[entry(1, "a")], Some(0))
+            .save(Some(hard(1, -1)), Some(0), &[entry(1, "a")], true)
             .unwrap();
-        storage.save(&hard(1, 0), &[entry(1, "a")], None).unwrap();
+        storage.save(Some(hard(1, 0)), None, &[], true).unwrap();
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[12] ^= 0x40;

@@ -6,7 +6,7 @@
 //! (confirmed leaders, committed entries) so that [`Cluster::check`] can
 //! compare every server against history after each step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use surfstore::meta_store::FileMap;
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
@@ -31,6 +31,9 @@ const ROUND_PASSES: usize = 4;
 /// What survives a restart of one server.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
+    /// The hard state as last written. A write a Ready did not ask to sync
+    /// survives a process kill (the page cache keeps it), which is what a
+    /// restart here models.
     pub hard: HardState,
     pub log: Vec<Entry>,
     /// Proposal number of each entry of `log` (see [`History::proposals`]).
@@ -53,6 +56,9 @@ pub struct Server {
     touched: bool,
     /// Durable entries below this were already checked for their origin.
     origin_checked: usize,
+    /// This server's proposals (index, term) that no Ready answered yet,
+    /// as a committed entry or as abandoned.
+    unanswered: HashSet<(LogIndex, Term)>,
 }
 
 impl Server {
@@ -66,6 +72,7 @@ impl Server {
             applied: Vec::new(),
             touched: false,
             origin_checked: 0,
+            unanswered: HashSet::new(),
         }
     }
 }
@@ -164,11 +171,13 @@ impl Cluster {
         self.servers[id].crashed = false;
     }
 
-    /// A process restart: everything not on disk is lost, and the core is
-    /// rebuilt from the disk and replays its committed prefix.
+    /// A process restart: everything not on disk is lost, its callers with
+    /// it, and the core is rebuilt from the disk and replays its committed
+    /// prefix.
     pub fn restart(&mut self, id: ServerId) {
         let size = self.size();
         let server = &mut self.servers[id];
+        server.unanswered.clear();
         server.core = RaftCore::restore(id, size, server.disk.hard, server.disk.log.clone());
         server.map = FileMap::default();
         server.results.clear();
@@ -190,6 +199,7 @@ impl Cluster {
         let fresh = self.history.by_key.insert(key(&entry), number).is_none();
         assert!(fresh, "proposals must be distinguishable: {entry:?} again");
         self.history.proposals.push((entry, id));
+        self.servers[id].unanswered.insert((index, term));
         self.settle(id);
         Ok(index)
     }
@@ -390,9 +400,34 @@ impl Cluster {
             hard_state,
             log_changed_from,
             entries,
+            must_sync,
+            new_term_or_vote,
             committed,
+            abandoned,
+            wake_peers: _,
         } = ready;
         let server = &mut self.servers[id];
+        assert_eq!(
+            new_term_or_vote,
+            hard_state
+                .is_some_and(|h| h.term != server.disk.hard.term
+                    || h.voted_for != server.disk.hard.voted_for),
+            "server {id}: new_term_or_vote must say whether term or vote changed"
+        );
+        if !must_sync {
+            assert!(
+                log_changed_from.is_none()
+                    && hard_state.is_none_or(|h| h.term == server.disk.hard.term
+                        && h.voted_for == server.disk.hard.voted_for),
+                "server {id}: a Ready that changes more than the commit index must sync"
+            );
+        }
+        for proposal in abandoned {
+            assert!(
+                server.unanswered.remove(&proposal),
+                "server {id}: abandoned {proposal:?}, not an unanswered proposal"
+            );
+        }
         server.touched = true;
         let term = server.core.term();
         if let Some(from) = log_changed_from {
@@ -426,6 +461,7 @@ impl Cluster {
                 server.results.len(),
                 "server {id}: applied out of order"
             );
+            server.unanswered.remove(&(index, entry.term));
             let number = self.history.by_key.get(&key(&entry)).copied();
             server.applied.push(number.unwrap_or(usize::MAX));
             server.results.push(server.map.apply(entry.meta.clone()));
@@ -472,6 +508,7 @@ impl Cluster {
             if std::mem::take(&mut self.servers[id].touched) {
                 self.check_shared_log(id)?;
                 self.check_committed(id)?;
+                self.check_proposals(id)?;
             }
         }
         Ok(())
@@ -550,6 +587,27 @@ impl Cluster {
             log_matching(id, &self.servers[id].disk, other, &self.servers[other].disk)?;
         }
         self.servers[id].origin_checked = self.servers[id].disk.ids.len();
+        Ok(())
+    }
+
+    /// Every proposal is answered by a Ready: one still unanswered belongs
+    /// to a server leading the term it was made in, whose log holds it.
+    fn check_proposals(&self, id: ServerId) -> Result<(), String> {
+        let server = &self.servers[id];
+        let core = &server.core;
+        for &(index, term) in &server.unanswered {
+            let held = usize::try_from(index)
+                .ok()
+                .and_then(|at| core.log().get(at))
+                .is_some_and(|e| e.term == term);
+            ensure!(
+                core.is_leader() && core.term() == term && held,
+                "server {id}: proposal {index} of term {term} unanswered, but the server \
+                 leads: {}, term {}, holds it: {held}",
+                core.is_leader(),
+                core.term()
+            );
+        }
         Ok(())
     }
 

@@ -1,0 +1,303 @@
+//! The node in process: an in-memory transport between nodes, storage
+//! doubles that count, hold or fail writes, and tokio's paused clock; no
+//! processes, no ports.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
+
+use super::*;
+use crate::proto::AppendEntryInput;
+use crate::raft::HardState;
+
+fn meta(name: &str) -> FileMetaData {
+    FileMetaData {
+        filename: name.into(),
+        version: 1,
+        block_hash_list: vec![crate::hash::hash_block(name.as_bytes())],
+    }
+}
+
+fn config(id: ServerId, size: usize) -> NodeConfig {
+    NodeConfig {
+        id,
+        addrs: (0..size).map(|i| format!("server-{i}")).collect(),
+        block_store_addr: "blocks".into(),
+        heartbeat: None,
+        pipeline_depth: 1,
+    }
+}
+
+/// Storage that keeps nothing but counts writes; it can hold the `n`th
+/// write until released, and fail every write from some number on.
+#[derive(Default)]
+struct Disk {
+    writes: AtomicUsize,
+    fail_from: OnceLock<usize>,
+    hold: OnceLock<(usize, std::sync::Mutex<std::sync::mpsc::Receiver<()>>)>,
+    held: AtomicUsize,
+}
+
+struct TestStorage(Arc<Disk>);
+
+impl RaftStorage for TestStorage {
+    fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+        Ok((HardState::default(), Vec::new()))
+    }
+
+    fn save(
+        &mut self,
+        _hard: Option<HardState>,
+        _from: Option<LogIndex>,
+        _entries: &[Entry],
+        _must_sync: bool,
+    ) -> Result<(), StorageError> {
+        let n = self.0.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((at, release)) = self.0.hold.get()
+            && *at == n
+        {
+            self.0.held.store(n, Ordering::SeqCst);
+            let _ = crate::locks::lock(release).recv();
+        }
+        if self.0.fail_from.get().is_some_and(|&from| n >= from) {
+            return Err(StorageError::Io {
+                op: "write",
+                path: "test-disk".into(),
+                source: std::io::Error::other("injected failure"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Delivers requests to in-process nodes. While the gate is closed,
+/// requests wait at it (counted) before they are delivered.
+struct Loopback {
+    nodes: OnceLock<Vec<RaftNode>>,
+    open: watch::Sender<bool>,
+    waiting_with_entries: Arc<AtomicUsize>,
+}
+
+impl Transport for Loopback {
+    fn append_entries(
+        &self,
+        peer: ServerId,
+        request: AppendEntryInput,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<AppendEntryOutput, tonic::Status>> {
+        let node = self.nodes.get().and_then(|nodes| nodes.get(peer)).cloned();
+        let mut open = self.open.subscribe();
+        let waiting = self.waiting_with_entries.clone();
+        Box::pin(async move {
+            if !*open.borrow_and_update() {
+                let counted = !request.entries.is_empty();
+                if counted {
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = open.wait_for(|&o| o).await;
+            }
+            let node = node.ok_or_else(|| tonic::Status::unavailable("no such node"))?;
+            let request = AppendRequest::try_from(request)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            Ok(node.append_entries(request).await?)
+        })
+    }
+}
+
+/// `size` in-process nodes over one [`Loopback`], and their disks.
+fn cluster(size: usize) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
+    let transport = Arc::new(Loopback {
+        nodes: OnceLock::new(),
+        open: watch::channel(true).0,
+        waiting_with_entries: Arc::default(),
+    });
+    let disks: Vec<Arc<Disk>> = (0..size).map(|_| Arc::default()).collect();
+    let nodes: Vec<RaftNode> = disks
+        .iter()
+        .enumerate()
+        .map(|(id, disk)| {
+            let storage = Box::new(TestStorage(disk.clone()));
+            RaftNode::start_with(config(id, size), storage, transport.clone()).unwrap()
+        })
+        .collect();
+    assert!(transport.nodes.set(nodes.clone()).is_ok());
+    (nodes, disks, transport)
+}
+
+/// One server alone on `disk`.
+fn single(disk: &Arc<Disk>) -> RaftNode {
+    let transport = Arc::new(Loopback {
+        nodes: OnceLock::new(),
+        open: watch::channel(true).0,
+        waiting_with_entries: Arc::default(),
+    });
+    RaftNode::start_with(config(0, 1), Box::new(TestStorage(disk.clone())), transport).unwrap()
+}
+
+/// Polls `done`, letting every other task run between polls, until it
+/// holds. Not a sleep: while a blocking write runs, the paused clock does
+/// not advance.
+async fn until(mut done: impl FnMut() -> bool) {
+    while !done() {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_commit_writes_many_proposals_at_once() {
+    let disk = Arc::new(Disk::default());
+    let node = single(&disk);
+    node.set_leader().await.unwrap();
+    let before = disk.writes.load(Ordering::SeqCst);
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { node.update_file(meta(&format!("f{i}"))).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(1));
+    }
+    let writes = disk.writes.load(Ordering::SeqCst) - before;
+    assert!(writes < 8, "64 proposals took {writes} writes");
+    let state = node.internal_state().await.unwrap();
+    assert_eq!(state.log.len(), 64);
+    assert_eq!(state.map.file_info_map.len(), 64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_storage_failure_makes_the_node_fail_and_answer_nothing_it_covered() {
+    let disk = Arc::new(Disk::default());
+    let node = single(&disk);
+    node.set_leader().await.unwrap();
+    assert!(
+        disk.fail_from
+            .set(disk.writes.load(Ordering::SeqCst) + 1)
+            .is_ok()
+    );
+    assert_eq!(node.update_file(meta("a")).await, Err(NodeError::Failed));
+    tokio::time::timeout(Duration::from_secs(1), node.failed())
+        .await
+        .expect("the failure is signalled");
+    assert_eq!(node.is_crashed().await, Err(NodeError::Failed));
+    assert_eq!(
+        node.update_file(meta("b")).await,
+        Err(NodeError::Failed),
+        "nothing is served after a failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_a_write_lets_the_write_finish_first() {
+    let disk = Arc::new(Disk::default());
+    let node = single(&disk);
+    node.set_leader().await.unwrap();
+    let (release, held) = std::sync::mpsc::channel();
+    let at = disk.writes.load(Ordering::SeqCst) + 1;
+    assert!(disk.hold.set((at, std::sync::Mutex::new(held))).is_ok());
+    let update = tokio::spawn({
+        let node = node.clone();
+        async move { node.update_file(meta("a")).await }
+    });
+    until(|| disk.held.load(Ordering::SeqCst) == at).await;
+    let crash = tokio::spawn({
+        let node = node.clone();
+        async move { node.crash().await }
+    });
+    release.send(()).unwrap();
+    // The write was under way: its proposal commits and is answered, then
+    // the Crash takes effect.
+    assert_eq!(update.await.unwrap(), Ok(1));
+    assert_eq!(crash.await.unwrap(), Ok(()));
+    assert_eq!(node.is_crashed().await, Ok(true));
+    assert_eq!(node.update_file(meta("b")).await, Err(NodeError::Crashed));
+    assert_eq!(node.internal_state().await.unwrap().log.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_answered_when_leadership_is_lost() {
+    let (nodes, _disks, _transport) = cluster(3);
+    nodes[1].crash().await.unwrap();
+    nodes[2].crash().await.unwrap();
+    nodes[0].set_leader().await.unwrap();
+    // Confirmed by nobody: the proposal waits.
+    let update = tokio::spawn({
+        let node = nodes[0].clone();
+        async move { node.update_file(meta("a")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!update.is_finished());
+    // A leader of a newer term deposes it.
+    let newer = AppendEntryInput {
+        term: 5,
+        prev_log_index: -1,
+        prev_log_term: -1,
+        leader_commit: -1,
+        ..Default::default()
+    };
+    let reply = nodes[0]
+        .append_entries(AppendRequest::try_from(newer).unwrap())
+        .await
+        .unwrap();
+    assert!(reply.success);
+    assert!(matches!(
+        update.await.unwrap(),
+        Err(NodeError::NotLeader { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_abandons_requests_in_flight() {
+    let (nodes, _disks, transport) = cluster(3);
+    nodes[0].set_leader().await.unwrap();
+    assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
+    transport.open.send_replace(false);
+    let update = tokio::spawn({
+        let node = nodes[0].clone();
+        async move { node.update_file(meta("a")).await }
+    });
+    // The entry is on its way to both followers, held in the transport.
+    until(|| transport.waiting_with_entries.load(Ordering::SeqCst) >= 2).await;
+    nodes[0].crash().await.unwrap();
+    assert_eq!(update.await.unwrap(), Err(NodeError::Crashed));
+    transport.open.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for follower in &nodes[1..] {
+        let state = follower.internal_state().await.unwrap();
+        assert!(
+            state.log.is_empty(),
+            "a request built before the Crash landed"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_sends_new_entries_while_it_writes_them() {
+    let (nodes, disks, _transport) = cluster(3);
+    nodes[0].set_leader().await.unwrap();
+    assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
+    // Idle: nothing in flight fills the (one-request) windows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (release, held) = std::sync::mpsc::channel();
+    let at = disks[0].writes.load(Ordering::SeqCst) + 1;
+    assert!(disks[0].hold.set((at, std::sync::Mutex::new(held))).is_ok());
+    let update = tokio::spawn({
+        let node = nodes[0].clone();
+        async move { node.update_file(meta("a")).await }
+    });
+    until(|| disks[0].held.load(Ordering::SeqCst) == at).await;
+    // The leader's write of the entry is held, yet both followers get it.
+    for follower in &nodes[1..] {
+        let mut polls = 0;
+        while follower.internal_state().await.unwrap().log.is_empty() {
+            polls += 1;
+            assert!(polls < 10_000, "the followers did not get the entry");
+            tokio::task::yield_now().await;
+        }
+    }
+    // It commits only once the leader's own copy is durable.
+    assert!(!update.is_finished());
+    release.send(()).unwrap();
+    assert_eq!(update.await.unwrap(), Ok(1));
+}
