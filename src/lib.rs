@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod hash;
 pub mod locks;
 pub mod meta_store;
+pub mod plain_server;
 pub mod proto;
 pub mod raft;
 pub mod storage;

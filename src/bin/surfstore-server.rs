@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use surfstore::block_store::{BlockBackend, BlockStoreService, DiskBlocks, MemoryBlocks};
+use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks};
 use surfstore::cli::{self, Fatal};
 use surfstore::config::is_host_port;
 use surfstore::grpc;
-use surfstore::meta_store::{JournaledMap, MetaStoreService};
+use surfstore::meta_store::JournaledMap;
+use surfstore::plain_server::{PlainServer, serve};
 
 /// mimalloc rather than glibc's malloc: a server frees a multi-MiB block
 /// buffer per call and glibc hands it back to the kernel each time, so the
@@ -99,14 +100,13 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
 
-    let router = grpc::server()
-        .add_optional_service(blocks.map(|b| BlockStoreService::new(b).into_server()))
-        .add_optional_service(
-            meta.map(|m| MetaStoreService::with_map(block_store_addr.clone(), m).into_server()),
-        );
     tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
-    router
-        .serve_with_incoming_shutdown(grpc::incoming(listener), cli::shutdown_signal())
+    let server = PlainServer {
+        blocks,
+        meta,
+        block_store_addr,
+    };
+    serve(listener, server, cli::shutdown_signal())
         .await
         .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
 }
