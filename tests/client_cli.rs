@@ -1,6 +1,9 @@
 //! `surfstore-client` from the outside: its command line, its exit codes and
 //! what it leaves behind when it cannot sync.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

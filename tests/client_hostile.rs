@@ -5,6 +5,9 @@
 //! with a clear error, write nothing outside the base directory, leave the
 //! local files it cannot update untouched, and still sync the rest.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -5,6 +5,9 @@
 //! bound. The servers run inside the test, wrapping the real MetaStore and
 //! BlockStore services with the faults under test.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

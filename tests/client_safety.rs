@@ -4,6 +4,9 @@
 //! edits that lose a conflict to the server (saved outside the base
 //! directory, with a warning).
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

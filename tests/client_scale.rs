@@ -3,6 +3,9 @@
 //! the BlockStore in the middle of a download, after which the next run
 //! must finish the job, fetching only what had not arrived.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

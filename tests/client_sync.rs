@@ -2,6 +2,9 @@
 //! syncing through real servers; in-process fake servers show what real ones
 //! cannot (a corrupt BlockStore, a Raft cluster with a leader to find).
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

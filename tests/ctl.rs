@@ -1,6 +1,9 @@
 //! `surfstore-ctl` from the outside (SPEC §7): its command line, its error
 //! lines, and operating a real cluster.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::TcpListener;

@@ -1,6 +1,9 @@
 //! `surfstore-server --data-dir` from the outside (SPEC §7): what it
 //! acknowledged survives SIGKILL, and damaged files are caught.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

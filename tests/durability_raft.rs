@@ -6,6 +6,9 @@
 //! Automatic heartbeats are off ([`MANUAL_HEARTBEATS`]) unless a test says
 //! otherwise, so that a server's state changes only when the test acts.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

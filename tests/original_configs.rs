@@ -2,6 +2,9 @@
 //! configs repeat or misnumber their `metadata<i>` keys, and the original
 //! ignores the keys and takes servers in line order. So must we.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Proc, bin, file_meta, free_ports, raft_client, wait_listening, within};

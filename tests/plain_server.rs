@@ -2,6 +2,9 @@
 //! MetaStore conformance over the wire (SPEC §2–4), with independent tonic
 //! clients.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::Bytes;

@@ -8,6 +8,9 @@
 //! the default automatic heartbeats. The last tests drive the cluster with
 //! the real `surfstore-client`.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

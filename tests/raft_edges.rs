@@ -2,6 +2,9 @@
 //! corrupt AppendEntries, terms at the top of their range, replies that
 //! would outgrow a gRPC message, and peer connections that die or go quiet.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,9 @@
 //! failure message names it); `RAFT_SCHEDULES=<n>` runs more schedules per
 //! cluster size than the default.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 #[path = "raft_properties/cluster.rs"]
 mod cluster;
 #[path = "raft_properties/schedule.rs"]

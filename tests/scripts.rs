@@ -1,6 +1,9 @@
 //! The scripts behind `make demo`, `make demo-raft` and `make run-cluster`
 //! find the binaries where cargo put them, `CARGO_TARGET_DIR` included.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
