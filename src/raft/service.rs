@@ -227,31 +227,7 @@ impl meta_store_server::MetaStore for RaftService {
 mod tests {
     use super::*;
     use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-    use crate::raft::storage::StorageError;
-    use crate::raft::{Entry, HardState, LogIndex};
-
-    /// Storage whose every write fails.
-    struct FailingStorage;
-
-    impl RaftStorage for FailingStorage {
-        fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
-            Ok((HardState::default(), Vec::new()))
-        }
-
-        fn save(
-            &mut self,
-            _hard: Option<HardState>,
-            _from: Option<LogIndex>,
-            _entries: &[Entry],
-            _must_sync: bool,
-        ) -> Result<(), StorageError> {
-            Err(StorageError::Io {
-                op: "write",
-                path: "test-disk".into(),
-                source: std::io::Error::other("injected failure"),
-            })
-        }
-    }
+    use crate::raft::storage::testing::FailingStorage;
 
     #[tokio::test]
     async fn serve_on_a_handed_listener_stops_with_an_error_when_storage_fails() {

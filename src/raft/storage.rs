@@ -274,6 +274,40 @@ fn replay(
     Ok(())
 }
 
+/// Storage doubles shared by the node's and the service's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The error a double returns for a write it was told to fail.
+    pub(crate) fn injected_failure() -> StorageError {
+        StorageError::Io {
+            op: "write",
+            path: "test-disk".into(),
+            source: std::io::Error::other("injected failure"),
+        }
+    }
+
+    /// Storage that starts empty and fails every write.
+    pub(crate) struct FailingStorage;
+
+    impl RaftStorage for FailingStorage {
+        fn load(&mut self) -> Result<(HardState, Vec<Entry>), StorageError> {
+            Ok((HardState::default(), Vec::new()))
+        }
+
+        fn save(
+            &mut self,
+            _hard: Option<HardState>,
+            _from: Option<LogIndex>,
+            _entries: &[Entry],
+            _must_sync: bool,
+        ) -> Result<(), StorageError> {
+            Err(injected_failure())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

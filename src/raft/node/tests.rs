@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use super::*;
 use crate::proto::AppendEntryInput;
 use crate::raft::HardState;
+use crate::raft::storage::testing::injected_failure;
 
 fn meta(name: &str) -> FileMetaData {
     FileMetaData {
@@ -61,11 +62,7 @@ impl RaftStorage for TestStorage {
             let _ = crate::locks::lock(release).recv();
         }
         if self.0.fail_from.get().is_some_and(|&from| n >= from) {
-            return Err(StorageError::Io {
-                op: "write",
-                path: "test-disk".into(),
-                source: std::io::Error::other("injected failure"),
-            });
+            return Err(injected_failure());
         }
         Ok(())
     }
