@@ -9,8 +9,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    Server, assert_status, bin, block_client, file_meta, large_meta, meta_client, raft_client, run,
-    start_server,
+    LARGE_UPDATE_BYTES, Server, assert_refused_at_reply_limit, assert_status, bin, block_client,
+    file_meta, large_meta, meta_client, raft_client, run, start_server, update_until_refused,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -486,25 +486,16 @@ async fn split_servers_each_serve_only_their_service() {
 async fn an_update_that_would_outgrow_get_file_info_map_is_refused() {
     let server = start_server("meta", &["localhost:8081"]);
     let mut meta = meta_client(&server.addr);
-    let limit = surfstore::grpc::MAX_MESSAGE_BYTES;
-    let size = 4 << 20;
-    let mut accepted = 0;
-    let mut refused = None;
-    while accepted * size < limit + (16 << 20) {
-        match meta
-            .update_file(large_meta(&format!("f{accepted}"), 1, size))
-            .await
-        {
-            Ok(version) => {
-                assert_eq!(version.into_inner().version, 1);
-                accepted += 1;
-            }
-            Err(status) => {
-                refused = Some(status);
-                break;
-            }
+    let (accepted, refused) = update_until_refused(|n| {
+        let mut meta = meta.clone();
+        async move {
+            let update = large_meta(&format!("f{n}"), 1, LARGE_UPDATE_BYTES);
+            let version = meta.update_file(update).await?.into_inner().version;
+            assert_eq!(version, 1);
+            Ok(())
         }
-    }
+    })
+    .await;
     // Everything accepted can still be read in one reply.
     let map = meta
         .get_file_info_map(())
@@ -513,16 +504,7 @@ async fn an_update_that_would_outgrow_get_file_info_map_is_refused() {
         .into_inner()
         .file_info_map;
     assert_eq!(map.len(), accepted);
-    assert!(
-        accepted * size > limit - (16 << 20),
-        "refused too early: {accepted}"
-    );
-    assert_status::<()>(
-        Err(refused.expect("no update was refused")),
-        Code::ResourceExhausted,
-        "132 MiB",
-        "an update past the reply limit",
-    );
+    assert_refused_at_reply_limit(accepted, refused);
     // A smaller update that fits is still accepted.
     let small = meta.update_file(file_meta("small", 1, &["h"])).await;
     assert_eq!(small.map(|v| v.into_inner().version).ok(), Some(1));

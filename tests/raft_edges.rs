@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, MANUAL_HEARTBEATS, Proc, all_ready, assert_status, eventually, file_meta, free_ports,
-    large_meta, raft_client, spawn_raft_server, start_cluster, within,
+    Cluster, LARGE_UPDATE_BYTES, MANUAL_HEARTBEATS, Proc, all_ready, assert_refused_at_reply_limit,
+    assert_status, eventually, file_meta, free_ports, large_meta, raft_client, spawn_raft_server,
+    start_cluster, update_until_refused, within,
 };
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use surfstore::proto::{AppendEntryInput, FileMetaData, UpdateOperation};
@@ -259,23 +260,16 @@ async fn a_follower_far_behind_with_large_entries_catches_up() {
     cluster.crash(2).await;
     // 4 MiB updates of one file while server 2 is down, until the leader
     // refuses one or the backlog is well past what one message holds.
-    let limit = surfstore::grpc::MAX_MESSAGE_BYTES;
-    let size = 4 << 20;
-    let mut accepted = 0;
-    let mut refused = None;
-    while accepted * size < limit + (16 << 20) {
-        let version = i32::try_from(accepted + 1).unwrap();
-        match cluster.update(0, large_meta("big", version, size)).await {
-            Ok(v) => {
-                assert_eq!(v, version);
-                accepted += 1;
-            }
-            Err(status) => {
-                refused = Some(status);
-                break;
-            }
+    let (accepted, refused) = update_until_refused(|n| {
+        let cluster = &cluster;
+        async move {
+            let version = i32::try_from(n + 1).unwrap();
+            let update = large_meta("big", version, LARGE_UPDATE_BYTES);
+            assert_eq!(cluster.update(0, update).await?, version);
+            Ok(())
         }
-    }
+    })
+    .await;
     cluster.restore(2).await;
     let round = tokio::time::timeout(CATCH_UP_WITHIN, cluster.client(0).send_heartbeat(()))
         .await
@@ -293,16 +287,7 @@ async fn a_follower_far_behind_with_large_entries_catches_up() {
             Some(i32::try_from(accepted).unwrap())
         );
     }
-    assert!(
-        accepted * size > limit - (16 << 20),
-        "refused too early: {accepted}"
-    );
-    assert_status::<()>(
-        Err(refused.expect("no update was refused")),
-        Code::ResourceExhausted,
-        "132 MiB",
-        "an update past the reply limit",
-    );
+    assert_refused_at_reply_limit(accepted, refused);
     let map = cluster
         .client(0)
         .get_file_info_map(())

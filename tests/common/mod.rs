@@ -281,6 +281,44 @@ pub fn large_meta(name: &str, version: i32, bytes: usize) -> FileMetaData {
     }
 }
 
+/// Sends [`LARGE_UPDATE_BYTES`] updates with `update(n)` for n = 0, 1, ...
+/// (each must return the version it was sent with) until one is refused or
+/// they add up to well past one message; returns how many were accepted
+/// and the refusal.
+pub async fn update_until_refused<F, Fut>(mut update: F) -> (usize, Option<tonic::Status>)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut accepted = 0;
+    while accepted * LARGE_UPDATE_BYTES < surfstore::grpc::MAX_MESSAGE_BYTES + (16 << 20) {
+        match update(accepted).await {
+            Ok(()) => accepted += 1,
+            Err(status) => return (accepted, Some(status)),
+        }
+    }
+    (accepted, None)
+}
+
+/// The size of each update [`update_until_refused`] sends.
+pub const LARGE_UPDATE_BYTES: usize = 4 << 20;
+
+/// Asserts that the updates [`update_until_refused`] sent were refused at
+/// the reply limit: not well before it, and with RESOURCE_EXHAUSTED naming
+/// it.
+pub fn assert_refused_at_reply_limit(accepted: usize, refused: Option<tonic::Status>) {
+    assert!(
+        accepted * LARGE_UPDATE_BYTES > surfstore::grpc::MAX_MESSAGE_BYTES - (16 << 20),
+        "refused too early: {accepted}"
+    );
+    assert_status::<()>(
+        Err(refused.expect("no update was refused")),
+        tonic::Code::ResourceExhausted,
+        "132 MiB",
+        "an update past the reply limit",
+    );
+}
+
 /// Extra `surfstore-raft-server` arguments that turn automatic heartbeats
 /// off, so only explicit `SendHeartbeat` calls replicate (the reference
 /// scenarios' semantics).
