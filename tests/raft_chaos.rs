@@ -975,3 +975,34 @@ async fn a_pipelined_leader_replicates_concurrent_updates_through_a_follower_cra
         assert_eq!(cluster.state(i).await.log, leader_log, "server {i}: log");
     }
 }
+
+/// A `SendHeartbeat` round delivers the log as it stood when the round
+/// began: updates streaming in meanwhile belong to the next round, so the
+/// call returns rather than chase them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_returns_under_a_steady_stream_of_updates() {
+    let cluster = start_cluster(3, MANUAL_HEARTBEATS).await;
+    lead(&cluster, 0).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<JoinHandle<i32>> = (0..8)
+        .map(|w| {
+            let mut client = cluster.client(0);
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut version = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let meta = file_meta(&format!("w{w}"), version + 1, &[]);
+                    version = client.update_file(meta).await.unwrap().into_inner().version;
+                }
+                version
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        assert!(cluster.heartbeat(0).await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        assert!(finished(writer, "a writer").await > 0);
+    }
+}

@@ -547,15 +547,19 @@ impl RaftCore {
         }
     }
 
-    /// Whether a synchronous round must go on with `peer`: it may lack
-    /// entries this leader can send it now, or it has not shown by a success
-    /// reply that it knows the leader's commit index. False when this server
-    /// is not leading, or `peer` is itself or unknown.
-    pub fn peer_is_behind(&self, peer: ServerId) -> bool {
+    /// Whether a synchronous round whose goal is the log up to `goal` (the
+    /// last index when the round began) must go on with `peer`: it may lack
+    /// entries up to `goal` this leader can send it now, or it has not shown
+    /// by a success reply that it knows the commit index up to `goal`.
+    /// Entries proposed after the round began are the next round's, so a
+    /// round under a steady stream of updates still ends. False when this
+    /// server is not leading, or `peer` is itself or unknown.
+    pub fn peer_is_behind(&self, peer: ServerId, goal: LogIndex) -> bool {
         let Some(progress) = self.leader.as_ref().and_then(|t| t.get(peer)) else {
             return false;
         };
-        progress.matched < last_of(self.unsent_start()) || progress.learned < self.log.committed()
+        progress.matched < last_of(self.unsent_start()).min(goal)
+            || progress.learned < self.log.committed().min(goal)
     }
 
     /// Reports that the request `sent` stands for got no reply from `peer`
@@ -1699,31 +1703,38 @@ mod tests {
         l.set_leader().unwrap();
         l.propose(meta("a", 1)).unwrap();
         assert!(
-            !l.peer_is_behind(1) && !l.peer_is_behind(2),
+            !l.peer_is_behind(1, LogIndex::MAX) && !l.peer_is_behind(2, LogIndex::MAX),
             "an unconfirmed leader may send them nothing"
         );
-        assert!(!l.peer_is_behind(0) && !l.peer_is_behind(7));
+        assert!(!l.peer_is_behind(0, LogIndex::MAX) && !l.peer_is_behind(7, LogIndex::MAX));
         let early = l.sync_request(2, 10).unwrap();
         // Server 1's acknowledgement confirms the leader: its proposal is due
         // to both peers now.
         assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::SendMore);
-        assert!(l.peer_is_behind(1) && l.peer_is_behind(2));
+        assert!(l.peer_is_behind(1, LogIndex::MAX) && l.peer_is_behind(2, LogIndex::MAX));
         // Server 1 matches, and that very reply commits the entry: it holds
         // the log but was told the old commit index.
         assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
         assert_eq!((l.commit_index(), f1.commit_index()), (0, -1));
-        assert!(l.peer_is_behind(1));
+        assert!(l.peer_is_behind(1, LogIndex::MAX));
         assert_eq!(exchange(&mut l, &mut f1, 10), ReplicationStatus::Matched);
         assert_eq!(f1.commit_index(), 0);
-        assert!(!l.peer_is_behind(1));
+        assert!(!l.peer_is_behind(1, LogIndex::MAX));
         // A request built before the commit leaves server 2 behind too.
         let resp = f2.deliver(&early.request);
         l.handle_append_response(2, &early.sent, &resp);
-        assert!(l.peer_is_behind(2));
+        assert!(l.peer_is_behind(2, LogIndex::MAX));
         assert_eq!(sync(&mut l, &mut f2), ReplicationStatus::Matched);
-        assert!(!l.peer_is_behind(2));
+        assert!(!l.peer_is_behind(2, LogIndex::MAX));
         assert_eq!(f2.commit_index(), 0);
-        assert!(!f1.peer_is_behind(0), "a follower has no peers to repair");
+        assert!(
+            !f1.peer_is_behind(0, LogIndex::MAX),
+            "a follower has no peers to repair"
+        );
+        // A proposal made after a round began is not that round's goal.
+        l.propose(meta("b", 1)).unwrap();
+        assert!(l.peer_is_behind(1, LogIndex::MAX));
+        assert!(!l.peer_is_behind(1, 0));
     }
 
     #[test]

@@ -498,12 +498,17 @@ impl RaftNode {
     /// SendHeartbeat must leave every reachable peer holding and having
     /// applied what the leader has committed when it returns. A further pass
     /// is due only when the commit index or the sendable log moved during
-    /// the last one, so the loop ends once proposals pause, as a repair
-    /// does. Returns how many peers acknowledged leadership.
+    /// the last one, and only for what the log held when the round began,
+    /// so the loop ends even under a steady stream of updates. Returns how
+    /// many peers acknowledged leadership.
     async fn repair(&self) -> usize {
         let mut acknowledged = BTreeSet::new();
         let mut reachable = BTreeSet::new();
         let mut pending: Vec<ServerId> = self.peer_ids().collect();
+        let goal = self
+            .with(|state| state.core.last_index())
+            .await
+            .unwrap_or(-1);
         while !pending.is_empty() {
             let repairs = pending
                 .iter()
@@ -521,7 +526,7 @@ impl RaftNode {
                 .with(move |state| {
                     candidates
                         .into_iter()
-                        .filter(|&peer| state.core.peer_is_behind(peer))
+                        .filter(|&peer| state.core.peer_is_behind(peer, goal))
                         .collect()
                 })
                 .await

@@ -282,6 +282,7 @@ impl Cluster {
         acknowledged[leader] = true;
         let mut reachable = vec![false; self.size()];
         let mut pending: Vec<ServerId> = (0..self.size()).filter(|&p| p != leader).collect();
+        let goal = self.servers[leader].core.last_index();
         for _ in 0..ROUND_PASSES {
             for peer in pending {
                 let acked = self.repair(leader, peer);
@@ -290,7 +291,7 @@ impl Cluster {
             }
             let core = &self.servers[leader].core;
             pending = (0..self.size())
-                .filter(|&peer| reachable[peer] && core.peer_is_behind(peer))
+                .filter(|&peer| reachable[peer] && core.peer_is_behind(peer, goal))
                 .collect();
         }
         let acks = acknowledged.iter().filter(|&&a| a).count();
