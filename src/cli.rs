@@ -92,6 +92,17 @@ impl Fatal {
     }
 }
 
+/// A socket that cannot be bound is a failure (exit 1); a socket handed
+/// over that does not fit (`LISTEN_FDS`) is a configuration error (exit 64).
+impl From<crate::listener::ListenError> for Fatal {
+    fn from(error: crate::listener::ListenError) -> Self {
+        match error {
+            crate::listener::ListenError::Bind { .. } => Self::failure(error),
+            _ => Self::usage(error),
+        }
+    }
+}
+
 /// Turns a binary's result into its exit code, printing a fatal error as
 /// `<program>: <message>` on stderr.
 pub fn exit_code(program: &str, result: Result<(), Fatal>) -> ExitCode {

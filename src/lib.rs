@@ -8,7 +8,8 @@
 //! ```
 //!
 //! * [`proto`]: the wire contract, generated from `proto/surfstore.proto`.
-//! * [`hash`], [`config`], [`grpc`], [`backoff`]: shared building blocks.
+//! * [`hash`], [`config`], [`grpc`], [`backoff`], [`listener`]: shared building
+//!   blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
 //! * [`cli`]: what the binaries in `src/bin` share.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod hash;
+pub mod listener;
 pub mod locks;
 pub mod meta_store;
 pub mod plain_server;

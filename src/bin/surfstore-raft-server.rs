@@ -9,6 +9,7 @@ use clap::Parser;
 use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc;
+use surfstore::listener;
 use surfstore::raft::MAX_INFLIGHT;
 use surfstore::raft::node::{NodeConfig, StartError};
 use surfstore::raft::service::{self, ServeError};
@@ -85,9 +86,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let socket = grpc::resolve(&listen)
         .await
         .map_err(|e| Fatal::failure(format!("cannot resolve {listen}: {e}")))?;
-    let listener = tokio::net::TcpListener::bind(socket)
-        .await
-        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    let listener = listener::open(socket).await?;
 
     let storage: Box<dyn RaftStorage> = match &args.data_dir {
         Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| Fatal::data_dir(dir, e))?),

@@ -12,6 +12,7 @@ use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks};
 use surfstore::cli::{self, Fatal};
 use surfstore::config::is_host_port;
 use surfstore::grpc;
+use surfstore::listener;
 use surfstore::meta_store::JournaledMap;
 use surfstore::plain_server::{PlainServer, serve};
 
@@ -96,9 +97,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .transpose()?;
 
     let listen = grpc::listen_addr(args.port, args.localhost_only);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    let listener = listener::open(listen).await?;
 
     tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
     let server = PlainServer {
