@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Proc, bin, file_meta, free_ports, raft_client, wait_listening, within};
+use common::{Proc, bin, file_meta, loopback_listener, raft_client, wait_listening, within};
 
 /// A five-server text config whose keys repeat `metadata2` and skip
 /// `metadata3`, as a real `5nodes.txt` does, starts a cluster whose fourth
@@ -15,9 +15,10 @@ use common::{Proc, bin, file_meta, free_ports, raft_client, wait_listening, with
 #[tokio::test]
 async fn a_text_config_with_repeated_keys_starts_a_working_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = free_ports(5)
-        .into_iter()
-        .map(|p| format!("127.0.0.1:{p}"))
+    let listeners: Vec<_> = (0..5).map(|_| loopback_listener()).collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     let keys = [
         "metadata0",
@@ -34,9 +35,12 @@ async fn a_text_config_with_repeated_keys_starts_a_working_cluster() {
     let config = dir.path().join("5nodes.txt");
     std::fs::write(&config, format!("M: 5\n{text}")).unwrap();
 
-    let mut procs: Vec<Proc> = (0..5)
-        .map(|id| {
-            Proc::spawn(
+    let mut procs: Vec<Proc> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(id, listener)| {
+            Proc::spawn_on(
+                listener,
                 &bin("surfstore-raft-server"),
                 &[
                     "-f",

@@ -10,7 +10,8 @@ mod common;
 use bytes::Bytes;
 use common::{
     LARGE_UPDATE_BYTES, Server, assert_refused_at_reply_limit, assert_status, bin, block_client,
-    file_meta, large_meta, meta_client, raft_client, run, start_server, update_until_refused,
+    command, command_on, file_meta, free_ports, large_meta, loopback_listener, meta_client,
+    raft_client, run, start_server, update_until_refused,
 };
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -32,6 +33,37 @@ fn bad_arguments_exit_64_with_usage() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?} printed no usage");
     }
+}
+
+/// A socket handed over by socket activation that does not fit is refused
+/// in one line that says why (exit 64), instead of serving where no client
+/// looks: one listening on another port than `-p`, or `LISTEN_FDS` with
+/// nothing at fd 3.
+#[test]
+fn a_handed_over_socket_that_does_not_fit_is_refused() {
+    let listener = loopback_listener();
+    let handed = listener.local_addr().unwrap().port();
+    let other = free_ports(1)[0].to_string();
+    let server = bin("surfstore-server");
+    let args = ["-s", "both", "-p", &other, "-l"];
+    let out = command_on(listener, &server).args(args).output().unwrap();
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{message}");
+    assert!(
+        message.contains(&format!("listens on port {handed}"))
+            && message.contains(&format!("has port {other}")),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+
+    let out = command(&server)
+        .env("LISTEN_FDS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{message}");
+    assert!(message.contains("fd 3"), "{message}");
 }
 
 fn block(data: impl Into<Bytes>) -> Block {

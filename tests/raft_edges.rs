@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     Cluster, LARGE_UPDATE_BYTES, MANUAL_HEARTBEATS, Proc, all_ready, assert_refused_at_reply_limit,
-    assert_status, eventually, file_meta, free_ports, large_meta, raft_client, spawn_raft_server,
-    start_cluster, update_until_refused, within,
+    assert_status, eventually, file_meta, large_meta, loopback_listener, raft_client,
+    spawn_raft_server, start_cluster, update_until_refused, within,
 };
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use surfstore::proto::{AppendEntryInput, FileMetaData, UpdateOperation};
@@ -315,16 +315,19 @@ fn config(dir: &Path, name: &str, addrs: &[&str]) -> PathBuf {
     path
 }
 
-/// Starts server `id` of each `(config, id, own address)` with automatic
-/// heartbeats and waits until all answer.
-async fn start_servers(dir: tempfile::TempDir, servers: &[(&Path, usize, &str)]) -> Servers {
-    let mut procs: Vec<Proc> = servers
-        .iter()
-        .map(|&(config, id, _)| spawn_raft_server(config, id, None, &[]))
-        .collect();
+/// Starts server `id` of each `(listener, config, id)` on its listener,
+/// with automatic heartbeats, and waits until all answer.
+async fn start_servers(
+    dir: tempfile::TempDir,
+    servers: Vec<(std::net::TcpListener, &Path, usize)>,
+) -> Servers {
     let clients: Vec<_> = servers
         .iter()
-        .map(|&(_, _, addr)| raft_client(addr))
+        .map(|(listener, _, _)| raft_client(&listener.local_addr().expect("address").to_string()))
+        .collect();
+    let mut procs: Vec<Proc> = servers
+        .into_iter()
+        .map(|(listener, config, id)| spawn_raft_server(listener, config, id, None, &[]))
         .collect();
     assert!(all_ready(&mut procs, &clients).await, "a server exited");
     Servers {
@@ -354,11 +357,12 @@ async fn closing_listener() -> (String, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_peer_is_redialled_with_backoff() {
     let (dead, accepted) = closing_listener().await;
-    let ports = free_ports(2);
-    let [a0, a1] = [0, 1].map(|i| format!("127.0.0.1:{}", ports[i]));
+    let listeners = [loopback_listener(), loopback_listener()];
+    let [a0, a1] = [0, 1].map(|i| listeners[i].local_addr().expect("address").to_string());
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), "config.json", &[&a0, &a1, &dead]);
-    let servers = start_servers(dir, &[(&cfg, 0, &a0), (&cfg, 1, &a1)]).await;
+    let [l0, l1] = listeners;
+    let servers = start_servers(dir, vec![(l0, &cfg, 0), (l1, &cfg, 1)]).await;
     let mut leader = servers.clients[0].clone();
     within("SetLeader", leader.set_leader(()))
         .await
@@ -415,8 +419,10 @@ async fn proxy(target: String) -> (String, watch::Sender<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_dead_peer_connection_is_replaced_within_seconds() {
-    let ports = free_ports(3);
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let [l0, l1, l2] = [(); 3].map(|()| loopback_listener());
+    let addrs: Vec<String> = [&l0, &l1, &l2]
+        .map(|l| l.local_addr().expect("address").to_string())
+        .to_vec();
     let (via_proxy, cut) = proxy(addrs[1].clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // The leader reaches server 1 through the proxy; the rest directly.
@@ -432,11 +438,7 @@ async fn a_half_dead_peer_connection_is_replaced_within_seconds() {
     );
     let servers = start_servers(
         dir,
-        &[
-            (&leader_cfg, 0, &addrs[0]),
-            (&cfg, 1, &addrs[1]),
-            (&cfg, 2, &addrs[2]),
-        ],
+        vec![(l0, &leader_cfg, 0), (l1, &cfg, 1), (l2, &cfg, 2)],
     )
     .await;
     let mut leader = servers.clients[0].clone();

@@ -1,5 +1,6 @@
 //! Test harness shared by the integration tests: starts the real binaries on
-//! free loopback ports, waits for readiness by polling, and kills every
+//! loopback sockets it binds for them (handed over as systemd does, so no
+//! port is ever raced for), waits for readiness by polling, and kills every
 //! process it started when the handle drops (also when a test fails).
 //!
 //! Tests talk to the servers only from the outside, through the generated
@@ -48,12 +49,10 @@ pub fn command(program: &Path) -> Command {
     command
 }
 
-/// `n` distinct free loopback ports, none handed out before in this test
-/// process. The kernel may offer a port again once its probe listener is
-/// closed; two tests of one binary could then race for it, and the loser's
-/// readiness poll would reach the winner's server.
-/// A server that fails to bind (another process took it) makes the caller
-/// retry.
+/// `n` distinct loopback ports nothing listens on, none handed out before
+/// in this test process: addresses for servers that are down. Servers get
+/// a socket bound for them instead ([`loopback_listener`]), since a port
+/// merely found free can be taken by anyone before a server binds it.
 pub fn free_ports(n: usize) -> Vec<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
@@ -71,6 +70,60 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// A listening socket on a free loopback port, to hand to a server
+/// ([`Proc::spawn_on`]).
+pub fn loopback_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")
+}
+
+/// A listening socket on `port` again (a restarted server's), waiting while
+/// another process's connection briefly holds the port.
+pub fn listener_on(port: u16) -> TcpListener {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return listener,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot bind 127.0.0.1:{port} again: {e}"),
+        }
+    }
+}
+
+/// A command for `program` that hands it `listener` the way systemd's
+/// socket activation does: `LISTEN_FDS=1` and the socket at fd 3.
+pub fn command_on(listener: TcpListener, program: &Path) -> Command {
+    let mut command = command(program);
+    command.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+    hand_over_at_fd_3(&mut command, listener);
+    command
+}
+
+/// Makes `listener` the child's fd 3, open across `exec`, and closes this
+/// process's copy once the child is spawned (the command owns it).
+fn hand_over_at_fd_3(command: &mut Command, listener: TcpListener) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let socket = OwnedFd::from(listener);
+    let fd = socket.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe, as code between fork
+    // and exec must be; `socket` stays open until the command is dropped.
+    unsafe {
+        command.pre_exec(move || {
+            let _keep_open = &socket;
+            let target = if fd == 3 {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if target == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running child process, killed and reaped on drop.
 pub struct Proc {
     child: Option<Child>,
@@ -82,6 +135,20 @@ impl Proc {
     /// Starts `program args` with stdout/stderr inherited only when
     /// `SURFSTORE_TEST_LOGS` is set (keeps test output readable).
     pub fn spawn(program: &Path, args: &[&str]) -> Proc {
+        Self::start(command(program), program, args)
+    }
+
+    /// Starts a server `program args` on `listener`, which it takes over
+    /// (socket activation: `LISTEN_FDS=1`, the socket at fd 3; see
+    /// `src/listener.rs`). The port was bound before the server existed, so
+    /// no other process can take it meanwhile; this process's copy is
+    /// closed when `listener` drops, so once the server dies its port
+    /// refuses connections again.
+    pub fn spawn_on(listener: TcpListener, program: &Path, args: &[&str]) -> Proc {
+        Self::start(command_on(listener, program), program, args)
+    }
+
+    fn start(mut command: Command, program: &Path, args: &[&str]) -> Proc {
         let verbose = std::env::var_os("SURFSTORE_TEST_LOGS").is_some();
         let stdio = || {
             if verbose {
@@ -90,7 +157,7 @@ impl Proc {
                 Stdio::null()
             }
         };
-        let child = command(program)
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdio())
@@ -126,12 +193,12 @@ impl Drop for Proc {
     }
 }
 
-/// Polls until something accepts TCP connections on `addr`, or the process
-/// exits (returns false) or the timeout passes (panics).
+/// Polls until a gRPC server answers on `addr`, or the process exits
+/// (returns false) or the timeout passes (panics).
 pub fn wait_listening(proc: &mut Proc, addr: &str) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if TcpStream::connect(addr).is_ok_and(|stream| !is_self_connected(&stream)) {
+        if speaks_http2(addr) {
             return true;
         }
         if proc.has_exited() {
@@ -156,6 +223,29 @@ pub struct Server {
     pub proc: Proc,
 }
 
+/// Whether a server on `addr` answers the HTTP/2 connection preface with
+/// its SETTINGS. Connecting is not enough: a socket handed to a server
+/// before it started accepts connections into its backlog at once.
+fn speaks_http2(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    if is_self_connected(&stream) {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .is_ok()
+        && stream.write_all(PREFACE).is_ok()
+        && stream.write_all(&SETTINGS).is_ok()
+        && matches!(stream.read(&mut first), Ok(1))
+}
+
 /// Whether `stream` is connected to itself: connecting to a loopback port
 /// nobody listens on yet succeeds when the kernel happens to pick that same
 /// port as the local end (TCP simultaneous open), which would pass for a
@@ -164,26 +254,24 @@ fn is_self_connected(stream: &TcpStream) -> bool {
     matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
 }
 
-/// Starts `surfstore-server -s <service> -p <free port> -l [extra...]`,
-/// retrying on another port if the chosen one was taken meanwhile.
+/// Starts `surfstore-server -s <service> -p <free port> -l [extra...]` on a
+/// socket bound for it, and polls until it serves.
 pub fn start_server(service: &str, extra: &[&str]) -> Server {
-    for _ in 0..5 {
-        if let Some(server) = start_server_on(service, free_ports(1)[0], extra) {
-            return server;
-        }
-    }
-    panic!("could not start surfstore-server -s {service}");
+    start_server_on(loopback_listener(), service, extra)
 }
 
-/// Starts `surfstore-server -s <service> -p <port> -l [extra...]` and polls
-/// until it listens; `None` if it exited first (the port was taken).
-pub fn start_server_on(service: &str, port: u16, extra: &[&str]) -> Option<Server> {
+/// Starts `surfstore-server -s <service> -p <port> -l [extra...]` on
+/// `listener` (of that port), and polls until it serves; panics if it
+/// exits first.
+pub fn start_server_on(listener: TcpListener, service: &str, extra: &[&str]) -> Server {
+    let port = listener.local_addr().expect("listener address").port();
     let port_arg = port.to_string();
     let mut args = vec!["-s", service, "-p", &port_arg, "-l"];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&bin("surfstore-server"), &args);
+    let mut proc = Proc::spawn_on(listener, &bin("surfstore-server"), &args);
     let addr = format!("127.0.0.1:{port}");
-    wait_listening(&mut proc, &addr).then_some(Server { addr, port, proc })
+    assert!(wait_listening(&mut proc, &addr), "{} exited", proc.name);
+    Server { addr, port, proc }
 }
 
 /// Runs a binary to completion and returns its output (status, stdout, stderr).
@@ -372,44 +460,46 @@ async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
     let block_dir = durable.then(|| tempfile::tempdir().expect("tempdir for the BlockStore"));
     let block = start_server("block", &block_args(block_dir.as_ref()));
     let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-    for _ in 0..5 {
-        let dir = tempfile::tempdir().expect("tempdir for the cluster");
-        let addrs: Vec<String> = free_ports(n)
-            .into_iter()
-            .map(|port| format!("127.0.0.1:{port}"))
-            .collect();
-        let config = dir.path().join("config.json");
-        let json = serde_json::json!({
-            "MetaStoreAddrs": addrs,
-            "BlockStoreAddrs": [block.addr],
-        });
-        std::fs::write(&config, json.to_string()).expect("write cluster config");
-        let data_dirs: Vec<PathBuf> = if durable {
-            (0..n)
-                .map(|id| dir.path().join(format!("raft-{id}")))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut procs: Vec<Proc> = (0..n)
-            .map(|id| spawn_raft_server(&config, id, data_dirs.get(id), &extra))
-            .collect();
-        let clients: Vec<_> = addrs.iter().map(|a| raft_client(a)).collect();
-        if all_ready(&mut procs, &clients).await {
-            return Cluster {
-                addrs,
-                config,
-                block,
-                clients,
-                extra,
-                data_dirs,
-                procs,
-                _dir: dir,
-                block_dir,
-            };
-        }
+    let dir = tempfile::tempdir().expect("tempdir for the cluster");
+    let listeners: Vec<TcpListener> = (0..n).map(|_| loopback_listener()).collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("listener address").to_string())
+        .collect();
+    let config = dir.path().join("config.json");
+    let json = serde_json::json!({
+        "MetaStoreAddrs": addrs,
+        "BlockStoreAddrs": [block.addr],
+    });
+    std::fs::write(&config, json.to_string()).expect("write cluster config");
+    let data_dirs: Vec<PathBuf> = if durable {
+        (0..n)
+            .map(|id| dir.path().join(format!("raft-{id}")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut procs: Vec<Proc> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(id, listener)| spawn_raft_server(listener, &config, id, data_dirs.get(id), &extra))
+        .collect();
+    let clients: Vec<_> = addrs.iter().map(|a| raft_client(a)).collect();
+    assert!(
+        all_ready(&mut procs, &clients).await,
+        "a server of the {n}-server cluster exited while starting"
+    );
+    Cluster {
+        addrs,
+        config,
+        block,
+        clients,
+        extra,
+        data_dirs,
+        procs,
+        _dir: dir,
+        block_dir,
     }
-    panic!("could not start a {n}-server cluster");
 }
 
 /// `surfstore-server -s block` arguments beyond the port: a data directory
@@ -421,8 +511,10 @@ fn block_args(data_dir: Option<&tempfile::TempDir>) -> Vec<&str> {
     }
 }
 
-/// `surfstore-raft-server -f CONFIG -i ID [--data-dir DIR] extra...`.
+/// `surfstore-raft-server -f CONFIG -i ID [--data-dir DIR] extra...` on
+/// `listener` (bound to the config's address of server `ID`).
 pub fn spawn_raft_server(
+    listener: TcpListener,
     config: &Path,
     id: usize,
     data_dir: Option<&PathBuf>,
@@ -434,7 +526,7 @@ pub fn spawn_raft_server(
         args.extend(["--data-dir", utf8(dir)]);
     }
     args.extend(extra.iter().map(String::as_str));
-    Proc::spawn(&bin("surfstore-raft-server"), &args)
+    Proc::spawn_on(listener, &bin("surfstore-raft-server"), &args)
 }
 
 /// A temporary path as a command-line argument.
@@ -477,11 +569,6 @@ pub async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -
         .unwrap_or_else(|_| panic!("{what} did not return within {RPC_DEADLINE:?}"))
 }
 
-/// How often a restart is tried again when the server exits at once: the
-/// port it must reuse can be held for a moment by another process's
-/// outgoing connection.
-const RESTART_ATTEMPTS: usize = 10;
-
 impl Cluster {
     /// A clone of server `i`'s client (clones share one connection).
     pub fn client(&self, i: usize) -> RaftSurfstoreClient<Channel> {
@@ -503,20 +590,24 @@ impl Cluster {
     /// Starts server `i` again, with the same arguments, port and data
     /// directory, and polls until it answers `IsCrashed`.
     pub async fn restart(&mut self, i: usize) {
-        for _ in 0..RESTART_ATTEMPTS {
-            let mut proc = spawn_raft_server(&self.config, i, self.data_dirs.get(i), &self.extra);
-            let ready = all_ready(
-                std::slice::from_mut(&mut proc),
-                std::slice::from_ref(&self.clients[i]),
-            )
-            .await;
-            self.procs[i] = proc;
-            if ready {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server {i} did not start again on {}", self.addrs[i]);
+        let port: u16 = self.addrs[i]
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("cluster addresses are 127.0.0.1:PORT");
+        let mut proc = spawn_raft_server(
+            listener_on(port),
+            &self.config,
+            i,
+            self.data_dirs.get(i),
+            &self.extra,
+        );
+        let ready = all_ready(
+            std::slice::from_mut(&mut proc),
+            std::slice::from_ref(&self.clients[i]),
+        )
+        .await;
+        self.procs[i] = proc;
+        assert!(ready, "server {i} did not start again on {}", self.addrs[i]);
     }
 
     /// Kills the BlockStore with SIGKILL and waits until it is gone.
@@ -525,17 +616,10 @@ impl Cluster {
     }
 
     /// Starts the BlockStore again on the same port and data directory and
-    /// polls until it listens.
+    /// polls until it serves.
     pub async fn restart_block(&mut self) {
         let args = block_args(self.block_dir.as_ref());
-        for _ in 0..RESTART_ATTEMPTS {
-            if let Some(server) = start_server_on("block", self.block.port, &args) {
-                self.block = server;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the BlockStore did not start again on {}", self.block.addr);
+        self.block = start_server_on(listener_on(self.block.port), "block", &args);
     }
 
     /// Runs `surfstore-client -f CONFIG dir block_size` to completion (at
