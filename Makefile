@@ -3,7 +3,10 @@ CARGO ?= cargo
 CONFIG ?= example_config.json
 IDX ?= 0
 
-.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
+# A longer nemesis run (tests/nemesis.rs; CI runs it for 12 s in `make test`).
+NEMESIS_SECS ?= 120
+
+.PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
 
 build:
 	$(CARGO) build --release --bins
@@ -50,3 +53,8 @@ run-metastore:
 
 run-raft:
 	$(CARGO) run --bin surfstore-raft-server -- -f $(CONFIG) -i $(IDX)
+
+# Faults on a real cluster for NEMESIS_SECS seconds, the history checked for
+# linearizability; NEMESIS_SEED=<n> replays a run's choices.
+nemesis:
+	NEMESIS_SECS=$(NEMESIS_SECS) $(CARGO) test --test nemesis -- --nocapture

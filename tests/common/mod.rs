@@ -178,6 +178,16 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the process, if it runs.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            let pid = i32::try_from(child.id()).expect("a pid fits an i32");
+            // SAFETY: kill(2) on our own child's pid, which is not reaped
+            // (and so not reused) while `child` is held.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -580,6 +590,17 @@ impl Cluster {
         self.data_dirs
             .get(i)
             .unwrap_or_else(|| panic!("server {i} has no data directory"))
+    }
+
+    /// Freezes server `i` (SIGSTOP): its sockets stay open, it answers
+    /// nothing, as a server stalled by a long pause.
+    pub fn pause(&self, i: usize) {
+        self.procs[i].signal(libc::SIGSTOP);
+    }
+
+    /// Lets server `i` run again after [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.procs[i].signal(libc::SIGCONT);
     }
 
     /// Kills server `i` with SIGKILL and waits until it is gone.
