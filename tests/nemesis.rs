@@ -5,8 +5,10 @@
 //!
 //! This is the default mode (no elections): an operator task picks the
 //! leader with `SetLeader` after every fault, as a person would with
-//! `surfstore-ctl set-leader`. Faults: SIGKILL and restart, SIGSTOP and
-//! SIGCONT (a paused leader), and the chaos `Crash`/`Restore`.
+//! `surfstore-ctl set-leader`. Faults, on the leader: SIGKILL and restart,
+//! SIGSTOP and SIGCONT (a paused leader), the chaos `Crash`/`Restore`, a
+//! partition isolating it, and one-way loss from it to one follower (every
+//! peer link runs through a proxy, [`common::network`]).
 //!
 //! What is checked is what the default mode guarantees: every `UpdateFile`
 //! answer (accepted, refused) and the final state agree with one order of
@@ -29,7 +31,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, file_meta, start_durable_cluster};
+use common::network::Network;
+use common::{Cluster, file_meta, start_partitionable_cluster};
 use linearizability::{Op, OpKind, check};
 use surfstore::proto::FileMetaData;
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
@@ -145,32 +148,36 @@ fn micros(started: Instant) -> u64 {
 }
 
 /// Makes some server other than `not` (when given) the leader with a
-/// majority behind it, as an operator would; returns it.
+/// majority behind it, as an operator would: tries them in turn from a
+/// random one; returns it.
 async fn elect(cluster: &Cluster, not: Option<usize>, rng: &mut fastrand::Rng) -> usize {
     let n = cluster.clients.len();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let candidate = rng.usize(..n);
-        if Some(candidate) != not {
-            let mut server = cluster.client(candidate);
-            let set = tokio::time::timeout(CALL_TIMEOUT, server.set_leader(())).await;
-            if matches!(set, Ok(Ok(_))) {
-                // A read confirms leadership with a majority; a stale
-                // server's blocks. (SendHeartbeat would wait for a paused
-                // follower's timeout too.)
-                let read = tokio::time::timeout(CALL_TIMEOUT, server.get_file_info_map(())).await;
-                if matches!(read, Ok(Ok(_))) {
-                    return candidate;
-                }
+    let candidates = (rng.usize(..n)..)
+        .map(|i| i % n)
+        .filter(|&i| Some(i) != not);
+    for candidate in candidates {
+        let mut server = cluster.client(candidate);
+        let set = tokio::time::timeout(CALL_TIMEOUT, server.set_leader(())).await;
+        if matches!(set, Ok(Ok(_))) {
+            // A read confirms leadership with a majority; a stale server's
+            // blocks. (SendHeartbeat would wait for a paused follower's
+            // timeout too.)
+            let read = tokio::time::timeout(CALL_TIMEOUT, server.get_file_info_map(())).await;
+            if matches!(read, Ok(Ok(_))) {
+                return candidate;
             }
         }
         assert!(Instant::now() < deadline, "no server could lead for 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    unreachable!("the candidates never end")
 }
 
-/// The faults, one at a time on the leader, each followed by a new leader.
-async fn operate(cluster: &mut Cluster, deadline: Instant, seed: u64) -> usize {
+/// The faults, one at a time on the leader, each followed by a new leader
+/// (but for one-way loss, which the leader rides out with the other
+/// follower).
+async fn operate(cluster: &mut Cluster, network: &Network, deadline: Instant, seed: u64) -> usize {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut leader = elect(cluster, None, &mut rng).await;
     let mut faults = 0;
@@ -178,7 +185,20 @@ async fn operate(cluster: &mut Cluster, deadline: Instant, seed: u64) -> usize {
         tokio::time::sleep(Duration::from_millis(rng.u64(200..600))).await;
         let down_for = Duration::from_millis(rng.u64(200..800));
         let victim = leader;
-        match rng.u8(..3) {
+        match rng.u8(..5) {
+            3 => {
+                network.isolate(victim);
+                leader = elect(cluster, Some(victim), &mut rng).await;
+                tokio::time::sleep(down_for).await;
+                network.heal();
+            }
+            4 => {
+                let follower =
+                    (victim + rng.usize(1..cluster.clients.len())) % cluster.clients.len();
+                network.set(victim, follower, false);
+                tokio::time::sleep(down_for).await;
+                network.heal();
+            }
             0 => {
                 cluster.kill(victim);
                 leader = elect(cluster, Some(victim), &mut rng).await;
@@ -204,7 +224,7 @@ async fn operate(cluster: &mut Cluster, deadline: Instant, seed: u64) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_stay_linearizable_under_kills_pauses_and_crashes_of_the_leader() {
+async fn updates_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
     let secs: u64 = std::env::var("NEMESIS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -213,7 +233,7 @@ async fn updates_stay_linearizable_under_kills_pauses_and_crashes_of_the_leader(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
-    let mut cluster = start_durable_cluster(3, &[]).await;
+    let (mut cluster, network) = start_partitionable_cluster(3, &[]).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let history = Arc::new(Mutex::new(History::default()));
@@ -233,7 +253,7 @@ async fn updates_stay_linearizable_under_kills_pauses_and_crashes_of_the_leader(
             ))
         })
         .collect();
-    let faults = operate(&mut cluster, deadline, seed).await;
+    let faults = operate(&mut cluster, &network, deadline, seed).await;
     for client in clients {
         client.await.unwrap();
     }

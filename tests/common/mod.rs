@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod network;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -432,8 +434,11 @@ pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Cluster {
     /// `MetaStoreAddrs`: server `i` listens on `addrs[i]` (`127.0.0.1:<port>`).
     pub addrs: Vec<String>,
-    /// The config file the servers were started with.
+    /// The config file clients use (every server's real address).
     pub config: PathBuf,
+    /// The config each server was started with: `config`, or one naming
+    /// its peers by the proxies of a [`network::Network`].
+    server_configs: Vec<PathBuf>,
     /// The BlockStore every server announces (`BlockStoreAddrs[0]`).
     pub block: Server,
     /// One connected client per server, in config order.
@@ -466,22 +471,67 @@ pub async fn start_durable_cluster(n: usize, extra: &[&str]) -> Cluster {
     launch_cluster(n, extra, true).await
 }
 
-async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
-    let block_dir = durable.then(|| tempfile::tempdir().expect("tempdir for the BlockStore"));
-    let block = start_server("block", &block_args(block_dir.as_ref()));
-    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-    let dir = tempfile::tempdir().expect("tempdir for the cluster");
+/// Like [`start_durable_cluster`], but every server reaches its peers
+/// through the returned [`network::Network`], which can partition them.
+pub async fn start_partitionable_cluster(n: usize, extra: &[&str]) -> (Cluster, network::Network) {
     let listeners: Vec<TcpListener> = (0..n).map(|_| loopback_listener()).collect();
     let addrs: Vec<String> = listeners
         .iter()
         .map(|l| l.local_addr().expect("listener address").to_string())
         .collect();
-    let config = dir.path().join("config.json");
-    let json = serde_json::json!({
-        "MetaStoreAddrs": addrs,
-        "BlockStoreAddrs": [block.addr],
-    });
-    std::fs::write(&config, json.to_string()).expect("write cluster config");
+    let network = network::Network::between(&addrs).await;
+    let views = (0..n).map(|i| network.seen_from(i, &addrs[i])).collect();
+    let cluster = launch_cluster_on(listeners, views, extra, true).await;
+    (cluster, network)
+}
+
+async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| loopback_listener()).collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("listener address").to_string())
+        .collect();
+    launch_cluster_on(listeners, vec![addrs; n], extra, durable).await
+}
+
+/// Starts server `i` on `listeners[i]` with a config listing `views[i]`
+/// (how it reaches each server; its own entry is its real address).
+async fn launch_cluster_on(
+    listeners: Vec<TcpListener>,
+    views: Vec<Vec<String>>,
+    extra: &[&str],
+    durable: bool,
+) -> Cluster {
+    let n = listeners.len();
+    let block_dir = durable.then(|| tempfile::tempdir().expect("tempdir for the BlockStore"));
+    let block = start_server("block", &block_args(block_dir.as_ref()));
+    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    let dir = tempfile::tempdir().expect("tempdir for the cluster");
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("listener address").to_string())
+        .collect();
+    let write_config = |name: String, addrs: &[String]| {
+        let path = dir.path().join(name);
+        let json = serde_json::json!({
+            "MetaStoreAddrs": addrs,
+            "BlockStoreAddrs": [block.addr],
+        });
+        std::fs::write(&path, json.to_string()).expect("write cluster config");
+        path
+    };
+    let config = write_config("config.json".into(), &addrs);
+    let server_configs: Vec<PathBuf> = views
+        .iter()
+        .enumerate()
+        .map(|(i, view)| {
+            if *view == addrs {
+                config.clone()
+            } else {
+                write_config(format!("config-{i}.json"), view)
+            }
+        })
+        .collect();
     let data_dirs: Vec<PathBuf> = if durable {
         (0..n)
             .map(|id| dir.path().join(format!("raft-{id}")))
@@ -492,7 +542,9 @@ async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
     let mut procs: Vec<Proc> = listeners
         .into_iter()
         .enumerate()
-        .map(|(id, listener)| spawn_raft_server(listener, &config, id, data_dirs.get(id), &extra))
+        .map(|(id, listener)| {
+            spawn_raft_server(listener, &server_configs[id], id, data_dirs.get(id), &extra)
+        })
         .collect();
     let clients: Vec<_> = addrs.iter().map(|a| raft_client(a)).collect();
     assert!(
@@ -502,6 +554,7 @@ async fn launch_cluster(n: usize, extra: &[&str], durable: bool) -> Cluster {
     Cluster {
         addrs,
         config,
+        server_configs,
         block,
         clients,
         extra,
@@ -617,7 +670,7 @@ impl Cluster {
             .expect("cluster addresses are 127.0.0.1:PORT");
         let mut proc = spawn_raft_server(
             listener_on(port),
-            &self.config,
+            &self.server_configs[i],
             i,
             self.data_dirs.get(i),
             &self.extra,
