@@ -1,4 +1,4 @@
-//! Nemesis: a real 3-server Raft cluster (`--data-dir` on every server)
+//! Nemesis: real 3- and 5-server Raft clusters (`--data-dir` on every server)
 //! under faults while clients read-modify-write a few files, with every
 //! operation recorded (call, answer or none, times) and the history of each
 //! file checked for linearizability ([`linearizability`]).
@@ -224,7 +224,18 @@ async fn operate(cluster: &mut Cluster, network: &Network, deadline: Instant, se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
+async fn three_servers_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
+    nemesis(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
+    nemesis(5).await;
+}
+
+/// One run on `servers` servers: faults and clients for `NEMESIS_SECS`,
+/// then the check.
+async fn nemesis(servers: usize) {
     let secs: u64 = std::env::var("NEMESIS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -233,7 +244,7 @@ async fn updates_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
-    let (mut cluster, network) = start_partitionable_cluster(3, &[]).await;
+    let (mut cluster, network) = start_partitionable_cluster(servers, &[]).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let history = Arc::new(Mutex::new(History::default()));
@@ -287,7 +298,7 @@ async fn updates_stay_linearizable_under_kills_pauses_crashes_and_partitions() {
 
     let mut history = Arc::try_unwrap(history).ok().unwrap().into_inner().unwrap();
     eprintln!(
-        "nemesis seed {seed}: {secs} s, {faults} faults, {} acknowledged, {} refused, {} unknown updates",
+        "nemesis seed {seed}, {servers} servers: {secs} s, {faults} faults, {} acknowledged, {} refused, {} unknown updates",
         history.acknowledged, history.refused, history.unknown
     );
     assert!(faults >= 3, "only {faults} faults in {secs} s");
