@@ -11,6 +11,7 @@
 //! * [`hash`], [`config`], [`grpc`], [`backoff`]: shared building blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
+//! * [`security`]: TLS, bearer tokens and roles (all opt-in).
 //! * [`cli`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
 
@@ -26,4 +27,5 @@ pub mod meta_store;
 pub mod plain_server;
 pub mod proto;
 pub mod raft;
+pub mod security;
 pub mod storage;

@@ -14,6 +14,7 @@ use surfstore::config::is_host_port;
 use surfstore::grpc;
 use surfstore::meta_store::JournaledMap;
 use surfstore::plain_server::{PlainServer, serve};
+use surfstore::security::ServerFlags;
 
 /// mimalloc rather than glibc's malloc: a server frees a multi-MiB block
 /// buffer per call and glibc hands it back to the kernel each time, so the
@@ -57,6 +58,8 @@ struct Args {
     /// Required with `-s meta`; with `-s both` it defaults to this server.
     #[arg(value_name = "BLOCKSTORE_ADDR")]
     block_store_addr: Option<String>,
+    #[command(flatten)]
+    security: ServerFlags,
 }
 
 #[tokio::main]
@@ -95,7 +98,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .then(|| file_map(data_dir))
         .transpose()?;
 
+    let security = args.security.load().map_err(Fatal::usage)?;
     let listen = grpc::listen_addr(args.port, args.localhost_only);
+    if let Some(warning) = security.exposure_warning(listen) {
+        tracing::warn!("{warning}");
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
@@ -105,6 +112,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         blocks,
         meta,
         block_store_addr,
+        security,
     };
     serve(listener, server, cli::shutdown_signal())
         .await

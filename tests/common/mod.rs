@@ -103,6 +103,34 @@ impl Proc {
         }
     }
 
+    /// Starts `program args` with stdout and stderr both appended to the
+    /// file `log`, for tests that read what a server printed.
+    pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Proc {
+        let file = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("open {}: {e}", log.display()))
+        };
+        let child = command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file())
+            .stderr(file())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Proc {
+            child: Some(child),
+            name: format!("{} {}", program.display(), args.join(" ")),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         match self.child.as_mut() {
