@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= example_config.json
 IDX ?= 0
 
-.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
+.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure
 
 build:
 	$(CARGO) build --release --bins
@@ -50,3 +50,9 @@ run-metastore:
 
 run-raft:
 	$(CARGO) run --bin surfstore-raft-server -- -f $(CONFIG) -i $(IDX)
+
+# Certificates, tokens, a BlockStore and three Raft servers with TLS, mutual
+# TLS and tokens; a sync, and a user's Crash refused (docs/security.md).
+demo-secure:
+	$(CARGO) build --bins
+	scripts/demo-secure.sh

@@ -256,14 +256,15 @@ impl Bearer {
     }
 
     /// The bearer from `--token-file FILE` or, without one, from the
-    /// `SURFSTORE_TOKEN` environment variable; `None` when neither is given.
+    /// `SURFSTORE_TOKEN` environment variable; `None` when neither is given
+    /// (an empty variable counts as none).
     pub fn from_file_or_env(file: Option<&Path>) -> Result<Option<Self>, TokenError> {
         if let Some(path) = file {
             return Self::from_file(path).map(Some);
         }
         match std::env::var(TOKEN_ENV) {
-            Ok(token) => Self::new(&token, TOKEN_ENV).map(Some),
-            Err(_) => Ok(None),
+            Ok(token) if !token.trim().is_empty() => Self::new(&token, TOKEN_ENV).map(Some),
+            _ => Ok(None),
         }
     }
 
