@@ -754,3 +754,49 @@ fn a_server_beyond_loopback_without_tls_and_tokens_warns_once() {
     assert!(!text("secure.log").contains("beyond loopback"));
     assert!(!text("local.log").contains("beyond loopback"));
 }
+
+#[test]
+fn unusable_security_flags_are_usage_errors_that_name_the_file() {
+    let material = Material::new();
+    let missing = material.path("missing.pem");
+    let key = material.path("certs/server.key");
+    let tokens = material.path("certs/ca.pem");
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "surfstore-server",
+            vec![
+                "-s",
+                "both",
+                "-l",
+                "-p",
+                "1",
+                "--tls-cert",
+                &missing,
+                "--tls-key",
+                &key,
+            ],
+            "missing.pem",
+        ),
+        (
+            "surfstore-server",
+            vec!["-s", "both", "-l", "-p", "1", "--auth-tokens", &tokens],
+            "ca.pem:1",
+        ),
+        (
+            "surfstore-server",
+            vec!["-s", "both", "-l", "-p", "1", "--tls-cert", &key],
+            "--tls-key",
+        ),
+        (
+            "surfstore-client",
+            vec!["--ca", &missing, "localhost:1", "/nonexistent", "4096"],
+            "missing.pem",
+        ),
+    ];
+    for (program, args, names) in cases {
+        let (out, _) = run_with_timeout(&bin(program), &args, RUN_LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{program} {args:?}: {stderr}");
+        assert!(stderr.contains(names), "{program} {args:?}: {stderr}");
+    }
+}
