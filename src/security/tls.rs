@@ -458,6 +458,57 @@ mod tests {
         }
     }
 
+    /// A client offering only `version`, trusting the CA in `dir`.
+    fn connector(
+        dir: &Path,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(certificates("CA", &dir.join("ca.pem")).unwrap());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn servers_speak_tls_1_3_only() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &["localhost".into()]).unwrap();
+        let tls = ServerTls::load(
+            &dir.path().join("server.pem"),
+            &dir.path().join("server.key"),
+            None,
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener, crate::grpc::incoming, Some(tls));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let old = TcpStream::connect(addr).await.unwrap();
+        let refused = connector(dir.path(), &rustls::version::TLS12)
+            .connect(name.clone(), old)
+            .await;
+        assert!(refused.is_err(), "a TLS 1.2 client got in");
+        let new = TcpStream::connect(addr).await.unwrap();
+        let client = connector(dir.path(), &rustls::version::TLS13)
+            .connect(name, new)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let served = accepted.next().await.unwrap().unwrap();
+        assert!(
+            matches!(served, ServerIo::Tls(_)),
+            "only the TLS 1.3 client is served"
+        );
+    }
+
     #[test]
     fn unusable_files_say_which_and_why() {
         let dir = tempfile::tempdir().unwrap();
