@@ -6,7 +6,7 @@ IDX ?= 0
 # A longer nemesis run (tests/nemesis.rs; CI runs it for 12 s in `make test`).
 NEMESIS_SECS ?= 120
 
-.PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
+.PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure
 
 build:
 	$(CARGO) build --release --bins
@@ -58,3 +58,9 @@ run-raft:
 # linearizability; NEMESIS_SEED=<n> replays a run's choices.
 nemesis:
 	NEMESIS_SECS=$(NEMESIS_SECS) $(CARGO) test --test nemesis -- --nocapture
+
+# Certificates, tokens, a BlockStore and three Raft servers with TLS, mutual
+# TLS and tokens; a sync, and a user's Crash refused (docs/security.md).
+demo-secure:
+	$(CARGO) build --bins
+	scripts/demo-secure.sh

@@ -4,7 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use futures::stream::BoxStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::security::auth::AuthLayer;
+use crate::security::tls::ServerIo;
+use crate::security::{ClientSecurity, Credentials, ServerSecurity};
 
 /// The largest block a BlockStore accepts (SPEC asks for at least 64 MiB).
 pub const MAX_BLOCK_BYTES: usize = 128 << 20;
@@ -66,35 +72,54 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid server address {addr:?}: {source}")]
+#[error("cannot use server address {addr:?}: {source}")]
 pub struct AddrError {
     addr: String,
     source: tonic::transport::Error,
 }
 
-/// Opens a lazily-connecting channel to `addr` (`host:port`). The channel is
-/// meant to be created once per server and cloned for every call: clones
-/// share one HTTP/2 connection.
+/// Opens a lazily-connecting plaintext channel to `addr` (`host:port`),
+/// sending no token. The channel is meant to be created once per server
+/// and cloned for every call: clones share one HTTP/2 connection.
 pub fn channel(addr: &str) -> Result<Channel, AddrError> {
-    Ok(endpoint(addr)?
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    Ok(with_client_keepalive(endpoint(addr, None)?))
 }
 
-/// Like [`channel`], for a Raft server's channel to a peer. Without the
-/// keepalive, a connection whose far end vanished without closing it (a
+/// A channel that carries the caller's token on every call.
+pub type AuthChannel = InterceptedService<Channel, Credentials>;
+
+/// Like [`channel`], with `security`'s TLS (then the address is dialled as
+/// `https://host:port`) and token.
+pub fn secure_channel(addr: &str, security: &ClientSecurity) -> Result<AuthChannel, AddrError> {
+    let channel = with_client_keepalive(endpoint(addr, security.tls.as_ref())?);
+    Ok(authenticated(channel, security))
+}
+
+/// Like [`secure_channel`], for a Raft server's channel to a peer. Without
+/// the keepalive, a connection whose far end vanished without closing it (a
 /// firewall that dropped its state, a host gone) looks open while every
 /// call on it times out, until TCP gives up; a ping unanswered within
 /// [`PEER_KEEPALIVE_TIMEOUT`] closes it, and the next call dials afresh.
 /// Only for servers of ours: gRPC servers in Go refuse pings this frequent
 /// by default.
-pub fn peer_channel(addr: &str) -> Result<Channel, AddrError> {
-    Ok(endpoint(addr)?
+pub fn peer_channel(addr: &str, security: &ClientSecurity) -> Result<AuthChannel, AddrError> {
+    let channel = endpoint(addr, security.tls.as_ref())?
         .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(authenticated(channel, security))
+}
+
+fn with_client_keepalive(endpoint: Endpoint) -> Channel {
+    endpoint
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy()
+}
+
+fn authenticated(channel: Channel, security: &ClientSecurity) -> AuthChannel {
+    InterceptedService::new(channel, Credentials::new(security.bearer.clone()))
 }
 
 /// How often a Raft server pings each peer connection.
@@ -104,13 +129,19 @@ pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// dropped.
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The settings every channel shares.
-fn endpoint(addr: &str) -> Result<Endpoint, AddrError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|source| AddrError {
-            addr: addr.to_string(),
-            source,
-        })?
+/// The settings every channel shares; with `tls`, the address is dialled
+/// over TLS.
+fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, AddrError> {
+    let error = |source| AddrError {
+        addr: addr.to_string(),
+        source,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(error)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(error)?;
+    }
+    Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -123,15 +154,25 @@ type HttpResponse = http::Response<tonic::body::Body>;
 /// The server builder [`server`] returns, ready for `add_service`.
 pub type ServerBuilder = tonic::transport::server::Server<
     tower::layer::util::Stack<
-        tower::util::MapResponseLayer<fn(HttpResponse) -> HttpResponse>,
-        tower::layer::util::Identity,
+        AuthLayer,
+        tower::layer::util::Stack<
+            tower::util::MapResponseLayer<fn(HttpResponse) -> HttpResponse>,
+            tower::layer::util::Identity,
+        >,
     >,
 >;
 
+/// A tonic server builder with the project's settings, checking no token.
+pub fn server() -> ServerBuilder {
+    secure_server(&ServerSecurity::default())
+}
+
 /// A tonic server builder with the project's settings. Requests that exceed
 /// [`MAX_MESSAGE_BYTES`] are answered with INVALID_ARGUMENT (tonic's own code
-/// for that is OUT_OF_RANGE; SPEC §3 asks for INVALID_ARGUMENT).
-pub fn server() -> ServerBuilder {
+/// for that is OUT_OF_RANGE; SPEC §3 asks for INVALID_ARGUMENT). With
+/// `security`'s tokens, every call passes [`AuthLayer`] first; serve it on
+/// [`secure_incoming`] for its TLS.
+pub fn secure_server(security: &ServerSecurity) -> ServerBuilder {
     tonic::transport::Server::builder()
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -139,6 +180,7 @@ pub fn server() -> ServerBuilder {
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument as fn(_) -> _,
         ))
+        .layer(AuthLayer::new(security.tokens.clone()))
 }
 
 fn oversized_is_invalid_argument(mut response: HttpResponse) -> HttpResponse {
@@ -158,6 +200,15 @@ fn oversized_is_invalid_argument(mut response: HttpResponse) -> HttpResponse {
 /// waits for the peer's delayed ACK: 40 ms stalls per call.
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The connections a server with `security` serves on `listener`: as
+/// [`incoming`] does, or over TLS.
+pub fn secure_incoming(
+    listener: tokio::net::TcpListener,
+    security: &ServerSecurity,
+) -> BoxStream<'static, std::io::Result<ServerIo>> {
+    crate::security::tls::incoming(listener, incoming, security.tls.clone())
 }
 
 /// Resolves a listen address: `-l` binds loopback only, otherwise every

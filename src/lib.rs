@@ -12,6 +12,7 @@
 //!   blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
+//! * [`security`]: TLS, bearer tokens and roles (all opt-in).
 //! * [`cli`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
 
@@ -28,4 +29,5 @@ pub mod meta_store;
 pub mod plain_server;
 pub mod proto;
 pub mod raft;
+pub mod security;
 pub mod storage;

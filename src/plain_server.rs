@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::block_store::{BlockBackend, BlockStoreService};
 use crate::grpc;
 use crate::meta_store::{JournaledMap, MetaStoreService};
+use crate::security::ServerSecurity;
 
 /// What one `surfstore-server` serves.
 pub struct PlainServer {
@@ -18,6 +19,8 @@ pub struct PlainServer {
     pub meta: Option<JournaledMap>,
     /// The BlockStore address the MetaStore hands to clients.
     pub block_store_addr: String,
+    /// TLS and tokens, when asked for.
+    pub security: ServerSecurity,
 }
 
 /// Serves `server` on `listener` until `shutdown` completes.
@@ -30,13 +33,14 @@ pub async fn serve(
         blocks,
         meta,
         block_store_addr,
+        security,
     } = server;
-    grpc::server()
+    grpc::secure_server(&security)
         .add_optional_service(blocks.map(|b| BlockStoreService::new(b).into_server()))
         .add_optional_service(
             meta.map(|m| MetaStoreService::with_map(block_store_addr, m).into_server()),
         )
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(grpc::secure_incoming(listener, &security), shutdown)
         .await
 }
 
@@ -57,6 +61,7 @@ mod tests {
             blocks: Some(Arc::new(MemoryBlocks::default())),
             meta: Some(JournaledMap::in_memory()),
             block_store_addr: addr.clone(),
+            security: ServerSecurity::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, server, async {

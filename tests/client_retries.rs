@@ -340,7 +340,7 @@ fn a_server_that_never_answers_is_given_up_within_the_bound() {
     );
     let retry_for = Duration::from_secs(2);
     let meta = rt.block_on(async {
-        MetaStore::single(&servers.meta_addr)
+        MetaStore::single(&servers.meta_addr, &Default::default())
             .unwrap()
             .with_patience(short_patience(retry_for))
     });
@@ -414,7 +414,11 @@ fn a_slow_leader_its_followers_name_is_waited_for() {
         || Status::failed_precondition(&hint),
         &servers.meta_addr,
     );
-    let meta = rt.block_on(async { MetaStore::cluster(&config).unwrap().with_patience(patience) });
+    let meta = rt.block_on(async {
+        MetaStore::cluster(&config, &Default::default())
+            .unwrap()
+            .with_patience(patience)
+    });
     let map = rt.block_on(meta.get_file_info_map()).unwrap();
     assert!(map.is_empty());
     assert!(servers.calls.map.load(Ordering::SeqCst) >= 3);
@@ -437,7 +441,11 @@ fn a_cluster_whose_majority_is_crashed_is_given_up_within_seconds() {
         || Status::unavailable("Server is crashed."),
         &servers.meta_addr,
     );
-    let meta = rt.block_on(async { MetaStore::cluster(&config).unwrap().with_patience(patience) });
+    let meta = rt.block_on(async {
+        MetaStore::cluster(&config, &Default::default())
+            .unwrap()
+            .with_patience(patience)
+    });
     let started = Instant::now();
     let error = rt.block_on(meta.get_file_info_map()).unwrap_err();
     let took = started.elapsed();

@@ -1,5 +1,6 @@
 //! The scripts behind `make demo`, `make demo-raft` and `make run-cluster`
-//! find the binaries where cargo put them, `CARGO_TARGET_DIR` included.
+//! find the binaries where cargo put them, `CARGO_TARGET_DIR` included;
+//! `make demo-secure` runs its secure cluster to the end.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -76,4 +77,35 @@ fn a_target_dir_without_a_build_is_reported() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run cargo build --bins"), "{stderr}");
+}
+
+#[test]
+fn make_demo_secure_syncs_and_refuses_a_users_crash() {
+    // The demo listens on DEMO_PORT and the three ports after it.
+    let base = (0..100)
+        .map(|_| free_ports(1)[0])
+        .find(|&port| {
+            (1..4).all(|i| {
+                port.checked_add(i)
+                    .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            })
+        })
+        .unwrap();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-secure.sh"))
+        .env("BIN", bin("surfstore-ctl").parent().unwrap())
+        .env("DEMO_PORT", base.to_string())
+        .env_remove("SURFSTORE_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("bob has exactly alice's files"), "{stdout}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert_eq!(
+        stdout.matches("refused, as it should be").count(),
+        2,
+        "{stdout}"
+    );
 }

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use surfstore::grpc::MAX_MESSAGE_BYTES;
+use surfstore::grpc::{AuthChannel, MAX_MESSAGE_BYTES};
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{Block, BlockHashes, FileMetaData};
+use surfstore::security::ClientSecurity;
 use tokio::sync::Barrier;
 use tonic::transport::Channel;
 
@@ -142,7 +143,8 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
                     (cluster.addrs[0].clone(), Servers::Cluster(cluster))
                 };
                 let meters = Meters::start(servers.pids());
-                let mut row = commit_load(&addr, clients, scale.commit_duration).await?;
+                let plain = ClientSecurity::default();
+                let mut row = commit_load(&addr, &plain, clients, scale.commit_duration).await?;
                 meters.finish(&mut row);
                 row.store = store.to_string();
                 row.durable = durable;
@@ -495,7 +497,7 @@ pub fn row(
 
 /// A client updating its own file, one version after the other.
 struct Committer {
-    client: MetaStoreClient<Channel>,
+    client: MetaStoreClient<AuthChannel>,
     meta: FileMetaData,
 }
 
@@ -511,14 +513,20 @@ impl Worker for Committer {
     }
 }
 
-/// UpdateFile commits per second at `addr` (any MetaStore service).
-async fn commit_load(addr: &str, clients: usize, duration: Duration) -> BenchResult<LoadRow> {
+/// UpdateFile commits per second at `addr` (any MetaStore service),
+/// connecting as `security` says.
+pub async fn commit_load(
+    addr: &str,
+    security: &ClientSecurity,
+    clients: usize,
+    duration: Duration,
+) -> BenchResult<LoadRow> {
     // A realistic entry: one block, named like one.
     let hash = hash_block(b"surfstore bench");
     let workers = (0..clients)
         .map(|task| {
             Ok(Committer {
-                client: MetaStoreClient::new(surfstore::grpc::channel(addr)?),
+                client: MetaStoreClient::new(surfstore::grpc::secure_channel(addr, security)?),
                 meta: FileMetaData {
                     filename: format!("bench-file-{task:03}"),
                     version: 0,

@@ -10,12 +10,14 @@
 //!   `PutBlock`s per second.
 //! * B7 ([`sha`]): this machine's single-core SHA-256 rate, the yardstick
 //!   every sync figure is divided by.
+//! * T1 ([`secure`]): commits and a cold upload with TLS and tokens on,
+//!   against plaintext in the same run.
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
-//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5) or `=load` (B6) runs one half, for
-//! measuring one change quickly (B7 always runs). Nothing here
+//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5), `=load` (B6) or `=tls` (T1) runs
+//! one part, for measuring one change quickly (B7 always runs). Nothing here
 //! asserts a timing: the numbers are reported, the targets compared, and the
 //! run fails only if a sync or a call does not do what it should.
 
@@ -25,6 +27,7 @@ mod etcd;
 mod load;
 mod procs;
 mod report;
+mod secure;
 mod sha;
 mod sync;
 
@@ -182,14 +185,16 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_load) = match only.as_str() {
-        "" => (true, true),
-        "sync" => (true, false),
-        "load" => (false, true),
+    let (run_sync, run_load, run_tls) = match only.as_str() {
+        "" => (true, true, true),
+        "sync" => (true, false, false),
+        "load" => (false, true, false),
+        "tls" => (false, false, true),
         other => {
-            return Err(
-                format!("SURFSTORE_BENCH_ONLY must be `sync` or `load`, not {other:?}").into(),
-            );
+            return Err(format!(
+                "SURFSTORE_BENCH_ONLY must be `sync`, `load` or `tls`, not {other:?}"
+            )
+            .into());
         }
     };
     let sha = sha::measure(&scale);
@@ -202,6 +207,11 @@ fn run() -> BenchResult<()> {
         runtime.block_on(load::run_all(&scale, work.path()))?
     } else {
         load::Loads::default()
+    };
+    let tls = if run_tls {
+        runtime.block_on(secure::run_all(&scale, work.path()))?
+    } else {
+        Vec::new()
     };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
@@ -216,6 +226,7 @@ fn run() -> BenchResult<()> {
         puts: load.puts,
         reads: load.reads,
         read_files: scale.read_files,
+        tls,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
+use surfstore::security::ClientSecurity;
 
 use crate::{BenchResult, cpu};
 
@@ -188,6 +189,22 @@ pub async fn start_cluster(
     block_addr: &str,
     data_root: Option<&Path>,
 ) -> BenchResult<Cluster> {
+    let plain = ClientSecurity::default();
+    start_cluster_with(work, label, n, block_addr, data_root, &[], &plain).await
+}
+
+/// Like [`start_cluster`], every server also given `extra` (e.g. TLS and
+/// token flags), and server 0 made leader through a channel secured as
+/// `security` says.
+pub async fn start_cluster_with(
+    work: &Path,
+    label: &str,
+    n: usize,
+    block_addr: &str,
+    data_root: Option<&Path>,
+    extra: &[String],
+    security: &ClientSecurity,
+) -> BenchResult<Cluster> {
     for attempt in 0..START_ATTEMPTS {
         let addrs: Vec<String> = free_ports(n)?
             .into_iter()
@@ -211,6 +228,7 @@ pub async fn start_cluster(
                     path_arg(&root.join(id.to_string()))?,
                 ]);
             }
+            args.extend_from_slice(extra);
             let log = log_path(work, &format!("{label}-{id}"))?;
             procs.push(Proc::spawn(
                 &bin("surfstore-raft-server"),
@@ -223,7 +241,7 @@ pub async fn start_cluster(
         for (proc, addr) in procs.iter_mut().zip(&addrs) {
             all_up &= wait_listening(proc, addr)?;
         }
-        if all_up && lead(&addrs[0]).await? {
+        if all_up && lead(&addrs[0], security).await? {
             return Ok(Cluster {
                 addrs,
                 config,
@@ -236,8 +254,8 @@ pub async fn start_cluster(
 
 /// Makes `addr` the leader and waits until it answers a confirmed read.
 /// False if it never did (its port was taken by another process).
-async fn lead(addr: &str) -> BenchResult<bool> {
-    let channel = surfstore::grpc::channel(addr)?;
+async fn lead(addr: &str, security: &ClientSecurity) -> BenchResult<bool> {
+    let channel = surfstore::grpc::secure_channel(addr, security)?;
     let mut raft = RaftSurfstoreClient::new(channel.clone());
     let mut meta = MetaStoreClient::new(channel);
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -278,6 +296,8 @@ pub fn run_client(work: &Path, args: &[String]) -> BenchResult<ClientRun> {
         .map_err(|e| format!("run surfstore-client: {e}"))?;
     let elapsed = started.elapsed();
     if !output.status.success() {
+        // A token is passed in a file, never on the command line, so the
+        // arguments are safe to print.
         let log = log_path(work, "client-failure")?;
         std::fs::write(&log, &output.stderr).map_err(|e| format!("{}: {e}", log.display()))?;
         return Err(format!(

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::load::{COMMIT_CLIENTS, LoadRow};
+use crate::secure::TlsRow;
 use crate::sha::ShaRate;
 use crate::sync::{LARGE_BLOCK, SMALL_BLOCK, SyncRow, human_bytes};
 use crate::{BenchResult, Machine};
@@ -36,6 +37,8 @@ pub struct Results {
     pub read_files: usize,
     /// B6 beside etcd.
     pub etcd: EtcdSide,
+    /// T1: TLS and tokens against plaintext.
+    pub tls: Vec<TlsRow>,
 }
 
 /// etcd's figures beside ours.
@@ -138,6 +141,7 @@ pub fn markdown(r: &Results) -> String {
     etcd_table(&mut s, r);
     put_table(&mut s, r);
     read_table(&mut s, r);
+    tls_table(&mut s, r);
     target_table(&mut s, r);
     s
 }
@@ -352,6 +356,33 @@ fn read_table(s: &mut String, r: &Results) {
     );
 }
 
+fn tls_table(s: &mut String, r: &Results) {
+    if r.tls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## T1: TLS 1.3 (mutual between Raft servers) and a token on every call, \
+         against plaintext (best of 3 runs each, taking turns)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| measurement | plaintext | TLS + tokens | cost |\n|---|---|---|---|"
+    );
+    for row in &r.tls {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} {unit} | {:.1} {unit} | {:.1}% |",
+            row.what,
+            row.plain,
+            row.secure,
+            row.cost_percent(),
+            unit = row.unit
+        );
+    }
+    let _ = writeln!(s);
+}
+
 /// One line of the targets table.
 struct Target {
     name: &'static str,
@@ -425,6 +456,14 @@ fn targets(r: &Results) -> Vec<Target> {
         now: raft_one.map_or("–".into(), |c| format!("{:.2} ms", c.p50_ms)),
         met: raft_one.map(|c| c.p50_ms < 1.0),
     });
+    for row in &r.tls {
+        out.push(Target {
+            name: "T1 cost of TLS + tokens",
+            goal: format!("< 15% ({})", row.unit),
+            now: format!("{:.1}%", row.cost_percent()),
+            met: Some(row.cost_percent() < 15.0),
+        });
+    }
     out
 }
 

@@ -1,7 +1,7 @@
 //! `surfstore-client`: syncs a base directory with SurfStore once (SPEC §7–8).
 //!
 //! `surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache]
-//! [--retry-for SECONDS] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE`: the
+//! [--retry-for SECONDS] [--ca FILE] [--token-file FILE] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE`: the
 //! MetaStore is META_ADDR, or with `-f` the Raft cluster of CONFIG, whose
 //! leader the client finds itself.
 //!
@@ -23,13 +23,14 @@ use surfstore::client::rpc::Patience;
 use surfstore::client::{self, MetaStore, Options, Progress, SyncError};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
+use surfstore::security::ClientFlags;
 
 /// Syncs BASEDIR with a SurfStore MetaStore and BlockStore.
 #[derive(Parser, Debug)]
 #[command(
     name = "surfstore-client",
     version,
-    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [--retry-for SECONDS] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
+    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [--retry-for SECONDS] [--ca FILE] [--token-file FILE] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
 )]
 struct Args {
     /// Print debug logs to stderr (and no progress bars).
@@ -61,6 +62,8 @@ struct Args {
     /// leader of its Raft servers instead of META_ADDR.
     #[arg(short = 'f', long = "config", value_name = "CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    security: ClientFlags,
     /// META_ADDR BASEDIR BLOCKSIZE: the MetaStore (host:port, omitted with
     /// -f), the directory to sync and the block size in bytes.
     #[arg(value_name = "ARGS", num_args = 2..=3, required = true)]
@@ -141,10 +144,11 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     if let Some(seconds) = args.retry_for {
         patience.retry_for = Duration::from_secs(seconds);
     }
+    let security = args.security.load().map_err(Fatal::usage)?;
     let (source, base, block_size) = check_args(args)?;
     let meta = match &source {
-        Source::Addr(addr) => MetaStore::single(addr),
-        Source::Cluster(config) => MetaStore::cluster(config),
+        Source::Addr(addr) => MetaStore::single(addr, &security),
+        Source::Cluster(config) => MetaStore::cluster(config, &security),
     }
     .map_err(Fatal::usage)?
     .with_patience(patience);

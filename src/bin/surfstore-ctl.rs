@@ -4,6 +4,8 @@
 //! RPC of that name on one server and print one line; `status` asks every
 //! server of a config for its state, concurrently, and prints a table.
 //! Every call has a deadline, so a dead server costs seconds, not a hang.
+//! `gen-certs` and `add-token` prepare a secure cluster (SPEC §9.3): they
+//! write files and call no server.
 //!
 //! Exit codes: 0 when the server answered (a heartbeat that no majority
 //! acknowledged included: the line says so), 1 when the call failed, 64 on
@@ -17,9 +19,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
-use surfstore::grpc;
+use surfstore::grpc::{self, AuthChannel};
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
-use tonic::transport::Channel;
+use surfstore::security::tls::{self, explain};
+use surfstore::security::tokens::{self, Role};
+use surfstore::security::{ClientFlags, ClientSecurity};
 
 /// Deadline of `set-leader`, `crash`, `restore` and of each `status` query.
 const CALL_DEADLINE: Duration = Duration::from_secs(3);
@@ -35,12 +39,41 @@ struct Args {
     /// Print debug logs to stderr.
     #[arg(short = 'd', long = "debug", global = true)]
     debug: bool,
+    #[command(flatten)]
+    security: ClientFlags,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Cluster(ClusterCommand),
+    /// Write a development CA and a certificate for HOSTS, signed by it,
+    /// to DIR: ca.pem, ca.key, server.pem, server.key.
+    GenCerts {
+        /// The directory to write to (created if missing).
+        dir: PathBuf,
+        /// The names and IP addresses the certificate is for, comma-separated.
+        #[arg(long = "hosts", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Append a fresh token for ROLE (user, peer or admin) named NAME to
+    /// the token file FILE (created readable by its owner only), and print
+    /// the token once, alone on the last line.
+    AddToken {
+        /// user, peer or admin.
+        role: Role,
+        /// Who holds it (shown in debug logs, never the token).
+        name: String,
+        /// The token file a server reads with --auth-tokens.
+        file: PathBuf,
+    },
+}
+
+/// The commands that call servers.
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
     /// Make the server at ADDR the leader (its term goes up by one).
     SetLeader {
         /// The server, host:port.
@@ -85,15 +118,48 @@ fn host_port(addr: &str) -> Result<String, String> {
 async fn main() -> ExitCode {
     let args: Args = cli::parse_args();
     cli::init_logging(args.debug);
-    cli::exit_code("surfstore-ctl", run(args.command).await)
+    cli::exit_code("surfstore-ctl", run(args.command, &args.security).await)
 }
 
-async fn run(command: Command) -> Result<(), Fatal> {
+async fn run(command: Command, flags: &ClientFlags) -> Result<(), Fatal> {
     let line = match command {
-        Command::SetLeader { addr } => {
-            let ok = call(&addr, "SetLeader", CALL_DEADLINE, |mut c, r| async move {
-                c.set_leader(r).await
-            })
+        Command::GenCerts { dir, hosts } => {
+            tls::generate(&dir, &hosts).map_err(Fatal::failure)?;
+            format!(
+                "wrote {} in {} for {}",
+                tls::GENERATED.join(", "),
+                dir.display(),
+                hosts.join(", ")
+            )
+        }
+        Command::AddToken { role, name, file } => {
+            let token = tokens::fresh_token()
+                .map_err(|e| Fatal::failure(format!("cannot draw a random token: {e}")))?;
+            tokens::append_token(&file, role, &name, &token).map_err(Fatal::failure)?;
+            format!(
+                "added {role} token {name:?} to {} (shown once, keep it secret):\n{token}",
+                file.display()
+            )
+        }
+        Command::Cluster(command) => {
+            call_servers(command, &flags.load().map_err(Fatal::usage)?).await?
+        }
+    };
+    println!("{}", line.trim_end());
+    Ok(())
+}
+
+/// Runs a command that calls servers and returns the line it prints.
+async fn call_servers(command: ClusterCommand, security: &ClientSecurity) -> Result<String, Fatal> {
+    Ok(match command {
+        ClusterCommand::SetLeader { addr } => {
+            let ok = call(
+                &addr,
+                security,
+                "SetLeader",
+                CALL_DEADLINE,
+                |mut c, r| async move { c.set_leader(r).await },
+            )
             .await?;
             if ok.flag {
                 format!("{addr}: leader set")
@@ -101,9 +167,10 @@ async fn run(command: Command) -> Result<(), Fatal> {
                 return Err(Fatal::failure(format!("{addr}: SetLeader refused")));
             }
         }
-        Command::Heartbeat { addr } => {
+        ClusterCommand::Heartbeat { addr } => {
             let ok = call(
                 &addr,
+                security,
                 "SendHeartbeat",
                 HEARTBEAT_DEADLINE,
                 |mut c, r| async move { c.send_heartbeat(r).await },
@@ -117,38 +184,50 @@ async fn run(command: Command) -> Result<(), Fatal> {
             };
             format!("{addr}: heartbeat: {outcome}")
         }
-        Command::Crash { addr } => {
-            call(&addr, "Crash", CALL_DEADLINE, |mut c, r| async move {
-                c.crash(r).await
-            })
+        ClusterCommand::Crash { addr } => {
+            call(
+                &addr,
+                security,
+                "Crash",
+                CALL_DEADLINE,
+                |mut c, r| async move { c.crash(r).await },
+            )
             .await?;
             format!("{addr}: crashed")
         }
-        Command::Restore { addr } => {
-            call(&addr, "Restore", CALL_DEADLINE, |mut c, r| async move {
-                c.restore(r).await
-            })
+        ClusterCommand::Restore { addr } => {
+            call(
+                &addr,
+                security,
+                "Restore",
+                CALL_DEADLINE,
+                |mut c, r| async move { c.restore(r).await },
+            )
             .await?;
             format!("{addr}: restored")
         }
-        Command::Status { config } => {
+        ClusterCommand::Status { config } => {
             let config = ClusterConfig::load(&config).map_err(Fatal::usage)?;
-            status_table(&config.meta_addrs).await
+            status_table(&config.meta_addrs, security).await
         }
-    };
-    println!("{}", line.trim_end());
-    Ok(())
+    })
 }
 
 /// Calls `rpc` (an RPC taking `Empty`) on the server at `addr` with
 /// `deadline`; any failure becomes
 /// one line naming the server, the RPC and the reason.
-async fn call<T, F, Fut>(addr: &str, rpc: &str, deadline: Duration, f: F) -> Result<T, Fatal>
+async fn call<T, F, Fut>(
+    addr: &str,
+    security: &ClientSecurity,
+    rpc: &str,
+    deadline: Duration,
+    f: F,
+) -> Result<T, Fatal>
 where
-    F: FnOnce(RaftSurfstoreClient<Channel>, tonic::Request<()>) -> Fut,
+    F: FnOnce(RaftSurfstoreClient<AuthChannel>, tonic::Request<()>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let channel = grpc::channel(addr).map_err(Fatal::usage)?;
+    let channel = grpc::secure_channel(addr, security).map_err(Fatal::usage)?;
     // The server learns the deadline too (grpc-timeout) and can give up in
     // time; the local timer also bounds connecting.
     let mut request = tonic::Request::new(());
@@ -165,9 +244,13 @@ where
     }
 }
 
-/// A status in one line: its code, its message, and for transport failures
-/// the underlying cause (e.g. "Connection refused").
+/// A status in one line: what to do about it when it is a certificate or
+/// token problem, otherwise its code, its message, and for transport
+/// failures the underlying cause (e.g. "Connection refused").
 fn describe(status: &tonic::Status) -> String {
+    if let Some(explained) = explain(status) {
+        return explained;
+    }
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
@@ -191,12 +274,17 @@ struct ServerState {
 
 /// Queries one server: IsCrashed and GetInternalState, both answered in the
 /// crashed state too. The error says why the server could not be queried.
-async fn query(addr: &str) -> Result<ServerState, Fatal> {
-    let crashed = call(addr, "IsCrashed", CALL_DEADLINE, |mut c, r| async move {
-        c.is_crashed(r).await
-    });
+async fn query(addr: &str, security: &ClientSecurity) -> Result<ServerState, Fatal> {
+    let crashed = call(
+        addr,
+        security,
+        "IsCrashed",
+        CALL_DEADLINE,
+        |mut c, r| async move { c.is_crashed(r).await },
+    );
     let state = call(
         addr,
+        security,
         "GetInternalState",
         CALL_DEADLINE,
         |mut c, r| async move { c.get_internal_state(r).await },
@@ -214,8 +302,8 @@ async fn query(addr: &str) -> Result<ServerState, Fatal> {
 /// Queries every server concurrently and renders one row per server. Why a
 /// server is unreachable goes to stderr, one line each, so the table stays
 /// a table.
-async fn status_table(addrs: &[String]) -> String {
-    let states = futures::future::join_all(addrs.iter().map(|addr| query(addr))).await;
+async fn status_table(addrs: &[String], security: &ClientSecurity) -> String {
+    let states = futures::future::join_all(addrs.iter().map(|addr| query(addr, security))).await;
     let header = ["ID", "ADDRESS", "STATE", "LEADER", "TERM", "LOG", "FILES"].map(String::from);
     let mut rows = vec![header.to_vec()];
     for (id, (addr, state)) in addrs.iter().zip(states).enumerate() {

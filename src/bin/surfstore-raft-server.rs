@@ -12,8 +12,9 @@ use surfstore::grpc;
 use surfstore::listener;
 use surfstore::raft::MAX_INFLIGHT;
 use surfstore::raft::node::{NodeConfig, StartError};
-use surfstore::raft::service::{self, ServeError};
+use surfstore::raft::service::{self, Security, ServeError};
 use surfstore::raft::storage::{FileStorage, MemoryStorage, RaftStorage};
+use surfstore::security::{PeerFlags, ServerFlags};
 
 /// Runs one server of a Raft-replicated SurfStore MetaStore.
 #[derive(Parser, Debug)]
@@ -46,6 +47,10 @@ struct Args {
     #[arg(long = "pipeline-depth", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
     pipeline_depth: u64,
+    #[command(flatten)]
+    security: ServerFlags,
+    #[command(flatten)]
+    peers: PeerFlags,
 }
 
 #[tokio::main]
@@ -83,9 +88,19 @@ async fn run(args: Args) -> Result<(), Fatal> {
         }
     };
 
+    let security = Security {
+        server: args.security.load().map_err(Fatal::usage)?,
+        peers: args
+            .security
+            .peer_security(&args.peers)
+            .map_err(Fatal::usage)?,
+    };
     let socket = grpc::resolve(&listen)
         .await
         .map_err(|e| Fatal::failure(format!("cannot resolve {listen}: {e}")))?;
+    if let Some(warning) = security.server.exposure_warning(socket) {
+        tracing::warn!("{warning}");
+    }
     let listener = listener::open(socket).await?;
 
     let storage: Box<dyn RaftStorage> = match &args.data_dir {
@@ -100,7 +115,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
     };
     tracing::info!(id = args.id, %listen, "raft server serving");
-    service::serve(listener, config, storage, cli::shutdown_signal())
+    service::serve(listener, config, storage, security, cli::shutdown_signal())
         .await
         .map_err(|e| match e {
             ServeError::Start(StartError::Addr(e)) => Fatal::usage(e),

@@ -15,6 +15,7 @@ use surfstore::grpc;
 use surfstore::listener;
 use surfstore::meta_store::JournaledMap;
 use surfstore::plain_server::{PlainServer, serve};
+use surfstore::security::ServerFlags;
 
 /// mimalloc rather than glibc's malloc: a server frees a multi-MiB block
 /// buffer per call and glibc hands it back to the kernel each time, so the
@@ -58,6 +59,8 @@ struct Args {
     /// Required with `-s meta`; with `-s both` it defaults to this server.
     #[arg(value_name = "BLOCKSTORE_ADDR")]
     block_store_addr: Option<String>,
+    #[command(flatten)]
+    security: ServerFlags,
 }
 
 #[tokio::main]
@@ -96,7 +99,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .then(|| file_map(data_dir))
         .transpose()?;
 
+    let security = args.security.load().map_err(Fatal::usage)?;
     let listen = grpc::listen_addr(args.port, args.localhost_only);
+    if let Some(warning) = security.exposure_warning(listen) {
+        tracing::warn!("{warning}");
+    }
     let listener = listener::open(listen).await?;
 
     tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
@@ -104,6 +111,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         blocks,
         meta,
         block_store_addr,
+        security,
     };
     serve(listener, server, cli::shutdown_signal())
         .await

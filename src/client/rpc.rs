@@ -21,16 +21,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::index::Entry;
 use crate::config::{ClusterConfig, is_host_port};
-use crate::grpc::{self, AddrError, MAX_MESSAGE_BYTES};
+use crate::grpc::{self, AddrError, AuthChannel as Channel, MAX_MESSAGE_BYTES};
 use crate::proto::block_store_client::BlockStoreClient;
 use crate::proto::meta_store_client::MetaStoreClient;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
+use crate::security::ClientSecurity;
+use crate::security::tls::explain;
 
 /// How patient calls are with servers that fail or are slow (SPEC §7).
 ///
@@ -294,6 +295,8 @@ pub struct MetaStore {
     /// META_ADDR: only what a give-up reports depends on it.
     cluster: bool,
     patience: Patience,
+    /// TLS and token, for every server (the BlockStore's too).
+    security: ClientSecurity,
 }
 
 /// How a failed attempt reads.
@@ -390,6 +393,10 @@ fn classify(status: &Status) -> Verdict {
     if message.contains(CRASHED) {
         return Verdict::Crashed;
     }
+    // A certificate or token problem does not pass by itself.
+    if explain(status).is_some() {
+        return Verdict::Failed;
+    }
     match status.code() {
         Code::Unavailable => connect_failure(status).unwrap_or(Verdict::Transient),
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Verdict::Transient,
@@ -428,9 +435,13 @@ fn leader_hint(text: &str) -> Option<String> {
     is_host_port(&addr).then_some(addr)
 }
 
-/// A status in one line: its message and, for transport errors, the root
-/// cause (tonic repeats the layers in between).
+/// A status in one line: what to do about it when it is a certificate or
+/// token problem, otherwise its message and, for transport errors, the
+/// root cause (tonic repeats the layers in between).
 fn describe(status: &Status) -> String {
+    if let Some(explained) = explain(status) {
+        return explained;
+    }
     let message = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
@@ -474,23 +485,28 @@ enum Effect {
 impl MetaStore {
     /// The MetaStore at `addr` (a plain server; a Raft server is recognised
     /// and followed to its leader).
-    pub fn single(addr: &str) -> Result<Self, RpcError> {
-        Self::new(&[addr.to_string()], Api::Plain, false)
+    pub fn single(addr: &str, security: &ClientSecurity) -> Result<Self, RpcError> {
+        Self::new(&[addr.to_string()], Api::Plain, false, security)
     }
 
     /// The Raft cluster of `config`, whose leader each call finds. A server
     /// that turns out to be a plain MetaStore is used as one.
-    pub fn cluster(config: &ClusterConfig) -> Result<Self, RpcError> {
-        Self::new(&config.meta_addrs, Api::Raft, true)
+    pub fn cluster(config: &ClusterConfig, security: &ClientSecurity) -> Result<Self, RpcError> {
+        Self::new(&config.meta_addrs, Api::Raft, true, security)
     }
 
-    fn new(addrs: &[String], api: Api, cluster: bool) -> Result<Self, RpcError> {
+    fn new(
+        addrs: &[String],
+        api: Api,
+        cluster: bool,
+        security: &ClientSecurity,
+    ) -> Result<Self, RpcError> {
         let list = addrs
             .iter()
             .map(|addr| {
                 Ok(Server {
                     addr: addr.clone(),
-                    channel: grpc::channel(addr)?,
+                    channel: grpc::secure_channel(addr, security)?,
                     api,
                 })
             })
@@ -499,6 +515,7 @@ impl MetaStore {
             servers: Mutex::new(Servers { list, leader: 0 }),
             cluster,
             patience: Patience::default(),
+            security: security.clone(),
         })
     }
 
@@ -511,6 +528,11 @@ impl MetaStore {
     /// How patient calls are (also those to the BlockStore it names).
     pub fn patience(&self) -> Patience {
         self.patience
+    }
+
+    /// How it connects (also to the BlockStore it names).
+    pub fn security(&self) -> &ClientSecurity {
+        &self.security
     }
 
     /// Every file the server knows, tombstones included.
@@ -664,7 +686,7 @@ impl MetaStore {
         if let Some(i) = servers.list.iter().position(|s| s.addr == addr) {
             return Some(i);
         }
-        let channel = grpc::channel(addr).ok()?;
+        let channel = grpc::secure_channel(addr, &self.security).ok()?;
         servers.list.push(Server {
             addr: addr.to_string(),
             channel,
@@ -718,8 +740,13 @@ pub struct BlockStore {
 impl BlockStore {
     /// A handle on the BlockStore at `addr` (connects on first use), for
     /// blocks of about `block_size` bytes.
-    pub fn connect(addr: &str, block_size: usize, patience: Patience) -> Result<Self, RpcError> {
-        let client = BlockStoreClient::new(grpc::channel(addr)?)
+    pub fn connect(
+        addr: &str,
+        block_size: usize,
+        patience: Patience,
+        security: &ClientSecurity,
+    ) -> Result<Self, RpcError> {
+        let client = BlockStoreClient::new(grpc::secure_channel(addr, security)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
@@ -1008,7 +1035,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let mut client = meta_client(grpc::channel(&addr).unwrap());
+        let mut client =
+            meta_client(grpc::secure_channel(&addr, &ClientSecurity::default()).unwrap());
         let status = client.get_block_store_addr(()).await.unwrap_err();
         assert_eq!(classify(&status), Verdict::Refused, "{status:?}");
     }

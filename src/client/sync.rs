@@ -429,7 +429,12 @@ impl Run<'_> {
         self.blocks
             .get_or_try_init(|| async {
                 let addr = self.meta.get_block_store_addr().await?;
-                BlockStore::connect(&addr, self.options.block_size, self.meta.patience())
+                BlockStore::connect(
+                    &addr,
+                    self.options.block_size,
+                    self.meta.patience(),
+                    self.meta.security(),
+                )
             })
             .await
     }

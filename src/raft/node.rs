@@ -70,6 +70,7 @@ use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::FileMap;
 use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
+use crate::security::ClientSecurity;
 
 /// The most entries one AppendEntries carries; more are sent in the next.
 const MAX_BATCH_ENTRIES: usize = 4096;
@@ -231,11 +232,15 @@ struct Driver {
 
 impl RaftNode {
     /// Creates the node from what `storage` holds (replaying its committed
-    /// prefix into the map), reaching its peers over gRPC, and spawns its
+    /// prefix into the map), reaching its peers over gRPC (as `peers` says), and spawns its
     /// event loop and one replication task per peer on the current tokio
     /// runtime.
-    pub fn start(config: NodeConfig, storage: Box<dyn RaftStorage>) -> Result<Self, StartError> {
-        let transport = GrpcTransport::new(&config.addrs, config.id)?;
+    pub fn start(
+        config: NodeConfig,
+        storage: Box<dyn RaftStorage>,
+        peers: &ClientSecurity,
+    ) -> Result<Self, StartError> {
+        let transport = GrpcTransport::new(&config.addrs, config.id, peers)?;
         Self::start_with(config, storage, Arc::new(transport))
     }
 

@@ -17,6 +17,7 @@ use crate::proto::{
     AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
     RaftInternalState, Success, Version, meta_store_server, raft_surfstore_server,
 };
+use crate::security::{ClientSecurity, ServerSecurity};
 
 /// Serves one node over gRPC.
 #[derive(Clone)]
@@ -89,6 +90,16 @@ pub enum ServeError {
     Storage,
 }
 
+/// A Raft server's security: what it enforces on its callers, and how it
+/// calls its peers.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS and tokens for its own listener.
+    pub server: ServerSecurity,
+    /// TLS and the peer token for its calls to the others.
+    pub peers: ClientSecurity,
+}
+
 /// Runs one Raft server on `listener` until `shutdown` completes (then
 /// `Ok`) or its storage fails: starts the node from `storage`, and serves
 /// `RaftSurfstore` and `MetaStore` over it. The binary only parses its
@@ -97,14 +108,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: NodeConfig,
     storage: Box<dyn RaftStorage>,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let node = RaftNode::start(config, storage)?;
+    let node = RaftNode::start(config, storage, &security.peers)?;
     let service = RaftService::new(node.clone());
-    let serve = crate::grpc::server()
+    let serve = crate::grpc::secure_server(&security.server)
         .add_service(service.raft_server())
         .add_service(service.meta_server())
-        .serve_with_incoming_shutdown(crate::grpc::incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            crate::grpc::secure_incoming(listener, &security.server),
+            shutdown,
+        );
     tokio::select! {
         served = serve => Ok(served?),
         () = node.failed() => Err(ServeError::Storage),
@@ -244,6 +259,7 @@ mod tests {
             listener,
             config,
             Box::new(FailingStorage),
+            Security::default(),
             std::future::pending(),
         ));
         let mut client = RaftSurfstoreClient::connect(format!("http://{addr}"))

@@ -10,6 +10,7 @@ use super::ServerId;
 use crate::grpc;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::proto::{AppendEntryInput, AppendEntryOutput};
+use crate::security::ClientSecurity;
 
 /// Delivers AppendEntries to peers.
 pub trait Transport: Send + Sync + 'static {
@@ -28,12 +29,17 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct GrpcTransport {
     /// By server id; `None` for the server itself.
-    clients: Vec<Option<RaftSurfstoreClient<tonic::transport::Channel>>>,
+    clients: Vec<Option<RaftSurfstoreClient<grpc::AuthChannel>>>,
 }
 
 impl GrpcTransport {
-    /// Channels to every server in `addrs` but `me`.
-    pub fn new(addrs: &[String], me: ServerId) -> Result<Self, grpc::AddrError> {
+    /// Channels to every server in `addrs` but `me`, secured as `security`
+    /// says.
+    pub fn new(
+        addrs: &[String],
+        me: ServerId,
+        security: &ClientSecurity,
+    ) -> Result<Self, grpc::AddrError> {
         let clients = addrs
             .iter()
             .enumerate()
@@ -41,7 +47,7 @@ impl GrpcTransport {
                 (id != me)
                     .then(|| {
                         Ok::<_, grpc::AddrError>(
-                            RaftSurfstoreClient::new(grpc::peer_channel(addr)?)
+                            RaftSurfstoreClient::new(grpc::peer_channel(addr, security)?)
                                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                                 .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
                         )

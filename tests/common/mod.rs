@@ -150,7 +150,7 @@ impl Proc {
         Self::start(command_on(listener, program), program, args)
     }
 
-    fn start(mut command: Command, program: &Path, args: &[&str]) -> Proc {
+    fn start(command: Command, program: &Path, args: &[&str]) -> Proc {
         let verbose = std::env::var_os("SURFSTORE_TEST_LOGS").is_some();
         let stdio = || {
             if verbose {
@@ -159,17 +159,54 @@ impl Proc {
                 Stdio::null()
             }
         };
+        Self::launch(command, program, args, stdio(), stdio())
+    }
+
+    /// Starts `program args` with stdout and stderr both appended to the
+    /// file `log`, for tests that read what a server printed.
+    pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Proc {
+        Self::start_logged(command(program), program, args, log)
+    }
+
+    /// [`Proc::spawn_logged`] for a server on `listener` (see
+    /// [`Proc::spawn_on`]).
+    pub fn spawn_logged_on(
+        listener: TcpListener,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Proc {
+        Self::start_logged(command_on(listener, program), program, args, log)
+    }
+
+    fn start_logged(command: Command, program: &Path, args: &[&str], log: &Path) -> Proc {
+        let file = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("open {}: {e}", log.display()))
+        };
+        Self::launch(command, program, args, file().into(), file().into())
+    }
+
+    fn launch(mut command: Command, program: &Path, args: &[&str], out: Stdio, err: Stdio) -> Proc {
         let child = command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(stdio())
-            .stderr(stdio())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         Proc {
             child: Some(child),
             name: format!("{} {}", program.display(), args.join(" ")),
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process has exited.
