@@ -55,7 +55,7 @@ pub struct ServerFlags {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PeerFlags {
     /// Trust peers whose certificates this PEM CA signed (default: the
-    /// --tls-client-ca file), on top of Mozilla's roots.
+    /// --tls-client-ca file), on top of the system's and Mozilla's roots.
     #[arg(long = "ca", value_name = "FILE", requires = "tls_cert")]
     pub ca: Option<PathBuf>,
     /// Send the token in this file (its first line) on every call to a peer.
@@ -67,7 +67,7 @@ pub struct PeerFlags {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientFlags {
     /// Speak TLS, trusting servers whose certificates this PEM CA signed
-    /// (on top of Mozilla's roots).
+    /// (on top of the system's and Mozilla's roots).
     #[arg(long = "ca", value_name = "FILE", global = true)]
     pub ca: Option<PathBuf>,
     /// Send the token in this file (its first line); without it, the token

@@ -257,13 +257,17 @@ pub fn incoming(
 }
 
 /// What a client (or a Raft server calling its peers) trusts and presents:
-/// the CA of `--ca` on top of Mozilla's roots, and with `identity` (a
-/// certificate file and its key) a client certificate for mutual TLS.
+/// the CA of `--ca` on top of the system's roots and Mozilla's, and with
+/// `identity` (a certificate file and its key) a client certificate for
+/// mutual TLS.
 pub fn client_tls(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientTlsConfig, TlsError> {
     let mut config = ClientTlsConfig::new().with_webpki_roots();
+    if system_has_roots() {
+        config = config.with_native_roots();
+    }
     if let Some(ca) = ca {
         config = config.ca_certificate(Certificate::from_pem(pem_bytes("CA", ca, false)?));
     }
@@ -274,6 +278,14 @@ pub fn client_tls(
         ));
     }
     Ok(config)
+}
+
+/// Whether the system's trust store holds any certificate, read once per
+/// process: tonic fails to build a client asked for system roots when
+/// there are none (a container without ca-certificates).
+fn system_has_roots() -> bool {
+    static HAS_ROOTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS_ROOTS.get_or_init(|| !rustls_native_certs::load_native_certs().certs.is_empty())
 }
 
 /// The files `gen-certs` writes in its directory.
