@@ -39,6 +39,15 @@ struct Args {
     /// to stderr.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Print one line per file changed (uploaded, downloaded, deleted
+    /// here or on the server), as it is done.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Print what a sync would do now (upload, download, delete or
+    /// conflict, per file) and change nothing: not the files, not the
+    /// server, not index.txt.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
     /// When the server's version wins over a local change, keep the local
     /// file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC), where it
     /// syncs on the next run, instead of saving it under
@@ -137,6 +146,7 @@ async fn client_main() -> ExitCode {
 
 async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     let (quiet, keep_conflicts, hash_cache) = (args.quiet, args.keep_conflicts, args.hash_cache);
+    let (verbose, dry_run) = (args.verbose, args.dry_run);
     let mut patience = Patience::default();
     if let Some(seconds) = args.retry_for {
         patience.retry_for = Duration::from_secs(seconds);
@@ -158,7 +168,11 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
         conflicts,
         hash_cache,
         progress,
+        verbose,
     };
+    if dry_run {
+        return print_plan(&base, &options, &meta).await;
+    }
     // On Ctrl-C the run is dropped where it stands: files are either old or
     // new, and downloads in progress stay as partial downloads that the
     // next run resumes.
@@ -173,21 +187,61 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
             message: "interrupted; rerun to resume".to_string(),
         });
     };
-    let report = result.map_err(|error| match error {
-        // Like a bad BLOCKSIZE argument: nothing was done.
-        SyncError::BlockSize(error) => Fatal::usage(error),
-        error => Fatal::failure(error),
-    })?;
+    let report = result.map_err(sync_error)?;
     if !quiet {
         println!("{report}");
     }
-    match report.failures.as_slice() {
-        [] => Ok(()),
-        [(name, error)] => Err(Fatal::failure(format!("{name:?} not synced: {error}"))),
-        [(name, error), rest @ ..] => Err(Fatal::failure(format!(
-            "{name:?} not synced: {error} (and {} more files not synced)",
-            rest.len()
-        ))),
+    failures(&report)
+}
+
+/// Reports each file that could not be synced once: the last as the fatal
+/// error, the others on a line each before it.
+fn failures(report: &client::Report) -> Result<(), Fatal> {
+    let Some(((last, error), others)) = report.failures.split_last() else {
+        return Ok(());
+    };
+    for (name, error) in others {
+        eprintln!("surfstore-client: {name:?} not synced: {error}");
+    }
+    let and_more = match others.len() {
+        0 => String::new(),
+        n => format!(" ({} files not synced in all)", n + 1),
+    };
+    Err(Fatal::failure(format!(
+        "{last:?} not synced: {error}{and_more}"
+    )))
+}
+
+/// `--dry-run`: prints the plan, one line per file, and its counts.
+async fn print_plan(
+    base: &std::path::Path,
+    options: &Options,
+    meta: &MetaStore,
+) -> Result<(), Fatal> {
+    let result = tokio::select! {
+        result = client::dry_run(base, options, meta) => Some(result),
+        () = cli::shutdown_signal() => None,
+    };
+    options.progress.finish();
+    let plan = result
+        .ok_or_else(|| Fatal {
+            code: EXIT_INTERRUPTED,
+            message: "interrupted; nothing was changed".to_string(),
+        })?
+        .map_err(sync_error)?;
+    for line in plan.lines() {
+        println!("{line}");
+    }
+    println!("{}", client::report::dry_run_summary(&plan));
+    Ok(())
+}
+
+/// How a failed run is reported.
+fn sync_error(error: SyncError) -> Fatal {
+    match error {
+        // Like a bad BLOCKSIZE argument: nothing was done.
+        SyncError::BlockSize(error) => Fatal::usage(error),
+        error => Fatal::failure(error),
     }
 }
 

@@ -32,4 +32,4 @@ pub mod sync;
 pub use progress::Progress;
 pub use report::Report;
 pub use rpc::MetaStore;
-pub use sync::{Options, SyncError, sync};
+pub use sync::{Options, SyncError, dry_run, sync};

@@ -51,6 +51,64 @@ pub enum Action {
     Forget,
 }
 
+/// What an action changes, as a person reads it (`--dry-run`, `-v`, the
+/// summary's counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The local file's content goes to the server.
+    Upload,
+    /// The server's content is written here.
+    Download,
+    /// The local file is deleted: the server holds a tombstone.
+    DeleteHere,
+    /// A local deletion goes to the server (as a tombstone).
+    DeleteOnServer,
+}
+
+impl Change {
+    /// The verb `--dry-run` prints before the file name.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Upload => "upload",
+            Self::Download => "download",
+            Self::DeleteHere => "delete here",
+            Self::DeleteOnServer => "delete on server",
+        }
+    }
+
+    /// The participle `-v` prints before the file name once it is done.
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Upload => "uploaded",
+            Self::Download => "downloaded",
+            Self::DeleteHere => "deleted here",
+            Self::DeleteOnServer => "deleted on server",
+        }
+    }
+
+    /// What an upload of `entry` does: a tombstone deletes.
+    pub fn of_upload(entry: &Entry) -> Self {
+        if entry.is_tombstone() {
+            Self::DeleteOnServer
+        } else {
+            Self::Upload
+        }
+    }
+}
+
+impl Action {
+    /// What carrying out the action changes and whether a local change
+    /// loses to the server; `None` when only the index changes.
+    pub fn change(&self) -> Option<(Change, bool)> {
+        match self {
+            Self::Upload(entry) => Some((Change::of_upload(entry), false)),
+            Self::Download { conflict, .. } => Some((Change::Download, *conflict)),
+            Self::Delete { conflict, .. } => Some((Change::DeleteHere, *conflict)),
+            Self::Adopt(_) | Self::Forget => None,
+        }
+    }
+}
+
 /// The actions of one sync, by file name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -58,6 +116,32 @@ pub struct Plan {
     pub actions: BTreeMap<String, Action>,
     /// Remote names that cannot be synced safely, and why.
     pub refused: BTreeMap<String, NameError>,
+}
+
+impl Plan {
+    /// The plan as `--dry-run` prints it: one line per file that would
+    /// change (`upload  NAME`, `conflict  NAME: ...`), then the names
+    /// refused; files whose only change is in index.txt are left out.
+    pub fn lines(&self) -> Vec<String> {
+        let changes = self.actions.iter().filter_map(|(name, action)| {
+            let (change, conflict) = action.change()?;
+            Some(match (change, conflict) {
+                (change, false) => format!("{:<17}{name}", change.verb()),
+                (Change::DeleteHere, true) => format!(
+                    "{:<17}{name}: deleted on the server, changed here; the local version is saved"
+                , "conflict"),
+                (_, true) => format!(
+                    "{:<17}{name}: changed on both sides; the server's version wins, the local one is saved",
+                    "conflict"
+                ),
+            })
+        });
+        let refused = self
+            .refused
+            .iter()
+            .map(|(name, error)| format!("{:<17}{name:?}: {error}", "refuse"));
+        changes.chain(refused).collect()
+    }
 }
 
 /// Decides what to do with every file known locally, in the index or

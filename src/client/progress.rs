@@ -69,6 +69,11 @@ impl Progress {
         self.transfer.finish_and_clear();
     }
 
+    /// Prints `line` on stdout, lifting the bars out of the way.
+    pub fn println(&self, line: &str) {
+        self.multi.suspend(|| println!("{line}"));
+    }
+
     /// A `tracing` writer for stderr that hides the bars while a line is
     /// printed.
     pub fn log_writer(&self) -> LogWriter {

@@ -39,7 +39,7 @@ use super::conflict::{self, Copies};
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
-use super::plan::{self, Action};
+use super::plan::{self, Action, Change};
 use super::progress::Progress;
 use super::report::Report;
 use super::rpc::{BlockStore, MetaStore, RpcError};
@@ -99,6 +99,8 @@ pub struct Options {
     pub hash_cache: bool,
     /// Where hashing and transfers report progress.
     pub progress: Progress,
+    /// Print one line per file changed (`-v`), as it is done.
+    pub verbose: bool,
 }
 
 /// Why a run failed as a whole.
@@ -176,21 +178,22 @@ pub enum FileError {
     Task(#[from] JoinError),
 }
 
-/// What carrying out one action did to the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    Uploaded,
-    Downloaded,
-    Deleted,
-    /// Only the index changes.
-    Recorded,
+/// The line `-v` prints for a file once its change is done.
+fn file_line(name: &str, change: Change, conflict: bool) -> String {
+    let conflict = if conflict {
+        " (conflict: the server's version won)"
+    } else {
+        ""
+    };
+    format!("{:<18}{name}{conflict}", change.done())
 }
 
 /// The outcome of one action.
 struct Done {
     /// The file's new index entry, or `None` to drop it.
     entry: Option<Entry>,
-    effect: Effect,
+    /// What changed; `None` when only the index changes.
+    effect: Option<Change>,
     conflict: bool,
     /// The conflict copy saved of the losing local file.
     copy: Option<PathBuf>,
@@ -202,10 +205,10 @@ struct Done {
 
 impl Done {
     fn recorded(entry: Option<Entry>) -> Self {
-        Self::new(entry, Effect::Recorded)
+        Self::new(entry, None)
     }
 
-    fn new(entry: Option<Entry>, effect: Effect) -> Self {
+    fn new(entry: Option<Entry>, effect: Option<Change>) -> Self {
         Self {
             entry,
             effect,
@@ -216,11 +219,19 @@ impl Done {
     }
 }
 
-/// Syncs the base directory `base` with the servers behind `meta`.
-pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
-    let started = Instant::now();
+/// What a run decided, before it changed anything.
+struct Prepared {
+    index: Index,
+    scan: Scan,
+    plan: plan::Plan,
+    /// When the scan started (see [`HashCache::from_scan`]).
+    scan_started: SystemTime,
+}
+
+/// The first half of a run, which changes nothing: reads index.txt, lists
+/// and hashes the base directory while fetching the remote map, and plans.
+async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Prepared, SyncError> {
     let index = index::load(base)?;
-    let conflict_root = conflict_root(base, &options.conflicts)?;
     let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
     let (progress, use_cache) = (options.progress.clone(), options.hash_cache);
     // Before any stamp is taken: the cache trusts only files that had
@@ -250,6 +261,35 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         refused = plan.refused.len(),
         "planned"
     );
+    Ok(Prepared {
+        index,
+        scan,
+        plan,
+        scan_started,
+    })
+}
+
+/// What a sync of `base` would do now (`--dry-run`): nothing on disk or on
+/// the servers changes, not even index.txt or the hash cache.
+pub async fn dry_run(
+    base: &Path,
+    options: &Options,
+    meta: &MetaStore,
+) -> Result<plan::Plan, SyncError> {
+    Ok(prepare(base, options, meta).await?.plan)
+}
+
+/// Syncs the base directory `base` with the servers behind `meta`.
+pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
+    let started = Instant::now();
+    let conflict_root = conflict_root(base, &options.conflicts)?;
+    let block_size = options.block_size;
+    let Prepared {
+        index,
+        scan,
+        plan,
+        scan_started,
+    } = prepare(base, options, meta).await?;
     // Folders of deleted files and of leftovers, which may now be empty.
     let mut emptied = BTreeSet::new();
     let resumable: BTreeSet<PathBuf> = plan
@@ -303,8 +343,8 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         },
         ..Report::default()
     };
+    // Reported once, with the other failures, by whoever shows the report.
     for (name, error) in plan.refused {
-        tracing::warn!(file = ?name, %error, "refusing the server's file name");
         report.failures.push((name, FileError::Refused(error)));
     }
     let mut new_index = index.clone();
@@ -323,17 +363,18 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         match result {
             Ok(done) => {
                 tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
-                match done.effect {
-                    Effect::Uploaded => report.uploaded += 1,
-                    Effect::Downloaded => report.downloaded += 1,
-                    Effect::Deleted => report.deleted += 1,
-                    Effect::Recorded => {}
+                if let Some(change) = done.effect {
+                    report.counts.add(change, done.conflict);
+                    if options.verbose {
+                        options
+                            .progress
+                            .println(&file_line(&name, change, done.conflict));
+                    }
                 }
                 match done.effect {
-                    Effect::Deleted => emptied.extend(done.dir),
+                    Some(Change::DeleteHere) => emptied.extend(done.dir),
                     _ => dirs.extend(done.dir),
                 }
-                report.conflicts += usize::from(done.conflict);
                 report.conflict_copies.extend(done.copy);
                 match done.entry {
                     Some(entry) => new_index.insert(name, entry),
@@ -345,7 +386,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
                 break;
             }
             Err(error) => {
-                tracing::warn!(file = ?name, %error, "not synced");
+                tracing::debug!(file = ?name, %error, "not synced");
                 report.failures.push((name, error));
             }
         }
@@ -455,11 +496,12 @@ impl Run<'_> {
         }
         let version = self.meta.update_file(name, &entry).await?;
         if version != REJECTED_VERSION {
+            let change = Change::of_upload(&entry);
             let entry = Entry {
                 version,
                 hashes: entry.hashes,
             };
-            return Ok(Done::new(Some(entry), Effect::Uploaded));
+            return Ok(Done::new(Some(entry), Some(change)));
         }
         tracing::debug!(file = ?name, version = entry.version, "upload rejected; taking the server's version");
         let remote = self.meta.get_file_info_map().await?.remove(name);
@@ -680,7 +722,7 @@ impl Run<'_> {
                 drop(held);
             }
         }
-        let mut done = Done::new(Some(remote), Effect::Downloaded);
+        let mut done = Done::new(Some(remote), Some(Change::Download));
         done.conflict = conflict;
         self.replace(name, done, move |_| {
             let dir = target.parent().map(Path::to_path_buf);
@@ -713,7 +755,7 @@ impl Run<'_> {
     }
 
     async fn delete(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
-        let mut done = Done::new(Some(remote), Effect::Deleted);
+        let mut done = Done::new(Some(remote), Some(Change::DeleteHere));
         done.conflict = conflict;
         let owned_name = name.to_string();
         self.replace(name, done, move |base| disk::remove_file(base, &owned_name))

@@ -730,10 +730,10 @@ pub fn summary(stdout: &str) -> Summary {
             "downloaded" => out.downloaded = n,
             "deleted" => out.deleted = n,
             "failed" => out.failed = n,
-            "conflicts" => out.conflicts = n,
-            kept if kept.starts_with("conflicts (") => {
+            "conflicts" | "conflict" => out.conflicts = n,
+            kept if kept.starts_with("conflict") && kept.contains(" (") => {
                 out.conflicts = n;
-                out.kept = kept["conflicts (".len()..]
+                out.kept = kept[kept.find(" (").unwrap_or(0) + 2..]
                     .split(' ')
                     .next()
                     .and_then(|k| k.parse().ok())
