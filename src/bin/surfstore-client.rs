@@ -241,6 +241,8 @@ fn sync_error(error: SyncError) -> Fatal {
     match error {
         // Like a bad BLOCKSIZE argument: nothing was done.
         SyncError::BlockSize(error) => Fatal::usage(error),
+        // A bad config file, like a bad -f CONFIG.
+        SyncError::Ignore(error) => Fatal::usage(error),
         error => Fatal::failure(error),
     }
 }

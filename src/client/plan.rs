@@ -16,13 +16,16 @@
 //!    nothing on disk either, drop the name from the index.
 //!
 //! Names the server holds but that cannot be synced safely are refused;
-//! names the scan skipped (symlinks, special files) are left alone.
+//! names the scan skipped (symlinks, special files) and names the
+//! `.surfignore` rules ignore are left alone: this is the one place those
+//! rules apply to what is synced.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::index::{Entry, Index};
 use super::names::{self, NameError};
 use super::scan::Scan;
+use super::surfignore::Rules;
 use crate::hash::tombstone;
 
 /// What to do with one file.
@@ -145,8 +148,8 @@ impl Plan {
 }
 
 /// Decides what to do with every file known locally, in the index or
-/// remotely.
-pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>) -> Plan {
+/// remotely, but those `ignored` (whose index entries stay as they are).
+pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>, ignored: &Rules) -> Plan {
     let mut plan = Plan::default();
     let names: BTreeSet<&String> = scan
         .files
@@ -160,6 +163,9 @@ pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>) -> Pla
         }
         if let Err(e) = names::check(name) {
             plan.refused.insert(name.clone(), e);
+            continue;
+        }
+        if ignored.is_ignored(name) {
             continue;
         }
         let local = scan.files.get(name).map(Vec::as_slice);
@@ -364,6 +370,34 @@ mod tests {
     }
 
     #[test]
+    fn ignored_names_are_neither_uploaded_deleted_on_the_server_nor_downloaded() {
+        let (a, b) = (h("a"), h("b"));
+        let scan = Scan {
+            files: BTreeMap::from([
+                ("new.tmp".to_string(), a.clone()),
+                ("kept.txt".to_string(), a.clone()),
+                (".surfignore".to_string(), b.clone()),
+            ]),
+            ..Scan::default()
+        };
+        // build/old.o was synced before the rule and is deleted here now.
+        let index = Index::from([("build/old.o".to_string(), e(1, a.clone()))]);
+        let remote = BTreeMap::from([
+            ("build/old.o".to_string(), e(1, a.clone())),
+            ("remote.tmp".to_string(), e(1, b.clone())),
+        ]);
+        let rules = Rules::parse("*.tmp\nbuild/\n", std::path::Path::new(".surfignore")).unwrap();
+        let plan = plan(&scan, &index, &remote, &rules);
+        assert_eq!(
+            plan.actions,
+            BTreeMap::from([
+                ("kept.txt".to_string(), Action::Upload(e(1, a.clone()))),
+                (".surfignore".to_string(), Action::Upload(e(1, b.clone()))),
+            ])
+        );
+    }
+
+    #[test]
     fn plan_covers_every_name_refuses_unsafe_ones_and_skips_symlinks() {
         let (a, b) = (h("a"), h("b"));
         let scan = Scan {
@@ -387,7 +421,7 @@ mod tests {
             ("/abs".to_string(), e(1, b.clone())),
             ("index.txt".to_string(), e(1, b.clone())),
         ]);
-        let plan = plan(&scan, &index, &remote);
+        let plan = plan(&scan, &index, &remote, &Rules::default());
         assert_eq!(
             plan.actions,
             BTreeMap::from([

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::HashCache;
 use super::names;
 use super::progress::Progress;
+use super::surfignore::Rules;
 use crate::hash::hash_block;
 use crate::locks::lock;
 
@@ -224,6 +225,12 @@ pub fn scan(
 }
 
 impl Listing {
+    /// Leaves out the files `ignored`: the plan leaves their names alone,
+    /// so reading them would be wasted.
+    pub fn drop_ignored(&mut self, ignored: &Rules) {
+        self.files.retain(|file| !ignored.is_ignored(&file.name));
+    }
+
     /// Refuses `block_size` if it would give the largest file more than
     /// [`MAX_BLOCKS_PER_FILE`] blocks, naming that file and the smallest
     /// block size that gives no file too many.

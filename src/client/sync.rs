@@ -44,6 +44,7 @@ use super::progress::Progress;
 use super::report::Report;
 use super::rpc::{BlockStore, MetaStore, RpcError};
 use super::scan::{self, Scan, ScanError, Stamp, TooManyBlocks};
+use super::surfignore::{Rules, RulesError};
 use crate::hash::{hash_block, is_valid_hash};
 use crate::meta_store::REJECTED_VERSION;
 
@@ -115,6 +116,9 @@ pub enum SyncError {
     /// BLOCKSIZE would give a file too many blocks; nothing was done.
     #[error(transparent)]
     BlockSize(#[from] TooManyBlocks),
+    /// `.surfignore` cannot be used.
+    #[error(transparent)]
+    Ignore(#[from] RulesError),
     /// The servers could not be reached.
     #[error(transparent)]
     Rpc(#[from] RpcError),
@@ -238,11 +242,13 @@ async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Pre
     // settled by then.
     let scan_started = SystemTime::now();
     // Sizes only, so a block size too small is refused before any work.
-    let listing = spawn_blocking({
+    let ignored = Rules::load(base)?;
+    let mut listing = spawn_blocking({
         let base = scan_base.clone();
         move || scan::list(&base)
     })
     .await??;
+    listing.drop_ignored(&ignored);
     listing.check_block_size(block_size)?;
     let scanning = async {
         let scanned = spawn_blocking(move || {
@@ -255,7 +261,7 @@ async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Pre
     let fetching = async { Ok::<_, SyncError>(meta.get_file_info_map().await?) };
     let (scan, remote) = tokio::try_join!(scanning, fetching)?;
     options.progress.hashing_done();
-    let plan = plan::plan(&scan, &index, &remote);
+    let plan = plan::plan(&scan, &index, &remote, &ignored);
     tracing::debug!(
         actions = plan.actions.len(),
         refused = plan.refused.len(),
