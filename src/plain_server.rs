@@ -31,11 +31,12 @@ pub async fn serve(
         meta,
         block_store_addr,
     } = server;
+    let meta = meta.map(|m| MetaStoreService::with_map(block_store_addr, m));
+    let watch = meta.as_ref().map(|m| m.changes().into_server());
     grpc::server()
         .add_optional_service(blocks.map(|b| BlockStoreService::new(b).into_server()))
-        .add_optional_service(
-            meta.map(|m| MetaStoreService::with_map(block_store_addr, m).into_server()),
-        )
+        .add_optional_service(meta.map(MetaStoreService::into_server))
+        .add_optional_service(watch)
         .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
         .await
 }

@@ -20,6 +20,7 @@ use clap::Parser;
 use surfstore::cli::{self, Fatal};
 use surfstore::client::conflict::{self, Copies};
 use surfstore::client::rpc::Patience;
+use surfstore::client::watch::{self, Announcer};
 use surfstore::client::{self, MetaStore, Options, Progress, SyncError};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
@@ -46,8 +47,18 @@ struct Args {
     /// Print what a sync would do now (upload, download, delete or
     /// conflict, per file) and change nothing: not the files, not the
     /// server, not index.txt.
-    #[arg(long = "dry-run")]
+    #[arg(long = "dry-run", conflicts_with = "watch")]
     dry_run: bool,
+    /// Sync, then keep syncing until Ctrl-C: local changes within about a
+    /// second, remote ones as the server announces them (or every
+    /// --interval seconds from a server that cannot announce them).
+    #[arg(long = "watch")]
+    watch: bool,
+    /// With --watch: how often to ask a server that cannot announce its
+    /// changes (the original's) whether anything changed.
+    #[arg(long = "interval", value_name = "SECONDS", default_value_t = 2.0, requires = "watch",
+          value_parser = positive_seconds)]
+    interval: f64,
     /// When the server's version wins over a local change, keep the local
     /// file beside it as NAME.conflict-YYYYMMDD-HHMMSS (UTC), where it
     /// syncs on the next run, instead of saving it under
@@ -134,8 +145,9 @@ fn main() -> ExitCode {
 
 async fn client_main() -> ExitCode {
     let args: Args = cli::parse_args();
-    // Bars would only flicker between debug lines.
-    let progress = if args.quiet || args.debug {
+    // Bars would only flicker between debug lines, or between the syncs of
+    // --watch.
+    let progress = if args.quiet || args.debug || args.watch {
         Progress::hidden()
     } else {
         Progress::on_terminal()
@@ -147,6 +159,7 @@ async fn client_main() -> ExitCode {
 async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     let (quiet, keep_conflicts, hash_cache) = (args.quiet, args.keep_conflicts, args.hash_cache);
     let (verbose, dry_run) = (args.verbose, args.dry_run);
+    let watching = args.watch.then(|| Duration::from_secs_f64(args.interval));
     let mut patience = Patience::default();
     if let Some(seconds) = args.retry_for {
         patience.retry_for = Duration::from_secs(seconds);
@@ -172,6 +185,9 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     };
     if dry_run {
         return print_plan(&base, &options, &meta).await;
+    }
+    if let Some(interval) = watching {
+        return keep_in_sync(&base, &options, &meta, interval, quiet).await;
     }
     // On Ctrl-C the run is dropped where it stands: files are either old or
     // new, and downloads in progress stay as partial downloads that the
@@ -234,6 +250,56 @@ async fn print_plan(
     }
     println!("{}", client::report::dry_run_summary(&plan));
     Ok(())
+}
+
+/// `--watch`: syncs until Ctrl-C or SIGTERM, which end it with exit 0.
+/// Each sync that changed something prints its summary line; a failure is
+/// said once, however often it repeats, and so is its end.
+async fn keep_in_sync(
+    base: &std::path::Path,
+    options: &Options,
+    meta: &MetaStore,
+    interval: Duration,
+    quiet: bool,
+) -> Result<(), Fatal> {
+    let mut announcer = Announcer::default();
+    let mut failed_before = Vec::new();
+    let shown = |outcome: Result<client::Report, SyncError>| {
+        if let Some(line) = announcer.outcome(&outcome) {
+            eprintln!("surfstore-client: {line}");
+        }
+        let Ok(report) = outcome else { return };
+        // A file that cannot sync fails again on every sync: say it while
+        // the failures change.
+        let failed: Vec<String> = report
+            .failures
+            .iter()
+            .map(|(name, error)| format!("{name:?} not synced: {error}"))
+            .collect();
+        if failed != failed_before {
+            for line in &failed {
+                eprintln!("surfstore-client: {line}");
+            }
+        }
+        if !quiet && (!report.counts.is_empty() || failed != failed_before) {
+            println!("{report}");
+        }
+        failed_before = failed;
+    };
+    tokio::select! {
+        watched = watch::watch(base, options, meta, interval, shown) => {
+            watched.map_err(Fatal::failure)
+        }
+        () = cli::shutdown_signal() => Ok(()),
+    }
+}
+
+/// `--interval`: a positive number of seconds.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() && seconds < 1e9 => Ok(seconds),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }
 
 /// How a failed run is reported.

@@ -28,9 +28,10 @@ use super::index::Entry;
 use crate::config::{ClusterConfig, is_host_port};
 use crate::grpc::{self, AddrError, MAX_MESSAGE_BYTES};
 use crate::proto::block_store_client::BlockStoreClient;
+use crate::proto::map_watch_client::MapWatchClient;
 use crate::proto::meta_store_client::MetaStoreClient;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
+use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData, MapVersion};
 
 /// How patient calls are with servers that fail or are slow (SPEC §7).
 ///
@@ -582,6 +583,19 @@ impl MetaStore {
             },
         )
         .await
+    }
+
+    /// Opens the `MapWatch` stream (SPEC §9.5) on the server that answered
+    /// last (a cluster's leader). Tried once: a watcher that loses it
+    /// reconnects at its own pace, and a server without it answers
+    /// UNIMPLEMENTED.
+    pub async fn watch_map(&self) -> Result<tonic::Streaming<MapVersion>, Status> {
+        let channel = {
+            let servers = self.lock();
+            servers.list[servers.leader].channel.clone()
+        };
+        let reply = MapWatchClient::new(channel).watch_file_info_map(()).await?;
+        Ok(reply.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Servers> {

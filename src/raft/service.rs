@@ -91,7 +91,7 @@ pub enum ServeError {
 
 /// Runs one Raft server on `listener` until `shutdown` completes (then
 /// `Ok`) or its storage fails: starts the node from `storage`, and serves
-/// `RaftSurfstore` and `MetaStore` over it. The binary only parses its
+/// `RaftSurfstore`, `MetaStore` and `MapWatch` over it. The binary only parses its
 /// arguments; a test can hand over a listener it bound itself.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -104,6 +104,7 @@ pub async fn serve(
     let serve = crate::grpc::server()
         .add_service(service.raft_server())
         .add_service(service.meta_server())
+        .add_service(node.map_changes().into_server())
         .serve_with_incoming_shutdown(crate::grpc::incoming(listener), shutdown);
     tokio::select! {
         served = serve => Ok(served?),
