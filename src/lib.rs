@@ -11,9 +11,10 @@
 //! * [`hash`], [`config`], [`grpc`], [`backoff`]: shared building blocks.
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
-//! * [`cli`]: what the binaries in `src/bin` share.
+//! * [`cli`], [`advertise`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
 
+pub mod advertise;
 pub mod backoff;
 pub mod block_store;
 pub mod cli;
