@@ -123,7 +123,10 @@ fn base_directory_must_exist_and_be_a_directory() {
     let missing = parent.path().join("missing");
     let file = parent.path().join("file");
     fs::write(&file, "x").unwrap();
-    for (path, needle) in [(&missing, "No such file"), (&file, "not a directory")] {
+    for (path, needle) in [
+        (&missing, "does not exist; create it, or pass --create"),
+        (&file, "not a directory"),
+    ] {
         let out = client(&["localhost:1", path.to_str().unwrap(), "1024"]);
         assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
         assert!(
@@ -139,6 +142,13 @@ fn base_directory_must_exist_and_be_a_directory() {
         );
     }
     assert!(!missing.exists());
+
+    // --create makes it, parents too, and syncs into it.
+    let server = start_server("both", &[]);
+    let nested = missing.join("and/below");
+    let out = client(&["--create", &server.addr, nested.to_str().unwrap(), "1024"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(nested.join("index.txt").exists());
 }
 
 #[test]
@@ -310,5 +320,45 @@ fn quiet_prints_nothing_on_success_and_still_reports_errors() {
         stderr(&out).contains("cannot reach the MetaStore"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn messages_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap();
+
+    let out = client(&["http://127.0.0.1:8080/", base, "1024"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        stderr(&out),
+        "surfstore-client: META_ADDR \"http://127.0.0.1:8080/\" is a URL; \
+         use host:port, e.g. 127.0.0.1:8080\n"
+    );
+
+    let dead = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let out = client(&["--retry-for", "0", &dead, base, "1024"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            ": Connection refused (os error 111); is surfstore-server running on {dead}? (gave up"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // A cluster that is up but has no leader (no elections, no SetLeader).
+    let rt = common::runtime();
+    let cluster = rt.block_on(common::start_cluster(3, &[]));
+    let out = client(&["-f", cluster.config.to_str().unwrap(), base, "1024"]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(
+        message.starts_with("surfstore-client: no leader with a quorum answered within ")
+            && message.ends_with(
+                ": Server is not the leader; \
+                 if no server is the leader yet, name one: surfstore-ctl set-leader ADDR\n"
+            ),
+        "{message}"
     );
 }

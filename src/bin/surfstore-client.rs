@@ -22,7 +22,7 @@ use surfstore::client::conflict::{self, Copies};
 use surfstore::client::rpc::Patience;
 use surfstore::client::watch::{self, Announcer};
 use surfstore::client::{self, MetaStore, Options, Progress, SyncError};
-use surfstore::config::{ClusterConfig, is_host_port};
+use surfstore::config::{ClusterConfig, check_host_port};
 use surfstore::grpc::MAX_BLOCK_BYTES;
 
 /// Syncs BASEDIR with a SurfStore MetaStore and BlockStore.
@@ -40,6 +40,9 @@ struct Args {
     /// to stderr.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Create BASEDIR (and its parents) if it does not exist.
+    #[arg(long = "create")]
+    create: bool,
     /// Print one line per file changed (uploaded, downloaded, deleted
     /// here or on the server), as it is done.
     #[arg(short = 'v', long = "verbose")]
@@ -315,15 +318,14 @@ fn sync_error(error: SyncError) -> Fatal {
 
 /// Validates the command line: the usage errors of SPEC §7 (exit 64).
 fn check_args(args: Args) -> Result<(Source, PathBuf, usize), Fatal> {
+    let create = args.create;
     let (source, base, block_size) = match (args.config, args.positional.as_slice()) {
         (Some(path), [base, block_size]) => {
             let config = ClusterConfig::load(&path).map_err(Fatal::usage)?;
             (Source::Cluster(config), base, block_size)
         }
         (None, [addr, base, block_size]) => {
-            if !is_host_port(addr) {
-                return Err(Fatal::usage(format!("META_ADDR {addr:?} is not host:port")));
-            }
+            check_host_port(addr).map_err(|e| Fatal::usage(format!("META_ADDR {e}")))?;
             (Source::Addr(addr.clone()), base, block_size)
         }
         (Some(_), _) => {
@@ -350,6 +352,19 @@ fn check_args(args: Args) -> Result<(Source, PathBuf, usize), Fatal> {
         Ok(meta) if meta.is_dir() => Ok((source, base, block_size)),
         Ok(_) => Err(Fatal::usage(format!(
             "base directory {} is not a directory",
+            base.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(&base).map_err(|e| {
+                Fatal::failure(format!(
+                    "cannot create base directory {}: {e}",
+                    base.display()
+                ))
+            })?;
+            Ok((source, base, block_size))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Fatal::usage(format!(
+            "base directory {} does not exist; create it, or pass --create",
             base.display()
         ))),
         Err(e) => Err(Fatal::usage(format!(

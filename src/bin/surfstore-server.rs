@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 use surfstore::advertise;
 use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks};
 use surfstore::cli::{self, Fatal};
-use surfstore::config::is_host_port;
+use surfstore::config::check_host_port;
 use surfstore::grpc;
 use surfstore::meta_store::JournaledMap;
 use surfstore::plain_server::{PlainServer, serve};
@@ -78,8 +78,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         ("BLOCKSTORE_ADDR", &args.block_store_addr),
         ("--advertise", &args.advertise),
     ] {
-        if let Some(addr) = addr.as_ref().filter(|addr| !is_host_port(addr)) {
-            return Err(Fatal::usage(format!("{what} {addr:?} is not host:port")));
+        if let Some(Err(e)) = addr.as_deref().map(check_host_port) {
+            return Err(Fatal::usage(format!("{what} {e}")));
         }
     }
     // What the MetaStore announces; `None` for -s both: this server, once

@@ -196,7 +196,8 @@ const CRASHED: &str = "Server is crashed.";
 pub enum RpcError {
     /// No server of the cluster answered as the leader in time.
     #[error(
-        "no leader with a quorum answered within {}s (tried {servers}); last error: {last}",
+        "no leader with a quorum answered within {}s (tried {servers}); last error: {last}; \
+         if no server is the leader yet, name one: surfstore-ctl set-leader ADDR",
         waited.as_secs()
     )]
     NoLeader {
@@ -429,6 +430,15 @@ fn leader_hint(text: &str) -> Option<String> {
     is_host_port(&addr).then_some(addr)
 }
 
+/// `reason`, with what to check when nothing listens at `addr`.
+fn with_hint(reason: String, verdict: &Verdict, addr: &str) -> String {
+    if *verdict == Verdict::Refused {
+        format!("{reason}; is surfstore-server running on {addr}?")
+    } else {
+        reason
+    }
+}
+
 /// A status in one line: its message and, for transport errors, the root
 /// cause (tonic repeats the layers in between).
 fn describe(status: &Status) -> String {
@@ -653,7 +663,7 @@ impl MetaStore {
             }
             evidence.seen.insert(at, now);
             let next = match verdict {
-                Verdict::NotLeader(Some(hint)) => self.position(&hint).filter(|&i| i != at),
+                Verdict::NotLeader(Some(ref hint)) => self.position(hint).filter(|&i| i != at),
                 _ => None,
             };
             evidence.named.extend(next);
@@ -666,6 +676,7 @@ impl MetaStore {
                 tried_in_round = 0;
             }
             if !attempts.again(evidence.hopeless(known), round_over).await {
+                let reason = with_hint(reason, &verdict, &server.addr);
                 return Err(self.give_up(server.addr, reason, &attempts));
             }
         }
@@ -930,7 +941,8 @@ impl BlockStore {
                 named: BTreeSet::new(),
             };
             if !attempts.again(evidence.hopeless(1), true).await {
-                let reason = format!("{} ({})", describe(&status), attempts.summary());
+                let reason = with_hint(describe(&status), &classify(&status), &self.addr);
+                let reason = format!("{reason} ({})", attempts.summary());
                 return Err(Status::new(status.code(), reason));
             }
         }
