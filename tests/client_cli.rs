@@ -362,3 +362,39 @@ fn messages_say_what_to_do() {
         "{message}"
     );
 }
+
+#[test]
+fn another_block_size_than_the_last_sync_is_refused_unless_rehash() {
+    let server = start_server("both", &[]);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(a.path().join("big.bin"), vec![7u8; 5000]).unwrap();
+    fs::write(a.path().join("small.txt"), "s").unwrap();
+    assert!(sync(a.path(), &server.addr, 1024).status.success());
+    let before = snapshot(a.path());
+
+    let out = sync(a.path(), &server.addr, 4096);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        stderr(&out),
+        "surfstore-client: index.txt was written with another block size than 4096 \
+         (\"big.bin\" was 5 blocks, is 2 now): this sync would upload every file again and may \
+         report false conflicts; give the block size of the last sync, or pass --rehash to \
+         hash and upload everything with 4096\n"
+    );
+    assert_eq!(snapshot(a.path()), before, "nothing changed");
+
+    let out = sync_with(a.path(), &server.addr, 4096, &["--rehash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // From then on 4096 is the block size: no refusal, nothing to do, and
+    // another client at 4096 gets the files without conflicts.
+    let out = sync(a.path(), &server.addr, 4096);
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [0; 4]
+    );
+    let out = sync(b.path(), &server.addr, 4096);
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [0, 2, 0, 0]
+    );
+}

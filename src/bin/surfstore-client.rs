@@ -40,6 +40,12 @@ struct Args {
     /// to stderr.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Sync although index.txt seems written with another BLOCKSIZE: every
+    /// file is hashed and uploaded again with this one. Without it such a
+    /// run is refused (exit 64), since it would re-upload everything and
+    /// may report false conflicts.
+    #[arg(long = "rehash")]
+    rehash: bool,
     /// Create BASEDIR (and its parents) if it does not exist.
     #[arg(long = "create")]
     create: bool,
@@ -161,7 +167,7 @@ async fn client_main() -> ExitCode {
 
 async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
     let (quiet, keep_conflicts, hash_cache) = (args.quiet, args.keep_conflicts, args.hash_cache);
-    let (verbose, dry_run) = (args.verbose, args.dry_run);
+    let (verbose, dry_run, rehash) = (args.verbose, args.dry_run, args.rehash);
     let watching = args.watch.then(|| Duration::from_secs_f64(args.interval));
     let mut patience = Patience::default();
     if let Some(seconds) = args.retry_for {
@@ -185,6 +191,7 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
         hash_cache,
         progress,
         verbose,
+        rehash,
     };
     if dry_run {
         return print_plan(&base, &options, &meta).await;
@@ -310,6 +317,7 @@ fn sync_error(error: SyncError) -> Fatal {
     match error {
         // Like a bad BLOCKSIZE argument: nothing was done.
         SyncError::BlockSize(error) => Fatal::usage(error),
+        error @ SyncError::OtherBlockSize { .. } => Fatal::usage(error),
         // A bad config file, like a bad -f CONFIG.
         SyncError::Ignore(error) => Fatal::usage(error),
         error => Fatal::failure(error),

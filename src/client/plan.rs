@@ -176,6 +176,32 @@ pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>, ignore
     plan
 }
 
+/// A sign that index.txt was written with another block size: a file the
+/// index lists in several blocks that now hashes to a different first
+/// block and another block count, while no multi-block file still has its
+/// first block. An unchanged file hashed with another block size looks
+/// exactly so; an edited file alone cannot, unless it is the only one with
+/// several blocks. Returns that file's name, its recorded block count and
+/// its count now.
+pub fn block_size_changed(scan: &Scan, index: &Index) -> Option<(String, usize, usize)> {
+    let mut changed = None;
+    for (name, entry) in index {
+        let Some(now) = scan.files.get(name) else {
+            continue;
+        };
+        if entry.is_tombstone() || entry.hashes.len() < 2 || now.len() < 2 {
+            continue;
+        }
+        if now[0] == entry.hashes[0] {
+            return None;
+        }
+        if now.len() != entry.hashes.len() && changed.is_none() {
+            changed = Some((name.clone(), entry.hashes.len(), now.len()));
+        }
+    }
+    changed
+}
+
 /// The decision for one file (see the module docs); `None` when nothing is
 /// to be done.
 pub fn decide(
@@ -367,6 +393,44 @@ mod tests {
             take_remote(Some(&b), Some(&index), &e(3, b.clone())),
             adopt(3, b)
         );
+    }
+
+    #[test]
+    fn another_block_size_is_told_from_edits() {
+        let blocks =
+            |s: &str| -> Vec<String> { s.chars().map(|c| hash_block(&[c as u8])).collect() };
+        let scan = |files: &[(&str, &str)]| Scan {
+            files: files
+                .iter()
+                .map(|(n, b)| (n.to_string(), blocks(b)))
+                .collect(),
+            ..Scan::default()
+        };
+        let index = Index::from([
+            ("big".to_string(), e(1, blocks("abcd"))),
+            ("other".to_string(), e(1, blocks("wxyz"))),
+            ("small".to_string(), e(1, blocks("s"))),
+        ]);
+        // Hashed in blocks twice as large: every first block differs.
+        assert_eq!(
+            block_size_changed(
+                &scan(&[("big", "AB"), ("other", "WX"), ("small", "S")]),
+                &index
+            ),
+            Some(("big".to_string(), 4, 2))
+        );
+        // One file edited: the other still has its first block.
+        assert_eq!(
+            block_size_changed(
+                &scan(&[("big", "AB"), ("other", "wxyz"), ("small", "s")]),
+                &index
+            ),
+            None
+        );
+        // Edited at the start but the same block count: an edit.
+        assert_eq!(block_size_changed(&scan(&[("big", "Abcd")]), &index), None);
+        // Nothing with several blocks on both sides: no evidence.
+        assert_eq!(block_size_changed(&scan(&[("small", "S")]), &index), None);
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct Options {
     pub progress: Progress,
     /// Print one line per file changed (`-v`), as it is done.
     pub verbose: bool,
+    /// Sync even if index.txt seems written with another block size
+    /// (`--rehash`): every file then uploads again, hashed anew.
+    pub rehash: bool,
 }
 
 /// Why a run failed as a whole.
@@ -116,6 +119,23 @@ pub enum SyncError {
     /// BLOCKSIZE would give a file too many blocks; nothing was done.
     #[error(transparent)]
     BlockSize(#[from] TooManyBlocks),
+    /// index.txt seems written with another block size; nothing was done.
+    #[error(
+        "index.txt was written with another block size than {block_size} ({file:?} was \
+         {recorded} blocks, is {now} now): this sync would upload every file again and may \
+         report false conflicts; give the block size of the last sync, or pass --rehash to \
+         hash and upload everything with {block_size}"
+    )]
+    OtherBlockSize {
+        /// BLOCKSIZE of this run.
+        block_size: usize,
+        /// A file that shows it.
+        file: String,
+        /// Its block count in index.txt.
+        recorded: usize,
+        /// Its block count now.
+        now: usize,
+    },
     /// `.surfignore` cannot be used.
     #[error(transparent)]
     Ignore(#[from] RulesError),
@@ -261,6 +281,16 @@ async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Pre
     let fetching = async { Ok::<_, SyncError>(meta.get_file_info_map().await?) };
     let (scan, remote) = tokio::try_join!(scanning, fetching)?;
     options.progress.hashing_done();
+    if !options.rehash
+        && let Some((file, recorded, now)) = plan::block_size_changed(&scan, &index)
+    {
+        return Err(SyncError::OtherBlockSize {
+            block_size,
+            file,
+            recorded,
+            now,
+        });
+    }
     let plan = plan::plan(&scan, &index, &remote, &ignored);
     tracing::debug!(
         actions = plan.actions.len(),
