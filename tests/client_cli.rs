@@ -398,3 +398,75 @@ fn another_block_size_than_the_last_sync_is_refused_unless_rehash() {
         [0, 2, 0, 0]
     );
 }
+
+#[test]
+fn help_names_the_arguments_exit_codes_and_rust_log_and_version_the_commit() {
+    for program in [
+        "surfstore-client",
+        "surfstore-server",
+        "surfstore-raft-server",
+        "surfstore-ctl",
+    ] {
+        let help = run(&bin(program), &["--help"]);
+        assert_eq!(help.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&help.stdout);
+        for needle in ["Exit codes: 0 ", "64 bad arguments", "RUST_LOG", "NO_COLOR"] {
+            assert!(help.contains(needle), "{program}: {needle} in {help}");
+        }
+        let version = run(&bin(program), &["--version"]);
+        let version = String::from_utf8_lossy(&version.stdout);
+        let expected = format!("{program} {} (commit ", env!("CARGO_PKG_VERSION"));
+        assert!(
+            version.starts_with(&expected) && version.ends_with(")\n"),
+            "{version}"
+        );
+    }
+    let help = String::from_utf8_lossy(&client(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("surfstore-client [OPTIONS] META_ADDR BASEDIR BLOCKSIZE")
+            && help.contains("<META_ADDR> [BASEDIR] [BLOCKSIZE]")
+            && !help.contains("<ARGS>")
+            && help.contains("130 interrupted"),
+        "{help}"
+    );
+}
+
+#[test]
+fn settings_come_from_the_environment_too() {
+    let server = start_server("both", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), "x").unwrap();
+    let base = dir.path().to_str().unwrap();
+    let with_env = |vars: &[(&str, &str)], args: &[&str]| {
+        common::command(&bin("surfstore-client"))
+            .envs(vars.iter().copied())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // SURFSTORE_ADDR and SURFSTORE_BLOCK_SIZE stand in for both arguments.
+    let vars = [
+        ("SURFSTORE_ADDR", server.addr.as_str()),
+        ("SURFSTORE_BLOCK_SIZE", "1024"),
+    ];
+    let out = with_env(&vars, &[base]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [1, 0, 0, 0]
+    );
+    // Given arguments win: BASEDIR BLOCKSIZE with the address from the
+    // environment, and a BLOCKSIZE that is not a number is refused.
+    let out = with_env(&vars[..1], &[base, "oops"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("got \"oops\""), "{}", stderr(&out));
+    // SURFSTORE_CONFIG is -f.
+    let config = dir.path().join("missing.json");
+    let out = with_env(
+        &[("SURFSTORE_CONFIG", config.to_str().unwrap())],
+        &[base, "1024"],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("missing.json"), "{}", stderr(&out));
+}

@@ -146,6 +146,10 @@ fn a_wide_listener_announces_a_routable_address_or_warns() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes on a pipe: {stderr:?}"
+    );
 }
 
 #[test]

@@ -29,8 +29,10 @@ use surfstore::grpc::MAX_BLOCK_BYTES;
 #[derive(Parser, Debug)]
 #[command(
     name = "surfstore-client",
-    version,
-    override_usage = "surfstore-client [-d] [-q] [--keep-conflicts] [--hash-cache] [--retry-for SECONDS] [-f CONFIG] [META_ADDR] BASEDIR BLOCKSIZE"
+    version = cli::VERSION,
+    override_usage = "surfstore-client [OPTIONS] META_ADDR BASEDIR BLOCKSIZE\n       \
+                      surfstore-client [OPTIONS] -f CONFIG BASEDIR BLOCKSIZE",
+    after_help = CLIENT_AFTER_HELP
 )]
 struct Args {
     /// Print debug logs to stderr (and no progress bars).
@@ -88,13 +90,39 @@ struct Args {
     retry_for: Option<u64>,
     /// Cluster config (JSON or the older text format): sync through the
     /// leader of its Raft servers instead of META_ADDR.
-    #[arg(short = 'f', long = "config", value_name = "CONFIG")]
+    #[arg(
+        short = 'f',
+        long = "config",
+        value_name = "CONFIG",
+        env = "SURFSTORE_CONFIG"
+    )]
     config: Option<PathBuf>,
-    /// META_ADDR BASEDIR BLOCKSIZE: the MetaStore (host:port, omitted with
-    /// -f), the directory to sync and the block size in bytes.
-    #[arg(value_name = "ARGS", num_args = 2..=3, required = true)]
+    /// The MetaStore, when META_ADDR is not given (nor -f).
+    #[arg(long = "addr", value_name = "META_ADDR", env = "SURFSTORE_ADDR")]
+    addr: Option<String>,
+    /// The block size, when BLOCKSIZE is not given.
+    #[arg(
+        long = "block-size",
+        value_name = "BLOCKSIZE",
+        env = "SURFSTORE_BLOCK_SIZE"
+    )]
+    block_size: Option<String>,
+    /// META_ADDR: the MetaStore, host:port (omitted with -f, --addr or
+    /// SURFSTORE_ADDR). BASEDIR: the directory to sync. BLOCKSIZE: the
+    /// block size in bytes (omitted with --block-size or
+    /// SURFSTORE_BLOCK_SIZE).
+    #[arg(value_names = ["META_ADDR", "BASEDIR", "BLOCKSIZE"], num_args = 1..=3, required = true)]
     positional: Vec<String>,
 }
+
+/// What `--help` adds after the options.
+const CLIENT_AFTER_HELP: &str = "\
+Exit codes: 0 in sync (also after --watch ends with Ctrl-C); 1 a failure (a \
+server out of reach, a file not synced); 64 bad arguments, config or \
+.surfignore, or a block size to refuse; 130 interrupted (rerun to resume).
+
+Logs: warnings and errors on stderr; -d for debug logs; RUST_LOG (e.g. \
+RUST_LOG=surfstore=debug) overrides both. NO_COLOR turns colours off.";
 
 /// Bounds the client's memory under glibc without paying a page fault per
 /// 4 KiB of block data. Blocks are allocated and freed by the hundred. Left
@@ -324,28 +352,43 @@ fn sync_error(error: SyncError) -> Fatal {
     }
 }
 
+/// What is missing when the arguments do not name a MetaStore, a base
+/// directory and a block size.
+const USAGE: &str = "expected META_ADDR BASEDIR BLOCKSIZE (or -f CONFIG BASEDIR BLOCKSIZE; \
+                     META_ADDR and BLOCKSIZE may also come from SURFSTORE_ADDR and \
+                     SURFSTORE_BLOCK_SIZE)";
+
 /// Validates the command line: the usage errors of SPEC §7 (exit 64).
+///
+/// The positional arguments are `[META_ADDR] BASEDIR [BLOCKSIZE]`: META_ADDR
+/// may be left out when -f or --addr (or their variables) say where the
+/// MetaStore is, BLOCKSIZE when --block-size does. Two arguments are
+/// BASEDIR BLOCKSIZE when the MetaStore is known, else META_ADDR BASEDIR.
 fn check_args(args: Args) -> Result<(Source, PathBuf, usize), Fatal> {
     let create = args.create;
-    let (source, base, block_size) = match (args.config, args.positional.as_slice()) {
-        (Some(path), [base, block_size]) => {
-            let config = ClusterConfig::load(&path).map_err(Fatal::usage)?;
-            (Source::Cluster(config), base, block_size)
+    let known_source = args.config.is_some() || args.addr.is_some();
+    let (addr, base, block_size) = match args.positional.as_slice() {
+        [addr, base, block_size] => (Some(addr.clone()), base, Some(block_size.clone())),
+        [base, block_size] if known_source => (None, base, Some(block_size.clone())),
+        [addr, base] => (Some(addr.clone()), base, None),
+        [base] => (None, base, None),
+        _ => return Err(Fatal::usage(USAGE)),
+    };
+    let source = match (args.config, addr.or(args.addr)) {
+        (Some(path), None) => Source::Cluster(ClusterConfig::load(&path).map_err(Fatal::usage)?),
+        (None, Some(addr)) => {
+            check_host_port(&addr).map_err(|e| Fatal::usage(format!("META_ADDR {e}")))?;
+            Source::Addr(addr)
         }
-        (None, [addr, base, block_size]) => {
-            check_host_port(addr).map_err(|e| Fatal::usage(format!("META_ADDR {e}")))?;
-            (Source::Addr(addr.clone()), base, block_size)
-        }
-        (Some(_), _) => {
+        (Some(_), Some(_)) => {
             return Err(Fatal::usage(
-                "with -f CONFIG give only BASEDIR BLOCKSIZE (no META_ADDR)",
+                "with -f CONFIG (or SURFSTORE_CONFIG) give no META_ADDR",
             ));
         }
-        (None, _) => {
-            return Err(Fatal::usage(
-                "expected META_ADDR BASEDIR BLOCKSIZE (or -f CONFIG BASEDIR BLOCKSIZE)",
-            ));
-        }
+        (None, None) => return Err(Fatal::usage(USAGE)),
+    };
+    let Some(block_size) = block_size.or(args.block_size) else {
+        return Err(Fatal::usage(USAGE));
     };
     let block_size = match block_size.parse::<usize>() {
         Ok(n) if (1..=MAX_BLOCK_BYTES).contains(&n) => n,

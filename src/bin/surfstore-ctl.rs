@@ -31,7 +31,7 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Operates a SurfStore Raft cluster.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-ctl", version)]
+#[command(name = "surfstore-ctl", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Print debug logs to stderr.
     #[arg(short = 'd', long = "debug", global = true)]

@@ -17,7 +17,7 @@ use surfstore::raft::storage::{FileStorage, MemoryStorage, RaftStorage};
 
 /// Runs one server of a Raft-replicated SurfStore MetaStore.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-raft-server", version)]
+#[command(name = "surfstore-raft-server", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Cluster config (JSON or the older text format).
     #[arg(short = 'f', long = "config")]

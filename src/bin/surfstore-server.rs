@@ -36,7 +36,7 @@ enum Service {
 
 /// Runs SurfStore's MetaStore and/or BlockStore.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-server", version)]
+#[command(name = "surfstore-server", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Which services to run.
     #[arg(short = 's', long = "service", value_enum)]

@@ -37,7 +37,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A command for `program` whose conflict copies (`$XDG_STATE_HOME`) go
-/// below cargo's scratch directory for tests, never into the real home.
+/// below cargo's scratch directory for tests, never into the real home,
+/// and that takes no client settings from the caller's environment.
 /// Tests that look at the copies set a directory of their own.
 pub fn command(program: &Path) -> Command {
     let mut command = Command::new(program);
@@ -45,6 +46,11 @@ pub fn command(program: &Path) -> Command {
         "XDG_STATE_HOME",
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-state"),
     );
+    // The client's settings from the environment would change what the
+    // tests' command lines mean.
+    for var in ["SURFSTORE_ADDR", "SURFSTORE_CONFIG", "SURFSTORE_BLOCK_SIZE"] {
+        command.env_remove(var);
+    }
     command
 }
 
