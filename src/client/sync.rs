@@ -347,14 +347,23 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         disk::remove_stale_temp_file(path);
         emptied.extend(path.parent().map(Path::to_path_buf));
     }
-    options.progress.transfer().set_length(
+    // Known before anything moves, so the ETA holds from the start: each
+    // download's blocks and each upload's whole file.
+    options.progress.start_transfer(
         plan.actions
-            .values()
-            .map(|action| match action {
+            .iter()
+            .map(|(name, action)| match action {
                 Action::Download { remote, .. } => remote.hashes.len() as u64 * block_size as u64,
+                Action::Upload(entry) if !entry.is_tombstone() => {
+                    scan.stamps.get(name).map_or(0, Stamp::size)
+                }
                 _ => 0,
             })
             .sum(),
+        plan.actions
+            .values()
+            .filter(|a| a.change().is_some())
+            .count(),
     );
 
     let run = Run {
@@ -390,7 +399,14 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         .map(|(name, action)| {
             let run = &run;
             async move {
+                let changes = action.change().is_some();
+                if changes {
+                    run.options.progress.file_started(&name);
+                }
                 let result = run.execute(&name, action).await;
+                if changes {
+                    run.options.progress.file_done();
+                }
                 (name, result)
             }
         })
@@ -578,12 +594,16 @@ impl Run<'_> {
         tracing::debug!(file = ?name, blocks = hashes.len(), missing = missing.len(), "uploading");
         let len = self.scan.stamps.get(name).map_or(0, Stamp::size);
         let block_size = self.options.block_size as u64;
-        self.options.progress.transfer().inc_length(
-            missing
-                .iter()
-                .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
-                .sum(),
-        );
+        let to_send: u64 = missing
+            .iter()
+            .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
+            .sum();
+        // The whole file was counted in the total; what the BlockStore
+        // already has is done at once.
+        self.options
+            .progress
+            .transfer()
+            .inc(len.saturating_sub(to_send));
         if missing.is_empty() {
             return Ok(());
         }
