@@ -267,6 +267,33 @@ fn two_folders_stay_in_sync_through_a_raft_cluster_across_a_failover() {
 }
 
 #[test]
+fn a_file_still_being_written_is_synced_once_it_is_stable() {
+    use std::io::Write;
+    let server = start_server("both", &[]);
+    let ((_a, a), (_b, b)) = (dir(), dir());
+    let _watch_a = Watcher::start(&a, &server.addr, &[]);
+    let _watch_b = Watcher::start(&b, &server.addr, &[]);
+    // Written in pieces 100 ms apart, well within the watcher's settle
+    // time, for 1.5 s: no sync in between may take a piece of it.
+    let pieces: Vec<String> = (0..15).map(|i| format!("piece {i:02}\n")).collect();
+    let whole = pieces.concat();
+    let mut file = fs::File::create(a.join("growing.log")).unwrap();
+    let seen_on_b = || fs::read_to_string(b.join("growing.log")).ok();
+    for piece in &pieces {
+        file.write_all(piece.as_bytes()).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(partial) = seen_on_b() {
+            panic!("b got a file still being written: {partial:?}");
+        }
+    }
+    drop(file);
+    until("the whole file on b", || {
+        seen_on_b().as_deref() == Some(whole.as_str())
+    });
+}
+
+#[test]
 fn a_server_without_the_map_stream_is_polled() {
     let rt = runtime();
     // A MetaStore and BlockStore without MapWatch, like the original's.

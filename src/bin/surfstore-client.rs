@@ -220,6 +220,7 @@ async fn run(args: Args, progress: Progress) -> Result<(), Fatal> {
         progress,
         verbose,
         rehash,
+        settle: watching.map(|_| watch::SETTLE),
     };
     if dry_run {
         return print_plan(&base, &options, &meta).await;

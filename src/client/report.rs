@@ -106,6 +106,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// Files that could not be synced this time, and why.
     pub failures: Vec<(String, FileError)>,
+    /// Files left alone because they changed too recently (see
+    /// [`super::sync::Options::settle`]).
+    pub unsettled: usize,
 }
 
 impl fmt::Display for Report {

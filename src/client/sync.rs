@@ -26,7 +26,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -105,6 +105,9 @@ pub struct Options {
     /// Sync even if index.txt seems written with another block size
     /// (`--rehash`): every file then uploads again, hashed anew.
     pub rehash: bool,
+    /// Leave alone the files changed less than this long ago (`--watch`:
+    /// they may still be being written); `None` syncs every file.
+    pub settle: Option<Duration>,
 }
 
 /// Why a run failed as a whole.
@@ -245,6 +248,8 @@ impl Done {
 
 /// What a run decided, before it changed anything.
 struct Prepared {
+    /// Files left alone because they changed too recently.
+    unsettled: usize,
     index: Index,
     scan: Scan,
     plan: plan::Plan,
@@ -269,6 +274,9 @@ async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Pre
     })
     .await??;
     listing.drop_ignored(&ignored);
+    let unsettled = options.settle.map_or(0, |settle| {
+        listing.hold_back_unsettled(scan_started, settle)
+    });
     listing.check_block_size(block_size)?;
     let scanning = async {
         let scanned = spawn_blocking(move || {
@@ -298,6 +306,7 @@ async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Pre
         "planned"
     );
     Ok(Prepared {
+        unsettled,
         index,
         scan,
         plan,
@@ -321,6 +330,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     let conflict_root = conflict_root(base, &options.conflicts)?;
     let block_size = options.block_size;
     let Prepared {
+        unsettled,
         index,
         scan,
         plan,
@@ -382,6 +392,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         conflict_root: conflict_root.clone(),
     };
     let mut report = Report {
+        unsettled,
         conflict_folder: match options.conflicts {
             Copies::Beside => None,
             Copies::Outside(_) => conflict_root,

@@ -4,10 +4,11 @@
 //! Three sources wake the loop, through one channel, and a burst of wake-ups
 //! makes one sync:
 //!
-//! - the file system: `notify`'s events, debounced so a file being written
-//!   wakes the loop once it has been quiet for [`SETTLE`] (a file that still
-//!   changes while it is hashed is skipped by the scan and synced on its next
-//!   event); the client's own files and ignored paths wake nothing;
+//! - the file system: `notify`'s events, debounced over [`SETTLE`]; the
+//!   client's own files and ignored paths wake nothing. A file changed less
+//!   than [`SETTLE`] before a sync is left alone by it (it may still be
+//!   being written) and the loop looks again once it may have settled, so
+//!   a file is synced once it is stable, not in its halves;
 //! - the server's `MapWatch` stream: a version other than the last one seen
 //!   (the first one of each stream counts, in case changes were missed while
 //!   it was down);
@@ -89,10 +90,13 @@ impl Announcer {
 enum Wake {
     Local,
     Remote,
+    /// A pause ended: after a failure, or for files to settle.
+    Timer,
 }
 
 /// Syncs `base` now and after every change, forever; `shown` gets every
-/// sync's outcome. Returns only if watching cannot start.
+/// sync's outcome. `options.settle` should be [`SETTLE`]. Returns only if
+/// watching cannot start.
 pub async fn watch(
     base: &Path,
     options: &Options,
@@ -106,16 +110,26 @@ pub async fn watch(
         let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
         loop {
             let outcome = sync(base, options, meta).await;
-            let failed = outcome.is_err();
-            shown(outcome);
-            if failed {
-                tokio::time::sleep(backoff.next_delay()).await;
-            } else {
+            let pause = match &outcome {
+                Err(_) => Some(backoff.next_delay()),
+                // Files still being written: look again once they may
+                // have settled, even if nothing else happens.
+                Ok(report) if report.unsettled > 0 => Some(SETTLE),
+                Ok(_) => None,
+            };
+            if outcome.is_ok() {
                 backoff.reset();
-                match woken.recv().await {
-                    Some(why) => tracing::debug!(?why, "syncing"),
-                    None => return,
-                }
+            }
+            shown(outcome);
+            let woken_by = match pause {
+                Some(pause) => tokio::time::timeout(pause, woken.recv())
+                    .await
+                    .unwrap_or(Some(Wake::Timer)),
+                None => woken.recv().await,
+            };
+            match woken_by {
+                Some(why) => tracing::debug!(?why, "syncing"),
+                None => return,
             }
             // Whatever else woke the loop meanwhile is covered by the next
             // sync.
