@@ -70,10 +70,7 @@ impl Announcer {
     /// unlike the last, or the first success after failures.
     pub fn outcome(&mut self, outcome: &Result<Report, SyncError>) -> Option<String> {
         match outcome {
-            Ok(_) => self
-                .failing
-                .take()
-                .map(|_| "the servers answer again; in sync".to_string()),
+            Ok(_) => self.failing.take().map(|_| "in sync again".to_string()),
             Err(error) => {
                 let message = format!("{error}; retrying until it works (Ctrl-C to stop)");
                 (self.failing.as_ref() != Some(&message)).then(|| {
@@ -274,7 +271,7 @@ mod tests {
         assert!(announcer.outcome(&failure(2)).is_some(), "a new failure");
         assert_eq!(
             announcer.outcome(&Ok(Report::default())).as_deref(),
-            Some("the servers answer again; in sync")
+            Some("in sync again")
         );
         assert_eq!(announcer.outcome(&Ok(Report::default())), None);
     }
