@@ -11,6 +11,7 @@ use std::error::Error;
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn Error>> {
+    git_commit();
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let well_known = protoc_bin_vendored::include_path()?;
 
@@ -38,4 +39,30 @@ fn main() -> Result<(), Box<dyn Error>> {
         )?;
     println!("cargo:rerun-if-changed=benches/surfstore/etcd.proto");
     Ok(())
+}
+
+/// Sets `SURFSTORE_GIT_COMMIT` for `--version`: the short hash of HEAD, or
+/// `unknown` when there is no git or no repository (a source tarball);
+/// the build never fails for it. Rebuilt when HEAD moves.
+fn git_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SURFSTORE_GIT_COMMIT={commit}");
+    for path in [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "refs/heads"]),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }

@@ -10,6 +10,23 @@ pub const EXIT_USAGE: u8 = 64;
 /// Exit code for any other failure.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// What `--version` prints after the program's name: the version and the
+/// git commit it was built from (`unknown` when built outside git).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SURFSTORE_GIT_COMMIT"),
+    ")"
+);
+
+/// What the servers' and the tool's `--help` ends with.
+pub const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 a failure (e.g. a call that failed, a port in use); \
+64 bad arguments or config.
+
+Logs: warnings and errors on stderr; -d for debug logs; RUST_LOG (e.g. \
+RUST_LOG=surfstore=debug) overrides both. NO_COLOR turns colours off.";
+
 /// Parses the command line into `T`. On bad arguments prints clap's usage
 /// message and exits with [`EXIT_USAGE`]; `--help` and `--version` exit 0.
 pub fn parse_args<T: clap::Parser>() -> T {
@@ -47,14 +64,22 @@ where
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only for a terminal: a log file or a test reading stderr
-    // gets the plain line.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer)
         .init();
+}
+
+/// Whether log lines get colour codes: only on a terminal (a log file or a
+/// test reading stderr gets the plain line), and not when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// A fatal error of a binary: what to print and which code to exit with.
@@ -136,5 +161,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
     }
 }

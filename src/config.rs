@@ -123,14 +123,46 @@ impl ClusterConfig {
 /// Whether `addr` looks like `host:port` with a numeric port.
 pub fn is_host_port(addr: &str) -> bool {
     match addr.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+        }
         None => false,
+    }
+}
+
+/// [`is_host_port`], with what to do instead when `addr` is not: a URL
+/// (`http://host:port`) is answered with the `host:port` inside it.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    if let Some((_, rest)) = addr.split_once("://") {
+        return Err(format!(
+            "{addr:?} is a URL; use host:port, e.g. {}",
+            rest.trim_end_matches('/')
+        ));
+    }
+    if is_host_port(addr) {
+        Ok(())
+    } else {
+        Err(format!("{addr:?} is not host:port"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_answered_with_the_host_port_inside_it() {
+        assert_eq!(check_host_port("localhost:8080"), Ok(()));
+        assert_eq!(
+            check_host_port("http://10.0.0.5:8080/"),
+            Err("\"http://10.0.0.5:8080/\" is a URL; use host:port, e.g. 10.0.0.5:8080".into())
+        );
+        assert_eq!(
+            check_host_port("nohost"),
+            Err("\"nohost\" is not host:port".into())
+        );
+        assert!(!is_host_port("a/b:1"));
+    }
 
     #[test]
     fn parses_json_with_both_spellings() {

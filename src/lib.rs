@@ -13,9 +13,10 @@
 //! * [`block_store`], [`meta_store`]: the two non-replicated services.
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
 //! * [`security`]: TLS, bearer tokens and roles (all opt-in).
-//! * [`cli`]: what the binaries in `src/bin` share.
+//! * [`cli`], [`advertise`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
 
+pub mod advertise;
 pub mod backoff;
 pub mod block_store;
 pub mod cli;

@@ -35,11 +35,12 @@ pub async fn serve(
         block_store_addr,
         security,
     } = server;
+    let meta = meta.map(|m| MetaStoreService::with_map(block_store_addr, m));
+    let watch = meta.as_ref().map(|m| m.changes().into_server());
     grpc::secure_server(&security)
         .add_optional_service(blocks.map(|b| BlockStoreService::new(b).into_server()))
-        .add_optional_service(
-            meta.map(|m| MetaStoreService::with_map(block_store_addr, m).into_server()),
-        )
+        .add_optional_service(meta.map(MetaStoreService::into_server))
+        .add_optional_service(watch)
         .serve_with_incoming_shutdown(grpc::secure_incoming(listener, &security), shutdown)
         .await
 }

@@ -123,7 +123,10 @@ fn base_directory_must_exist_and_be_a_directory() {
     let missing = parent.path().join("missing");
     let file = parent.path().join("file");
     fs::write(&file, "x").unwrap();
-    for (path, needle) in [(&missing, "No such file"), (&file, "not a directory")] {
+    for (path, needle) in [
+        (&missing, "does not exist; create it, or pass --create"),
+        (&file, "not a directory"),
+    ] {
         let out = client(&["localhost:1", path.to_str().unwrap(), "1024"]);
         assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
         assert!(
@@ -139,6 +142,13 @@ fn base_directory_must_exist_and_be_a_directory() {
         );
     }
     assert!(!missing.exists());
+
+    // --create makes it, parents too, and syncs into it.
+    let server = start_server("both", &[]);
+    let nested = missing.join("and/below");
+    let out = client(&["--create", &server.addr, nested.to_str().unwrap(), "1024"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(nested.join("index.txt").exists());
 }
 
 #[test]
@@ -311,4 +321,152 @@ fn quiet_prints_nothing_on_success_and_still_reports_errors() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn messages_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap();
+
+    let out = client(&["http://127.0.0.1:8080/", base, "1024"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        stderr(&out),
+        "surfstore-client: META_ADDR \"http://127.0.0.1:8080/\" is a URL; \
+         use host:port, e.g. 127.0.0.1:8080\n"
+    );
+
+    let dead = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let out = client(&["--retry-for", "0", &dead, base, "1024"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            ": Connection refused (os error 111); is surfstore-server running on {dead}? (gave up"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // A cluster that is up but has no leader (no elections, no SetLeader).
+    let rt = common::runtime();
+    let cluster = rt.block_on(common::start_cluster(3, &[]));
+    let out = client(&["-f", cluster.config.to_str().unwrap(), base, "1024"]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(
+        message.starts_with("surfstore-client: no leader with a quorum answered within ")
+            && message.ends_with(
+                ": Server is not the leader; \
+                 if no server is the leader yet, name one: surfstore-ctl set-leader ADDR\n"
+            ),
+        "{message}"
+    );
+}
+
+#[test]
+fn another_block_size_than_the_last_sync_is_refused_unless_rehash() {
+    let server = start_server("both", &[]);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(a.path().join("big.bin"), vec![7u8; 5000]).unwrap();
+    fs::write(a.path().join("small.txt"), "s").unwrap();
+    assert!(sync(a.path(), &server.addr, 1024).status.success());
+    let before = snapshot(a.path());
+
+    let out = sync(a.path(), &server.addr, 4096);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        stderr(&out),
+        "surfstore-client: index.txt was written with another block size than 4096 \
+         (\"big.bin\" was 5 blocks, is 2 now): this sync would upload every file again and may \
+         report false conflicts; give the block size of the last sync, or pass --rehash to \
+         hash and upload everything with 4096\n"
+    );
+    assert_eq!(snapshot(a.path()), before, "nothing changed");
+
+    let out = sync_with(a.path(), &server.addr, 4096, &["--rehash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // From then on 4096 is the block size: no refusal, nothing to do, and
+    // another client at 4096 gets the files without conflicts.
+    let out = sync(a.path(), &server.addr, 4096);
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [0; 4]
+    );
+    let out = sync(b.path(), &server.addr, 4096);
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [0, 2, 0, 0]
+    );
+}
+
+#[test]
+fn help_names_the_arguments_exit_codes_and_rust_log_and_version_the_commit() {
+    for program in [
+        "surfstore-client",
+        "surfstore-server",
+        "surfstore-raft-server",
+        "surfstore-ctl",
+    ] {
+        let help = run(&bin(program), &["--help"]);
+        assert_eq!(help.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&help.stdout);
+        for needle in ["Exit codes: 0 ", "64 bad arguments", "RUST_LOG", "NO_COLOR"] {
+            assert!(help.contains(needle), "{program}: {needle} in {help}");
+        }
+        let version = run(&bin(program), &["--version"]);
+        let version = String::from_utf8_lossy(&version.stdout);
+        let expected = format!("{program} {} (commit ", env!("CARGO_PKG_VERSION"));
+        assert!(
+            version.starts_with(&expected) && version.ends_with(")\n"),
+            "{version}"
+        );
+    }
+    let help = String::from_utf8_lossy(&client(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("surfstore-client [OPTIONS] META_ADDR BASEDIR BLOCKSIZE")
+            && help.contains("<META_ADDR> [BASEDIR] [BLOCKSIZE]")
+            && !help.contains("<ARGS>")
+            && help.contains("130 interrupted"),
+        "{help}"
+    );
+}
+
+#[test]
+fn settings_come_from_the_environment_too() {
+    let server = start_server("both", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), "x").unwrap();
+    let base = dir.path().to_str().unwrap();
+    let with_env = |vars: &[(&str, &str)], args: &[&str]| {
+        common::command(&bin("surfstore-client"))
+            .envs(vars.iter().copied())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // SURFSTORE_ADDR and SURFSTORE_BLOCK_SIZE stand in for both arguments.
+    let vars = [
+        ("SURFSTORE_ADDR", server.addr.as_str()),
+        ("SURFSTORE_BLOCK_SIZE", "1024"),
+    ];
+    let out = with_env(&vars, &[base]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        common::counts(&String::from_utf8_lossy(&out.stdout)),
+        [1, 0, 0, 0]
+    );
+    // Given arguments win: BASEDIR BLOCKSIZE with the address from the
+    // environment, and a BLOCKSIZE that is not a number is refused.
+    let out = with_env(&vars[..1], &[base, "oops"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("got \"oops\""), "{}", stderr(&out));
+    // SURFSTORE_CONFIG is -f.
+    let config = dir.path().join("missing.json");
+    let out = with_env(
+        &[("SURFSTORE_CONFIG", config.to_str().unwrap())],
+        &[base, "1024"],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("missing.json"), "{}", stderr(&out));
 }

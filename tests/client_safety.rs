@@ -189,7 +189,7 @@ fn a_losing_edit_is_saved_outside_the_base_directory_with_a_warning_even_when_qu
     let out = sync_saving_in(b, addr, state, &[]);
     assert_warned_about(&out, "notes.txt");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("1 conflicts (1 saved in "), "{stdout}");
+    assert!(stdout.contains("1 conflict (1 saved in "), "{stdout}");
     assert_eq!(saved_copies(state, b).len(), 3);
 
     // --keep-conflicts keeps the copy beside the file instead.

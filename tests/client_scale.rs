@@ -201,7 +201,7 @@ fn interrupted_setup() -> Interrupted {
     write(a.path(), "docs/a.txt", "a v2");
     write(a.path(), "new/c.txt", "c v1");
     fs::remove_file(a.path().join("top.txt")).unwrap();
-    assert_eq!(counts(&sync_ok(a.path(), &meta, BLOCK)), [4, 0, 0, 0]);
+    assert_eq!(counts(&sync_ok(a.path(), &meta, BLOCK)), [3, 0, 1, 0]);
     let index_before = index_text(b.path());
     Interrupted {
         _rt: rt,

@@ -91,7 +91,22 @@ fn a_failing_rpc_exits_non_zero_with_one_line() {
         }
     }
     let (_, _, stderr, _) = ctl(&["crash", &plain.addr]);
-    assert!(stderr.contains("Unimplemented"), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "surfstore-ctl: {} is not a Raft server (it has no Crash); \
+             surfstore-ctl operates surfstore-raft-server\n",
+            plain.addr
+        )
+    );
+    let (_, _, stderr, _) = ctl(&["set-leader", &dead]);
+    assert_eq!(
+        stderr,
+        format!(
+            "surfstore-ctl: {dead}: SetLeader failed: connection refused; \
+             is surfstore-raft-server running on {dead}?\n"
+        )
+    );
 }
 
 /// The rows of a `status` table, split on whitespace, header excluded.
@@ -121,20 +136,49 @@ fn status_shows_unreachable_servers_queried_concurrently() {
         .collect();
     addrs.push(format!("127.0.0.1:{}", closed_port()));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.json");
-    let json = serde_json::json!({"MetaStoreAddrs": addrs, "BlockStoreAddrs": ["127.0.0.1:1"]});
-    std::fs::write(&config, json.to_string()).unwrap();
+    let write_config = |addrs: &[String]| {
+        let config = dir.path().join("config.json");
+        let json = serde_json::json!({"MetaStoreAddrs": addrs, "BlockStoreAddrs": ["127.0.0.1:1"]});
+        std::fs::write(&config, json.to_string()).unwrap();
+        config.to_str().unwrap().to_string()
+    };
 
-    let (code, stdout, stderr, took) = ctl(&["status", "-f", config.to_str().unwrap()]);
+    // None answers: one line, no table, exit 1.
+    let config = write_config(&addrs);
+    let (code, stdout, stderr, took) = ctl(&["status", "-f", &config]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "surfstore-ctl: none of the 3 servers of {config} answered; \
+             is surfstore-raft-server running? (first: {}: ",
+            addrs[0]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        took < 5.5,
+        "status took {took:.1}s: servers not queried concurrently"
+    );
+
+    // One answers: a table, each unreachable server's reason on stderr.
+    let rt = common::runtime();
+    let cluster = rt.block_on(start_cluster(1, &[]));
+    addrs.insert(0, cluster.addrs[0].clone());
+    let config = write_config(&addrs);
+    let (code, stdout, stderr, took) = ctl(&["status", "-f", &config]);
     assert_eq!(code, Some(0), "{stderr}");
+    let addrs = &addrs[1..];
     assert!(
         took < 5.5,
         "status took {took:.1}s: servers not queried concurrently"
     );
     let rows = rows(&stdout);
-    assert_eq!(rows.len(), 3, "{stdout}");
-    for (id, (row, addr)) in rows.iter().zip(&addrs).enumerate() {
-        let id = id.to_string();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert_eq!(rows[0][2], "up", "{stdout}");
+    for (id, (row, addr)) in rows[1..].iter().zip(addrs).enumerate() {
+        let id = (id + 1).to_string();
         let expected = [id.as_str(), addr, "unreachable", "-", "-", "-", "-"];
         assert_eq!(row, &expected, "{stdout}");
         assert!(
@@ -165,10 +209,13 @@ async fn operates_a_cluster() {
         ctl_ok(&["heartbeat", a0]),
         format!("{a0}: heartbeat: majority acknowledged\n")
     );
-    // A follower's heartbeat is answered, with false.
+    // A follower sends no heartbeat: the operator is told who leads.
+    let (code, stdout, stderr, _) = ctl(&["heartbeat", a1]);
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
     assert_eq!(
-        ctl_ok(&["heartbeat", a1]),
-        format!("{a1}: heartbeat: no majority\n")
+        stderr,
+        format!("surfstore-ctl: {a1}: not the leader; leader is {a0}\n")
     );
     let state = cluster.state(0).await;
     assert!(state.is_leader);
@@ -194,8 +241,16 @@ async fn operates_a_cluster() {
         format!("{a0}: heartbeat: no majority\n")
     );
 
-    assert_eq!(ctl_ok(&["restore", a2]), format!("{a2}: restored\n"));
+    // A crashed leader's leadership is stale once another server leads.
+    ctl_ok(&["crash", a0]);
     ctl_ok(&["restore", a1]);
+    assert_eq!(ctl_ok(&["set-leader", a1]), format!("{a1}: leader set\n"));
+    assert_eq!(status_row(&cluster, 0), ["crashed", "stale", "1", "1", "1"]);
+    ctl_ok(&["restore", a0]);
+    ctl_ok(&["set-leader", a0]);
+    ctl_ok(&["heartbeat", a0]);
+
+    assert_eq!(ctl_ok(&["restore", a2]), format!("{a2}: restored\n"));
     assert!(!cluster.is_crashed(2).await);
     assert_eq!(status_row(&cluster, 2), ["up", "no", "1", "1", "1"]);
 }

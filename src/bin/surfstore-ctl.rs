@@ -7,9 +7,10 @@
 //! `gen-certs` and `add-token` prepare a secure cluster (SPEC §9.3): they
 //! write files and call no server.
 //!
-//! Exit codes: 0 when the server answered (a heartbeat that no majority
-//! acknowledged included: the line says so), 1 when the call failed, 64 on
-//! bad arguments or an unusable config.
+//! Exit codes: 0 when the server answered (a leader's heartbeat that no
+//! majority acknowledged included: the line says so), 1 when the call
+//! failed, a follower was asked for a heartbeat or no server answered
+//! `status`, 64 on bad arguments or an unusable config.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use surfstore::cli::{self, Fatal};
-use surfstore::config::{ClusterConfig, is_host_port};
+use surfstore::config::{ClusterConfig, check_host_port};
 use surfstore::grpc::{self, AuthChannel};
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use surfstore::security::tls::{self, explain};
@@ -34,7 +35,7 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Operates a SurfStore Raft cluster.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-ctl", version)]
+#[command(name = "surfstore-ctl", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Print debug logs to stderr.
     #[arg(short = 'd', long = "debug", global = true)]
@@ -107,11 +108,7 @@ enum ClusterCommand {
 }
 
 fn host_port(addr: &str) -> Result<String, String> {
-    if is_host_port(addr) {
-        Ok(addr.to_string())
-    } else {
-        Err(format!("{addr:?} is not host:port"))
-    }
+    check_host_port(addr).map(|()| addr.to_string())
 }
 
 #[tokio::main]
@@ -176,13 +173,16 @@ async fn call_servers(command: ClusterCommand, security: &ClientSecurity) -> Res
                 |mut c, r| async move { c.send_heartbeat(r).await },
             )
             .await?;
-            // A follower answers false too: the round was not acknowledged.
-            let outcome = if ok.flag {
-                "majority acknowledged"
+            if ok.flag {
+                format!("{addr}: heartbeat: majority acknowledged")
             } else {
-                "no majority"
-            };
-            format!("{addr}: heartbeat: {outcome}")
+                // A follower answers false too: say which it was.
+                let state = query(&addr, security).await?;
+                if !state.leader || state.crashed {
+                    return Err(Fatal::failure(not_the_leader(&addr, security).await));
+                }
+                format!("{addr}: heartbeat: no majority")
+            }
         }
         ClusterCommand::Crash { addr } => {
             call(
@@ -206,11 +206,36 @@ async fn call_servers(command: ClusterCommand, security: &ClientSecurity) -> Res
             .await?;
             format!("{addr}: restored")
         }
-        ClusterCommand::Status { config } => {
-            let config = ClusterConfig::load(&config).map_err(Fatal::usage)?;
-            status_table(&config.meta_addrs, security).await
+        ClusterCommand::Status { config: path } => {
+            let config = ClusterConfig::load(&path).map_err(Fatal::usage)?;
+            status_table(&path, &config.meta_addrs, security).await?
         }
     })
+}
+
+/// Why `addr` refused a heartbeat as a follower: `ADDR: not the leader;
+/// leader is L` when it knows one (from its not-leader answer), else how
+/// to name one.
+async fn not_the_leader(addr: &str, security: &ClientSecurity) -> String {
+    let answer = call(
+        addr,
+        security,
+        "GetFileInfoMap",
+        CALL_DEADLINE,
+        |mut c, r| async move { c.get_file_info_map(r).await },
+    )
+    .await;
+    let leader = answer.err().and_then(|fatal| {
+        let (_, after) = fatal.message.split_once("leader: ")?;
+        let leader: String = after.chars().take_while(|c| !c.is_whitespace()).collect();
+        check_host_port(&leader).is_ok().then_some(leader)
+    });
+    match leader {
+        Some(leader) => format!("{addr}: not the leader; leader is {leader}"),
+        None => format!(
+            "{addr}: not the leader, and it knows no leader; name one: surfstore-ctl set-leader ADDR"
+        ),
+    }
 }
 
 /// Calls `rpc` (an RPC taking `Empty`) on the server at `addr` with
@@ -234,6 +259,14 @@ where
     request.set_timeout(deadline);
     match tokio::time::timeout(deadline, f(RaftSurfstoreClient::new(channel), request)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+            Err(Fatal::failure(format!(
+                "{addr} is not a Raft server (it has no {rpc}); surfstore-ctl operates surfstore-raft-server"
+            )))
+        }
+        Ok(Err(status)) if is_refused(&status) => Err(Fatal::failure(format!(
+            "{addr}: {rpc} failed: connection refused; is surfstore-raft-server running on {addr}?"
+        ))),
         Ok(Err(status)) => Err(Fatal::failure(format!(
             "{addr}: {rpc} failed: {}",
             describe(&status)
@@ -242,6 +275,21 @@ where
             "{addr}: {rpc} failed: no answer within {deadline:?}"
         ))),
     }
+}
+
+/// Whether nothing listens where `status` tried to connect.
+fn is_refused(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A status in one line: what to do about it when it is a certificate or
@@ -301,9 +349,30 @@ async fn query(addr: &str, security: &ClientSecurity) -> Result<ServerState, Fat
 
 /// Queries every server concurrently and renders one row per server. Why a
 /// server is unreachable goes to stderr, one line each, so the table stays
-/// a table.
-async fn status_table(addrs: &[String], security: &ClientSecurity) -> String {
+/// a table; when none answers, there is no table, only one line saying so.
+/// A leader that is crashed, or whose term is behind another server's,
+/// leads nothing any more: its LEADER cell says `stale`.
+async fn status_table(
+    config: &std::path::Path,
+    addrs: &[String],
+    security: &ClientSecurity,
+) -> Result<String, Fatal> {
     let states = futures::future::join_all(addrs.iter().map(|addr| query(addr, security))).await;
+    if let [Err(first), ..] = states.as_slice()
+        && states.iter().all(Result::is_err)
+    {
+        return Err(Fatal::failure(format!(
+            "none of the {} servers of {} answered; is surfstore-raft-server running? (first: {})",
+            addrs.len(),
+            config.display(),
+            first.message
+        )));
+    }
+    let newest_term = states
+        .iter()
+        .filter_map(|s| s.as_ref().ok().map(|s| s.term))
+        .max()
+        .unwrap_or(0);
     let header = ["ID", "ADDRESS", "STATE", "LEADER", "TERM", "LOG", "FILES"].map(String::from);
     let mut rows = vec![header.to_vec()];
     for (id, (addr, state)) in addrs.iter().zip(states).enumerate() {
@@ -311,7 +380,12 @@ async fn status_table(addrs: &[String], security: &ClientSecurity) -> String {
         match state {
             Ok(s) => row.extend([
                 if s.crashed { "crashed" } else { "up" }.to_string(),
-                if s.leader { "yes" } else { "no" }.to_string(),
+                match s.leader {
+                    true if s.crashed || s.term < newest_term => "stale",
+                    true => "yes",
+                    false => "no",
+                }
+                .to_string(),
                 s.term.to_string(),
                 s.log_len.to_string(),
                 s.files.to_string(),
@@ -324,7 +398,7 @@ async fn status_table(addrs: &[String], security: &ClientSecurity) -> String {
         }
         rows.push(row);
     }
-    render(&rows)
+    Ok(render(&rows))
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use surfstore::advertise;
 use surfstore::cli::{self, Fatal};
 use surfstore::config::{ClusterConfig, is_host_port};
 use surfstore::grpc;
@@ -18,7 +19,7 @@ use surfstore::security::{PeerFlags, ServerFlags};
 
 /// Runs one server of a Raft-replicated SurfStore MetaStore.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-raft-server", version)]
+#[command(name = "surfstore-raft-server", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Cluster config (JSON or the older text format).
     #[arg(short = 'f', long = "config")]
@@ -114,7 +115,28 @@ async fn run(args: Args) -> Result<(), Fatal> {
         heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
         pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
     };
-    tracing::info!(id = args.id, %listen, "raft server serving");
+    let listening = listener
+        .local_addr()
+        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    let serves = format!(
+        "Raft MetaStore server {} of {}",
+        args.id,
+        config.addrs.len()
+    );
+    // Before the start line: whoever waits for that line sees it.
+    if let Some(warning) = advertise::loopback_warning(listening, &config.block_store_addr) {
+        tracing::warn!("{warning}");
+    }
+    println!(
+        "{}",
+        advertise::start_line(
+            "surfstore-raft-server",
+            &serves,
+            listening,
+            Some(&config.block_store_addr),
+            args.data_dir.as_deref(),
+        )
+    );
     service::serve(listener, config, storage, security, cli::shutdown_signal())
         .await
         .map_err(|e| match e {

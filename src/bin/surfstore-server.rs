@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use surfstore::advertise;
 use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks};
 use surfstore::cli::{self, Fatal};
-use surfstore::config::is_host_port;
+use surfstore::config::check_host_port;
 use surfstore::grpc;
 use surfstore::listener;
 use surfstore::meta_store::JournaledMap;
@@ -37,7 +38,7 @@ enum Service {
 
 /// Runs SurfStore's MetaStore and/or BlockStore.
 #[derive(Parser, Debug)]
-#[command(name = "surfstore-server", version)]
+#[command(name = "surfstore-server", version = cli::VERSION, after_help = cli::AFTER_HELP)]
 struct Args {
     /// Which services to run.
     #[arg(short = 's', long = "service", value_enum)]
@@ -55,8 +56,14 @@ struct Args {
     /// crash; without it everything lives in memory.
     #[arg(long = "data-dir", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// With `-s both`: the address (host:port) of this server that the
+    /// MetaStore hands to clients as the BlockStore's. Default: localhost
+    /// with `-l`, otherwise this machine's address on its default route.
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// The BlockStore address (host:port) the MetaStore hands to clients.
-    /// Required with `-s meta`; with `-s both` it defaults to this server.
+    /// Required with `-s meta`; with `-s both` it defaults to this server
+    /// (see --advertise).
     #[arg(value_name = "BLOCKSTORE_ADDR")]
     block_store_addr: Option<String>,
     #[command(flatten)]
@@ -71,17 +78,31 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Fatal> {
-    let block_store_addr = match (args.service, args.block_store_addr) {
-        (_, Some(addr)) if !is_host_port(&addr) => {
-            return Err(Fatal::usage(format!(
-                "BLOCKSTORE_ADDR {addr:?} is not host:port"
-            )));
+    for (what, addr) in [
+        ("BLOCKSTORE_ADDR", &args.block_store_addr),
+        ("--advertise", &args.advertise),
+    ] {
+        if let Some(Err(e)) = addr.as_deref().map(check_host_port) {
+            return Err(Fatal::usage(format!("{what} {e}")));
         }
-        (Service::Meta, None) => {
+    }
+    // What the MetaStore announces; `None` for -s both: this server, once
+    // its port is known.
+    let announced = match (args.service, args.block_store_addr, &args.advertise) {
+        (Service::Meta, None, _) => {
             return Err(Fatal::usage("-s meta needs a BLOCKSTORE_ADDR argument"));
         }
-        (Service::Both, None) => format!("localhost:{}", args.port),
-        (_, addr) => addr.unwrap_or_default(),
+        (Service::Both, Some(_), Some(_)) => {
+            return Err(Fatal::usage(
+                "give either --advertise or BLOCKSTORE_ADDR, not both",
+            ));
+        }
+        (Service::Meta | Service::Block, _, Some(_)) => {
+            return Err(Fatal::usage(
+                "--advertise is for -s both; with -s meta give BLOCKSTORE_ADDR",
+            ));
+        }
+        (_, addr, advertise) => addr.or_else(|| advertise.clone()),
     };
 
     if args
@@ -105,8 +126,29 @@ async fn run(args: Args) -> Result<(), Fatal> {
         tracing::warn!("{warning}");
     }
     let listener = listener::open(listen).await?;
-
-    tracing::info!(%listen, service = ?args.service, %block_store_addr, "serving");
+    // The real port, also with -p 0.
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    let block_store_addr = match announced {
+        Some(addr) => addr,
+        None if args.service == Service::Both => advertise::default_block_store_addr(listen)
+            .unwrap_or_else(|| format!("localhost:{}", listen.port())),
+        None => String::new(),
+    };
+    let (serves, announces) = match args.service {
+        Service::Meta => ("MetaStore", Some(block_store_addr.as_str())),
+        Service::Block => ("BlockStore", None),
+        Service::Both => ("MetaStore+BlockStore", Some(block_store_addr.as_str())),
+    };
+    // Before the start line: whoever waits for that line sees it.
+    if let Some(warning) = announces.and_then(|addr| advertise::loopback_warning(listen, addr)) {
+        tracing::warn!("{warning}");
+    }
+    println!(
+        "{}",
+        advertise::start_line("surfstore-server", serves, listen, announces, data_dir)
+    );
     let server = PlainServer {
         blocks,
         meta,

@@ -13,7 +13,8 @@
 //! makes every change to the base directory safely; [`conflict`] says where
 //! a local change that loses to the server is saved; [`cache`] is the optional hash cache
 //! that spares a resync re-reading unchanged files; [`buffers`] recycles
-//! the upload's read buffers. [`progress`] draws the
+//! the upload's read buffers; [`surfignore`] holds the ignore rules.
+//! [`watch`] runs syncs over and over as local and remote changes come. [`progress`] draws the
 //! bars and [`report`] is the summary of a run.
 
 pub mod buffers;
@@ -27,9 +28,11 @@ pub mod progress;
 pub mod report;
 pub mod rpc;
 pub mod scan;
+pub mod surfignore;
 pub mod sync;
+pub mod watch;
 
 pub use progress::Progress;
 pub use report::Report;
 pub use rpc::MetaStore;
-pub use sync::{Options, SyncError, sync};
+pub use sync::{Options, SyncError, dry_run, sync};

@@ -16,13 +16,16 @@
 //!    nothing on disk either, drop the name from the index.
 //!
 //! Names the server holds but that cannot be synced safely are refused;
-//! names the scan skipped (symlinks, special files) are left alone.
+//! names the scan skipped (symlinks, special files) and names the
+//! `.surfignore` rules ignore are left alone: this is the one place those
+//! rules apply to what is synced.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::index::{Entry, Index};
 use super::names::{self, NameError};
 use super::scan::Scan;
+use super::surfignore::Rules;
 use crate::hash::tombstone;
 
 /// What to do with one file.
@@ -51,6 +54,64 @@ pub enum Action {
     Forget,
 }
 
+/// What an action changes, as a person reads it (`--dry-run`, `-v`, the
+/// summary's counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The local file's content goes to the server.
+    Upload,
+    /// The server's content is written here.
+    Download,
+    /// The local file is deleted: the server holds a tombstone.
+    DeleteHere,
+    /// A local deletion goes to the server (as a tombstone).
+    DeleteOnServer,
+}
+
+impl Change {
+    /// The verb `--dry-run` prints before the file name.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Upload => "upload",
+            Self::Download => "download",
+            Self::DeleteHere => "delete here",
+            Self::DeleteOnServer => "delete on server",
+        }
+    }
+
+    /// The participle `-v` prints before the file name once it is done.
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Upload => "uploaded",
+            Self::Download => "downloaded",
+            Self::DeleteHere => "deleted here",
+            Self::DeleteOnServer => "deleted on server",
+        }
+    }
+
+    /// What an upload of `entry` does: a tombstone deletes.
+    pub fn of_upload(entry: &Entry) -> Self {
+        if entry.is_tombstone() {
+            Self::DeleteOnServer
+        } else {
+            Self::Upload
+        }
+    }
+}
+
+impl Action {
+    /// What carrying out the action changes and whether a local change
+    /// loses to the server; `None` when only the index changes.
+    pub fn change(&self) -> Option<(Change, bool)> {
+        match self {
+            Self::Upload(entry) => Some((Change::of_upload(entry), false)),
+            Self::Download { conflict, .. } => Some((Change::Download, *conflict)),
+            Self::Delete { conflict, .. } => Some((Change::DeleteHere, *conflict)),
+            Self::Adopt(_) | Self::Forget => None,
+        }
+    }
+}
+
 /// The actions of one sync, by file name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -60,9 +121,35 @@ pub struct Plan {
     pub refused: BTreeMap<String, NameError>,
 }
 
+impl Plan {
+    /// The plan as `--dry-run` prints it: one line per file that would
+    /// change (`upload  NAME`, `conflict  NAME: ...`), then the names
+    /// refused; files whose only change is in index.txt are left out.
+    pub fn lines(&self) -> Vec<String> {
+        let changes = self.actions.iter().filter_map(|(name, action)| {
+            let (change, conflict) = action.change()?;
+            Some(match (change, conflict) {
+                (change, false) => format!("{:<17}{name}", change.verb()),
+                (Change::DeleteHere, true) => format!(
+                    "{:<17}{name}: deleted on the server, changed here; the local version is saved"
+                , "conflict"),
+                (_, true) => format!(
+                    "{:<17}{name}: changed on both sides; the server's version wins, the local one is saved",
+                    "conflict"
+                ),
+            })
+        });
+        let refused = self
+            .refused
+            .iter()
+            .map(|(name, error)| format!("{:<17}{name:?}: {error}", "refuse"));
+        changes.chain(refused).collect()
+    }
+}
+
 /// Decides what to do with every file known locally, in the index or
-/// remotely.
-pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>) -> Plan {
+/// remotely, but those `ignored` (whose index entries stay as they are).
+pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>, ignored: &Rules) -> Plan {
     let mut plan = Plan::default();
     let names: BTreeSet<&String> = scan
         .files
@@ -78,12 +165,41 @@ pub fn plan(scan: &Scan, index: &Index, remote: &BTreeMap<String, Entry>) -> Pla
             plan.refused.insert(name.clone(), e);
             continue;
         }
+        if ignored.is_ignored(name) {
+            continue;
+        }
         let local = scan.files.get(name).map(Vec::as_slice);
         if let Some(action) = decide(local, index.get(name), remote.get(name)) {
             plan.actions.insert(name.clone(), action);
         }
     }
     plan
+}
+
+/// A sign that index.txt was written with another block size: a file the
+/// index lists in several blocks that now hashes to a different first
+/// block and another block count, while no multi-block file still has its
+/// first block. An unchanged file hashed with another block size looks
+/// exactly so; an edited file alone cannot, unless it is the only one with
+/// several blocks. Returns that file's name, its recorded block count and
+/// its count now.
+pub fn block_size_changed(scan: &Scan, index: &Index) -> Option<(String, usize, usize)> {
+    let mut changed = None;
+    for (name, entry) in index {
+        let Some(now) = scan.files.get(name) else {
+            continue;
+        };
+        if entry.is_tombstone() || entry.hashes.len() < 2 || now.len() < 2 {
+            continue;
+        }
+        if now[0] == entry.hashes[0] {
+            return None;
+        }
+        if now.len() != entry.hashes.len() && changed.is_none() {
+            changed = Some((name.clone(), entry.hashes.len(), now.len()));
+        }
+    }
+    changed
 }
 
 /// The decision for one file (see the module docs); `None` when nothing is
@@ -280,6 +396,72 @@ mod tests {
     }
 
     #[test]
+    fn another_block_size_is_told_from_edits() {
+        let blocks =
+            |s: &str| -> Vec<String> { s.chars().map(|c| hash_block(&[c as u8])).collect() };
+        let scan = |files: &[(&str, &str)]| Scan {
+            files: files
+                .iter()
+                .map(|(n, b)| (n.to_string(), blocks(b)))
+                .collect(),
+            ..Scan::default()
+        };
+        let index = Index::from([
+            ("big".to_string(), e(1, blocks("abcd"))),
+            ("other".to_string(), e(1, blocks("wxyz"))),
+            ("small".to_string(), e(1, blocks("s"))),
+        ]);
+        // Hashed in blocks twice as large: every first block differs.
+        assert_eq!(
+            block_size_changed(
+                &scan(&[("big", "AB"), ("other", "WX"), ("small", "S")]),
+                &index
+            ),
+            Some(("big".to_string(), 4, 2))
+        );
+        // One file edited: the other still has its first block.
+        assert_eq!(
+            block_size_changed(
+                &scan(&[("big", "AB"), ("other", "wxyz"), ("small", "s")]),
+                &index
+            ),
+            None
+        );
+        // Edited at the start but the same block count: an edit.
+        assert_eq!(block_size_changed(&scan(&[("big", "Abcd")]), &index), None);
+        // Nothing with several blocks on both sides: no evidence.
+        assert_eq!(block_size_changed(&scan(&[("small", "S")]), &index), None);
+    }
+
+    #[test]
+    fn ignored_names_are_neither_uploaded_deleted_on_the_server_nor_downloaded() {
+        let (a, b) = (h("a"), h("b"));
+        let scan = Scan {
+            files: BTreeMap::from([
+                ("new.tmp".to_string(), a.clone()),
+                ("kept.txt".to_string(), a.clone()),
+                (".surfignore".to_string(), b.clone()),
+            ]),
+            ..Scan::default()
+        };
+        // build/old.o was synced before the rule and is deleted here now.
+        let index = Index::from([("build/old.o".to_string(), e(1, a.clone()))]);
+        let remote = BTreeMap::from([
+            ("build/old.o".to_string(), e(1, a.clone())),
+            ("remote.tmp".to_string(), e(1, b.clone())),
+        ]);
+        let rules = Rules::parse("*.tmp\nbuild/\n", std::path::Path::new(".surfignore")).unwrap();
+        let plan = plan(&scan, &index, &remote, &rules);
+        assert_eq!(
+            plan.actions,
+            BTreeMap::from([
+                ("kept.txt".to_string(), Action::Upload(e(1, a.clone()))),
+                (".surfignore".to_string(), Action::Upload(e(1, b.clone()))),
+            ])
+        );
+    }
+
+    #[test]
     fn plan_covers_every_name_refuses_unsafe_ones_and_skips_symlinks() {
         let (a, b) = (h("a"), h("b"));
         let scan = Scan {
@@ -303,7 +485,7 @@ mod tests {
             ("/abs".to_string(), e(1, b.clone())),
             ("index.txt".to_string(), e(1, b.clone())),
         ]);
-        let plan = plan(&scan, &index, &remote);
+        let plan = plan(&scan, &index, &remote, &Rules::default());
         assert_eq!(
             plan.actions,
             BTreeMap::from([

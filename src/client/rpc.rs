@@ -27,9 +27,10 @@ use super::index::Entry;
 use crate::config::{ClusterConfig, is_host_port};
 use crate::grpc::{self, AddrError, AuthChannel as Channel, MAX_MESSAGE_BYTES};
 use crate::proto::block_store_client::BlockStoreClient;
+use crate::proto::map_watch_client::MapWatchClient;
 use crate::proto::meta_store_client::MetaStoreClient;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData};
+use crate::proto::{Block, BlockHash, BlockHashes, Blocks, FileMetaData, MapVersion};
 use crate::security::ClientSecurity;
 use crate::security::tls::explain;
 
@@ -196,7 +197,8 @@ const CRASHED: &str = "Server is crashed.";
 pub enum RpcError {
     /// No server of the cluster answered as the leader in time.
     #[error(
-        "no leader with a quorum answered within {}s (tried {servers}); last error: {last}",
+        "no leader with a quorum answered within {}s (tried {servers}); last error: {last}; \
+         if no server is the leader yet, name one: surfstore-ctl set-leader ADDR",
         waited.as_secs()
     )]
     NoLeader {
@@ -435,6 +437,15 @@ fn leader_hint(text: &str) -> Option<String> {
     is_host_port(&addr).then_some(addr)
 }
 
+/// `reason`, with what to check when nothing listens at `addr`.
+fn with_hint(reason: String, verdict: &Verdict, addr: &str) -> String {
+    if *verdict == Verdict::Refused {
+        format!("{reason}; is surfstore-server running on {addr}?")
+    } else {
+        reason
+    }
+}
+
 /// A status in one line: what to do about it when it is a certificate or
 /// token problem, otherwise its message and, for transport errors, the
 /// root cause (tonic repeats the layers in between).
@@ -606,6 +617,19 @@ impl MetaStore {
         .await
     }
 
+    /// Opens the `MapWatch` stream (SPEC §9.5) on the server that answered
+    /// last (a cluster's leader). Tried once: a watcher that loses it
+    /// reconnects at its own pace, and a server without it answers
+    /// UNIMPLEMENTED.
+    pub async fn watch_map(&self) -> Result<tonic::Streaming<MapVersion>, Status> {
+        let channel = {
+            let servers = self.lock();
+            servers.list[servers.leader].channel.clone()
+        };
+        let reply = MapWatchClient::new(channel).watch_file_info_map(()).await?;
+        Ok(reply.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Servers> {
         crate::locks::lock(&self.servers)
     }
@@ -661,7 +685,7 @@ impl MetaStore {
             }
             evidence.seen.insert(at, now);
             let next = match verdict {
-                Verdict::NotLeader(Some(hint)) => self.position(&hint).filter(|&i| i != at),
+                Verdict::NotLeader(Some(ref hint)) => self.position(hint).filter(|&i| i != at),
                 _ => None,
             };
             evidence.named.extend(next);
@@ -674,6 +698,7 @@ impl MetaStore {
                 tried_in_round = 0;
             }
             if !attempts.again(evidence.hopeless(known), round_over).await {
+                let reason = with_hint(reason, &verdict, &server.addr);
                 return Err(self.give_up(server.addr, reason, &attempts));
             }
         }
@@ -943,7 +968,8 @@ impl BlockStore {
                 named: BTreeSet::new(),
             };
             if !attempts.again(evidence.hopeless(1), true).await {
-                let reason = format!("{} ({})", describe(&status), attempts.summary());
+                let reason = with_hint(describe(&status), &classify(&status), &self.addr);
+                let reason = format!("{reason} ({})", attempts.summary());
                 return Err(Status::new(status.code(), reason));
             }
         }

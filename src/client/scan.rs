@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::HashCache;
 use super::names;
 use super::progress::Progress;
+use super::surfignore::Rules;
 use crate::hash::hash_block;
 use crate::locks::lock;
 
@@ -224,6 +225,32 @@ pub fn scan(
 }
 
 impl Listing {
+    /// Leaves alone this run the files changed less than `settle` before
+    /// `now`, which may still be being written (`--watch` syncs them once
+    /// they are quiet); returns how many.
+    pub fn hold_back_unsettled(&mut self, now: SystemTime, settle: std::time::Duration) -> usize {
+        let settled = |file: &Found| {
+            file.stamp
+                .last_change()
+                .is_none_or(|changed| now.duration_since(changed).is_ok_and(|age| age >= settle))
+        };
+        let (keep, held): (Vec<Found>, Vec<Found>) = std::mem::take(&mut self.files)
+            .into_iter()
+            .partition(settled);
+        self.files = keep;
+        let count = held.len();
+        self.scan
+            .skipped
+            .extend(held.into_iter().map(|file| file.name));
+        count
+    }
+
+    /// Leaves out the files `ignored`: the plan leaves their names alone,
+    /// so reading them would be wasted.
+    pub fn drop_ignored(&mut self, ignored: &Rules) {
+        self.files.retain(|file| !ignored.is_ignored(&file.name));
+    }
+
     /// Refuses `block_size` if it would give the largest file more than
     /// [`MAX_BLOCKS_PER_FILE`] blocks, naming that file and the smallest
     /// block size that gives no file too many.
@@ -513,6 +540,25 @@ fn read_block<'b>(
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn files_changed_within_the_settle_time_are_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fresh"), "x").unwrap();
+        let now = SystemTime::now();
+        let mut listing = list(dir.path()).unwrap();
+        assert_eq!(
+            listing.hold_back_unsettled(now, std::time::Duration::ZERO),
+            0
+        );
+        assert_eq!(
+            listing.hold_back_unsettled(now, std::time::Duration::from_secs(3600)),
+            1
+        );
+        let scan = listing.hash(4, None, &Progress::hidden()).unwrap();
+        assert!(scan.files.is_empty());
+        assert!(scan.skipped.contains("fresh"));
+    }
 
     #[test]
     fn hashes_nested_files_in_blocks() {

@@ -26,7 +26,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -39,11 +39,12 @@ use super::conflict::{self, Copies};
 use super::disk::{self, DiskError};
 use super::index::{self, Entry, Index, IndexError};
 use super::names::{self, NameError};
-use super::plan::{self, Action};
+use super::plan::{self, Action, Change};
 use super::progress::Progress;
 use super::report::Report;
 use super::rpc::{BlockStore, MetaStore, RpcError};
 use super::scan::{self, Scan, ScanError, Stamp, TooManyBlocks};
+use super::surfignore::{Rules, RulesError};
 use crate::hash::{hash_block, is_valid_hash};
 use crate::meta_store::REJECTED_VERSION;
 
@@ -99,6 +100,14 @@ pub struct Options {
     pub hash_cache: bool,
     /// Where hashing and transfers report progress.
     pub progress: Progress,
+    /// Print one line per file changed (`-v`), as it is done.
+    pub verbose: bool,
+    /// Sync even if index.txt seems written with another block size
+    /// (`--rehash`): every file then uploads again, hashed anew.
+    pub rehash: bool,
+    /// Leave alone the files changed less than this long ago (`--watch`:
+    /// they may still be being written); `None` syncs every file.
+    pub settle: Option<Duration>,
 }
 
 /// Why a run failed as a whole.
@@ -113,6 +122,26 @@ pub enum SyncError {
     /// BLOCKSIZE would give a file too many blocks; nothing was done.
     #[error(transparent)]
     BlockSize(#[from] TooManyBlocks),
+    /// index.txt seems written with another block size; nothing was done.
+    #[error(
+        "index.txt was written with another block size than {block_size} ({file:?} was \
+         {recorded} blocks, is {now} now): this sync would upload every file again and may \
+         report false conflicts; give the block size of the last sync, or pass --rehash to \
+         hash and upload everything with {block_size}"
+    )]
+    OtherBlockSize {
+        /// BLOCKSIZE of this run.
+        block_size: usize,
+        /// A file that shows it.
+        file: String,
+        /// Its block count in index.txt.
+        recorded: usize,
+        /// Its block count now.
+        now: usize,
+    },
+    /// `.surfignore` cannot be used.
+    #[error(transparent)]
+    Ignore(#[from] RulesError),
     /// The servers could not be reached.
     #[error(transparent)]
     Rpc(#[from] RpcError),
@@ -176,21 +205,22 @@ pub enum FileError {
     Task(#[from] JoinError),
 }
 
-/// What carrying out one action did to the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    Uploaded,
-    Downloaded,
-    Deleted,
-    /// Only the index changes.
-    Recorded,
+/// The line `-v` prints for a file once its change is done.
+fn file_line(name: &str, change: Change, conflict: bool) -> String {
+    let conflict = if conflict {
+        " (conflict: the server's version won)"
+    } else {
+        ""
+    };
+    format!("{:<18}{name}{conflict}", change.done())
 }
 
 /// The outcome of one action.
 struct Done {
     /// The file's new index entry, or `None` to drop it.
     entry: Option<Entry>,
-    effect: Effect,
+    /// What changed; `None` when only the index changes.
+    effect: Option<Change>,
     conflict: bool,
     /// The conflict copy saved of the losing local file.
     copy: Option<PathBuf>,
@@ -202,10 +232,10 @@ struct Done {
 
 impl Done {
     fn recorded(entry: Option<Entry>) -> Self {
-        Self::new(entry, Effect::Recorded)
+        Self::new(entry, None)
     }
 
-    fn new(entry: Option<Entry>, effect: Effect) -> Self {
+    fn new(entry: Option<Entry>, effect: Option<Change>) -> Self {
         Self {
             entry,
             effect,
@@ -216,22 +246,37 @@ impl Done {
     }
 }
 
-/// Syncs the base directory `base` with the servers behind `meta`.
-pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
-    let started = Instant::now();
+/// What a run decided, before it changed anything.
+struct Prepared {
+    /// Files left alone because they changed too recently.
+    unsettled: usize,
+    index: Index,
+    scan: Scan,
+    plan: plan::Plan,
+    /// When the scan started (see [`HashCache::from_scan`]).
+    scan_started: SystemTime,
+}
+
+/// The first half of a run, which changes nothing: reads index.txt, lists
+/// and hashes the base directory while fetching the remote map, and plans.
+async fn prepare(base: &Path, options: &Options, meta: &MetaStore) -> Result<Prepared, SyncError> {
     let index = index::load(base)?;
-    let conflict_root = conflict_root(base, &options.conflicts)?;
     let (scan_base, block_size) = (base.to_path_buf(), options.block_size);
     let (progress, use_cache) = (options.progress.clone(), options.hash_cache);
     // Before any stamp is taken: the cache trusts only files that had
     // settled by then.
     let scan_started = SystemTime::now();
     // Sizes only, so a block size too small is refused before any work.
-    let listing = spawn_blocking({
+    let ignored = Rules::load(base)?;
+    let mut listing = spawn_blocking({
         let base = scan_base.clone();
         move || scan::list(&base)
     })
     .await??;
+    listing.drop_ignored(&ignored);
+    let unsettled = options.settle.map_or(0, |settle| {
+        listing.hold_back_unsettled(scan_started, settle)
+    });
     listing.check_block_size(block_size)?;
     let scanning = async {
         let scanned = spawn_blocking(move || {
@@ -244,12 +289,53 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
     let fetching = async { Ok::<_, SyncError>(meta.get_file_info_map().await?) };
     let (scan, remote) = tokio::try_join!(scanning, fetching)?;
     options.progress.hashing_done();
-    let plan = plan::plan(&scan, &index, &remote);
+    if !options.rehash
+        && let Some((file, recorded, now)) = plan::block_size_changed(&scan, &index)
+    {
+        return Err(SyncError::OtherBlockSize {
+            block_size,
+            file,
+            recorded,
+            now,
+        });
+    }
+    let plan = plan::plan(&scan, &index, &remote, &ignored);
     tracing::debug!(
         actions = plan.actions.len(),
         refused = plan.refused.len(),
         "planned"
     );
+    Ok(Prepared {
+        unsettled,
+        index,
+        scan,
+        plan,
+        scan_started,
+    })
+}
+
+/// What a sync of `base` would do now (`--dry-run`): nothing on disk or on
+/// the servers changes, not even index.txt or the hash cache.
+pub async fn dry_run(
+    base: &Path,
+    options: &Options,
+    meta: &MetaStore,
+) -> Result<plan::Plan, SyncError> {
+    Ok(prepare(base, options, meta).await?.plan)
+}
+
+/// Syncs the base directory `base` with the servers behind `meta`.
+pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Report, SyncError> {
+    let started = Instant::now();
+    let conflict_root = conflict_root(base, &options.conflicts)?;
+    let block_size = options.block_size;
+    let Prepared {
+        unsettled,
+        index,
+        scan,
+        plan,
+        scan_started,
+    } = prepare(base, options, meta).await?;
     // Folders of deleted files and of leftovers, which may now be empty.
     let mut emptied = BTreeSet::new();
     let resumable: BTreeSet<PathBuf> = plan
@@ -271,14 +357,23 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         disk::remove_stale_temp_file(path);
         emptied.extend(path.parent().map(Path::to_path_buf));
     }
-    options.progress.transfer().set_length(
+    // Known before anything moves, so the ETA holds from the start: each
+    // download's blocks and each upload's whole file.
+    options.progress.start_transfer(
         plan.actions
-            .values()
-            .map(|action| match action {
+            .iter()
+            .map(|(name, action)| match action {
                 Action::Download { remote, .. } => remote.hashes.len() as u64 * block_size as u64,
+                Action::Upload(entry) if !entry.is_tombstone() => {
+                    scan.stamps.get(name).map_or(0, Stamp::size)
+                }
                 _ => 0,
             })
             .sum(),
+        plan.actions
+            .values()
+            .filter(|a| a.change().is_some())
+            .count(),
     );
 
     let run = Run {
@@ -297,14 +392,15 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         conflict_root: conflict_root.clone(),
     };
     let mut report = Report {
+        unsettled,
         conflict_folder: match options.conflicts {
             Copies::Beside => None,
             Copies::Outside(_) => conflict_root,
         },
         ..Report::default()
     };
+    // Reported once, with the other failures, by whoever shows the report.
     for (name, error) in plan.refused {
-        tracing::warn!(file = ?name, %error, "refusing the server's file name");
         report.failures.push((name, FileError::Refused(error)));
     }
     let mut new_index = index.clone();
@@ -314,7 +410,14 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         .map(|(name, action)| {
             let run = &run;
             async move {
+                let changes = action.change().is_some();
+                if changes {
+                    run.options.progress.file_started(&name);
+                }
                 let result = run.execute(&name, action).await;
+                if changes {
+                    run.options.progress.file_done();
+                }
                 (name, result)
             }
         })
@@ -323,17 +426,18 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
         match result {
             Ok(done) => {
                 tracing::debug!(file = ?name, effect = ?done.effect, conflict = done.conflict, "synced");
-                match done.effect {
-                    Effect::Uploaded => report.uploaded += 1,
-                    Effect::Downloaded => report.downloaded += 1,
-                    Effect::Deleted => report.deleted += 1,
-                    Effect::Recorded => {}
+                if let Some(change) = done.effect {
+                    report.counts.add(change, done.conflict);
+                    if options.verbose {
+                        options
+                            .progress
+                            .println(&file_line(&name, change, done.conflict));
+                    }
                 }
                 match done.effect {
-                    Effect::Deleted => emptied.extend(done.dir),
+                    Some(Change::DeleteHere) => emptied.extend(done.dir),
                     _ => dirs.extend(done.dir),
                 }
-                report.conflicts += usize::from(done.conflict);
                 report.conflict_copies.extend(done.copy);
                 match done.entry {
                     Some(entry) => new_index.insert(name, entry),
@@ -345,7 +449,7 @@ pub async fn sync(base: &Path, options: &Options, meta: &MetaStore) -> Result<Re
                 break;
             }
             Err(error) => {
-                tracing::warn!(file = ?name, %error, "not synced");
+                tracing::debug!(file = ?name, %error, "not synced");
                 report.failures.push((name, error));
             }
         }
@@ -460,11 +564,12 @@ impl Run<'_> {
         }
         let version = self.meta.update_file(name, &entry).await?;
         if version != REJECTED_VERSION {
+            let change = Change::of_upload(&entry);
             let entry = Entry {
                 version,
                 hashes: entry.hashes,
             };
-            return Ok(Done::new(Some(entry), Effect::Uploaded));
+            return Ok(Done::new(Some(entry), Some(change)));
         }
         tracing::debug!(file = ?name, version = entry.version, "upload rejected; taking the server's version");
         let remote = self.meta.get_file_info_map().await?.remove(name);
@@ -505,12 +610,16 @@ impl Run<'_> {
         tracing::debug!(file = ?name, blocks = hashes.len(), missing = missing.len(), "uploading");
         let len = self.scan.stamps.get(name).map_or(0, Stamp::size);
         let block_size = self.options.block_size as u64;
-        self.options.progress.transfer().inc_length(
-            missing
-                .iter()
-                .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
-                .sum(),
-        );
+        let to_send: u64 = missing
+            .iter()
+            .map(|(i, _)| block_size.min(len.saturating_sub(*i as u64 * block_size)))
+            .sum();
+        // The whole file was counted in the total; what the BlockStore
+        // already has is done at once.
+        self.options
+            .progress
+            .transfer()
+            .inc(len.saturating_sub(to_send));
         if missing.is_empty() {
             return Ok(());
         }
@@ -685,7 +794,7 @@ impl Run<'_> {
                 drop(held);
             }
         }
-        let mut done = Done::new(Some(remote), Effect::Downloaded);
+        let mut done = Done::new(Some(remote), Some(Change::Download));
         done.conflict = conflict;
         self.replace(name, done, move |_| {
             let dir = target.parent().map(Path::to_path_buf);
@@ -718,7 +827,7 @@ impl Run<'_> {
     }
 
     async fn delete(&self, name: &str, remote: Entry, conflict: bool) -> Result<Done, FileError> {
-        let mut done = Done::new(Some(remote), Effect::Deleted);
+        let mut done = Done::new(Some(remote), Some(Change::DeleteHere));
         done.conflict = conflict;
         let owned_name = name.to_string();
         self.replace(name, done, move |base| disk::remove_file(base, &owned_name))

@@ -5,6 +5,7 @@
 //! plain server and each Raft replica alike; [`JournaledMap`] adds the
 //! plain server's optional write-ahead journal (`--data-dir`), and
 //! [`MetaStoreService`] is the non-replicated gRPC service around one.
+//! [`MapChanges`] tells watching clients when a map changed.
 //!
 //! Reads share one encoding: [`FileMap::encoded`] builds the
 //! `GetFileInfoMap` reply once after a change and hands every reader the
@@ -16,10 +17,12 @@
 mod encoded;
 mod journal;
 mod service;
+mod watch;
 
 pub use encoded::{EncodedMapServer, MapSource};
 pub use journal::{JOURNAL_FILE, JournaledMap, UpdateError};
 pub use service::MetaStoreService;
+pub use watch::{MapChanges, MapWatchService};
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

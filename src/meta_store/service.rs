@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use super::{EncodedMapServer, FileMap, JournaledMap, MapSource, UpdateError};
+use super::{EncodedMapServer, FileMap, JournaledMap, MapChanges, MapSource, UpdateError};
 use crate::grpc;
 use crate::proto::{BlockStoreAddr, FileInfoMap, FileMetaData, Version, meta_store_server};
 
@@ -14,6 +14,7 @@ use crate::proto::{BlockStoreAddr, FileInfoMap, FileMetaData, Version, meta_stor
 pub struct MetaStoreService {
     map: Arc<JournaledMap>,
     block_store_addr: String,
+    changes: MapChanges,
 }
 
 impl MetaStoreService {
@@ -28,7 +29,14 @@ impl MetaStoreService {
         Self {
             map: Arc::new(map),
             block_store_addr,
+            changes: MapChanges::default(),
         }
+    }
+
+    /// Where this service announces each accepted update, for the
+    /// `MapWatch` service.
+    pub fn changes(&self) -> MapChanges {
+        self.changes.clone()
     }
 
     /// The tonic server for this service, with the project's message limits,
@@ -74,6 +82,9 @@ impl meta_store_server::MetaStore for MetaStoreService {
             }
         })?;
         tracing::debug!(file = %name, version, "UpdateFile");
+        if version != super::REJECTED_VERSION {
+            self.changes.bump();
+        }
         Ok(Response::new(Version { version }))
     }
 

@@ -68,7 +68,7 @@ use super::transport::{GrpcTransport, Transport};
 use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
 use crate::backoff::Backoff;
 use crate::grpc;
-use crate::meta_store::FileMap;
+use crate::meta_store::{FileMap, MapChanges};
 use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
 use crate::security::ClientSecurity;
 
@@ -178,6 +178,8 @@ struct Shared {
     crashes: watch::Receiver<u64>,
     /// Whether storage failed.
     failed: watch::Receiver<bool>,
+    /// The last applied index, for watching clients.
+    changes: MapChanges,
 }
 
 /// Something to do with the node's state on the event loop. It returns its
@@ -200,6 +202,8 @@ struct State {
     waiters: BTreeMap<(LogIndex, Term), oneshot::Sender<Result<i32, NodeError>>>,
     crashes: watch::Sender<u64>,
     failed_signal: watch::Sender<bool>,
+    /// Set to the last applied index after each apply.
+    changes: MapChanges,
     /// Per peer: where the loop hands the peer's replication task the
     /// requests it built while writing (None for this server).
     outboxes: Vec<Option<mpsc::UnboundedSender<Built>>>,
@@ -265,6 +269,7 @@ impl RaftNode {
         let (steps_tx, steps) = mpsc::unbounded_channel();
         let (crashes, crashes_rx) = watch::channel(0);
         let (failed_signal, failed_rx) = watch::channel(false);
+        let changes = MapChanges::default();
         let (outboxes, mut inboxes): (Vec<_>, Vec<_>) = peers
             .iter()
             .map(|wake| match wake {
@@ -284,6 +289,7 @@ impl RaftNode {
             waiters: BTreeMap::new(),
             crashes,
             failed_signal,
+            changes: changes.clone(),
             outboxes,
             held: vec![false; config.addrs.len()],
         };
@@ -313,6 +319,7 @@ impl RaftNode {
                 peers,
                 crashes: crashes_rx,
                 failed: failed_rx,
+                changes,
             }),
         };
         for peer in node.peer_ids() {
@@ -326,6 +333,12 @@ impl RaftNode {
     /// The BlockStore address this cluster hands to clients.
     pub fn block_store_addr(&self) -> &str {
         &self.shared.config.block_store_addr
+    }
+
+    /// The map's version (its last applied index), for the `MapWatch`
+    /// service.
+    pub fn map_changes(&self) -> MapChanges {
+        self.shared.changes.clone()
     }
 
     /// Completes once storage failed: the server then serves nothing, and
@@ -916,6 +929,7 @@ impl State {
         for (index, entry) in ready.committed {
             let key = (index, entry.term);
             let version = self.map.apply(entry.meta);
+            self.changes.set(index);
             if let Some(tx) = self.waiters.remove(&key) {
                 let _ = tx.send(Ok(version));
             }

@@ -102,7 +102,7 @@ pub struct Security {
 
 /// Runs one Raft server on `listener` until `shutdown` completes (then
 /// `Ok`) or its storage fails: starts the node from `storage`, and serves
-/// `RaftSurfstore` and `MetaStore` over it. The binary only parses its
+/// `RaftSurfstore`, `MetaStore` and `MapWatch` over it. The binary only parses its
 /// arguments; a test can hand over a listener it bound itself.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -116,6 +116,7 @@ pub async fn serve(
     let serve = crate::grpc::secure_server(&security.server)
         .add_service(service.raft_server())
         .add_service(service.meta_server())
+        .add_service(node.map_changes().into_server())
         .serve_with_incoming_shutdown(
             crate::grpc::secure_incoming(listener, &security.server),
             shutdown,

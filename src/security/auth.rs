@@ -27,6 +27,8 @@ const ROLES: &[(&str, Role)] = &[
     ("/surfstore.RaftSurfstore/GetFileInfoMap", Role::User),
     ("/surfstore.RaftSurfstore/UpdateFile", Role::User),
     ("/surfstore.RaftSurfstore/GetBlockStoreAddr", Role::User),
+    // Continuous sync's change notices (SPEC §9.5): what a user may read.
+    ("/surfstore.MapWatch/WatchFileInfoMap", Role::User),
     ("/surfstore.RaftSurfstore/AppendEntries", Role::Peer),
     // Election and snapshot RPCs (SPEC §9.1, §9.2), under the names they
     // are added with.

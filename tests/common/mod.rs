@@ -40,7 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A command for `program` whose conflict copies (`$XDG_STATE_HOME`) go
-/// below cargo's scratch directory for tests, never into the real home.
+/// below cargo's scratch directory for tests, never into the real home,
+/// and that takes no client settings from the caller's environment.
 /// Tests that look at the copies set a directory of their own.
 pub fn command(program: &Path) -> Command {
     let mut command = Command::new(program);
@@ -48,6 +49,11 @@ pub fn command(program: &Path) -> Command {
         "XDG_STATE_HOME",
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-state"),
     );
+    // The client's settings from the environment would change what the
+    // tests' command lines mean.
+    for var in ["SURFSTORE_ADDR", "SURFSTORE_CONFIG", "SURFSTORE_BLOCK_SIZE"] {
+        command.env_remove(var);
+    }
     command
 }
 
@@ -925,10 +931,10 @@ pub fn summary(stdout: &str) -> Summary {
             "downloaded" => out.downloaded = n,
             "deleted" => out.deleted = n,
             "failed" => out.failed = n,
-            "conflicts" => out.conflicts = n,
-            kept if kept.starts_with("conflicts (") => {
+            "conflicts" | "conflict" => out.conflicts = n,
+            kept if kept.starts_with("conflict") && kept.contains(" (") => {
                 out.conflicts = n;
-                out.kept = kept["conflicts (".len()..]
+                out.kept = kept[kept.find(" (").unwrap_or(0) + 2..]
                     .split(' ')
                     .next()
                     .and_then(|k| k.parse().ok())
