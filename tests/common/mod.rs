@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod s3;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -82,6 +84,11 @@ impl Proc {
     /// Starts `program args` with stdout/stderr inherited only when
     /// `SURFSTORE_TEST_LOGS` is set (keeps test output readable).
     pub fn spawn(program: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_with_env(program, args, &[])
+    }
+
+    /// Like [`Proc::spawn`], with `env` added to the environment.
+    pub fn spawn_with_env(program: &Path, args: &[&str], env: &[(String, String)]) -> Proc {
         let verbose = std::env::var_os("SURFSTORE_TEST_LOGS").is_some();
         let stdio = || {
             if verbose {
@@ -92,6 +99,7 @@ impl Proc {
         };
         let child = command(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdio())
             .stderr(stdio())
@@ -167,8 +175,13 @@ fn is_self_connected(stream: &TcpStream) -> bool {
 /// Starts `surfstore-server -s <service> -p <free port> -l [extra...]`,
 /// retrying on another port if the chosen one was taken meanwhile.
 pub fn start_server(service: &str, extra: &[&str]) -> Server {
+    start_server_with_env(service, extra, &[])
+}
+
+/// Like [`start_server`], with `env` added to the server's environment.
+pub fn start_server_with_env(service: &str, extra: &[&str], env: &[(String, String)]) -> Server {
     for _ in 0..5 {
-        if let Some(server) = start_server_on(service, free_ports(1)[0], extra) {
+        if let Some(server) = start_server_on_with_env(service, free_ports(1)[0], extra, env) {
             return server;
         }
     }
@@ -178,10 +191,20 @@ pub fn start_server(service: &str, extra: &[&str]) -> Server {
 /// Starts `surfstore-server -s <service> -p <port> -l [extra...]` and polls
 /// until it listens; `None` if it exited first (the port was taken).
 pub fn start_server_on(service: &str, port: u16, extra: &[&str]) -> Option<Server> {
+    start_server_on_with_env(service, port, extra, &[])
+}
+
+/// Like [`start_server_on`], with `env` added to the server's environment.
+pub fn start_server_on_with_env(
+    service: &str,
+    port: u16,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Option<Server> {
     let port_arg = port.to_string();
     let mut args = vec!["-s", service, "-p", &port_arg, "-l"];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&bin("surfstore-server"), &args);
+    let mut proc = Proc::spawn_with_env(&bin("surfstore-server"), &args, env);
     let addr = format!("127.0.0.1:{port}");
     wait_listening(&mut proc, &addr).then_some(Server { addr, port, proc })
 }
