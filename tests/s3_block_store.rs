@@ -369,3 +369,48 @@ fn s3_with_a_data_dir_a_meta_store_or_a_bad_url_is_a_usage_error() {
         );
     }
 }
+
+/// A base port with the nine after it free too (the demo takes ten in a
+/// row), none handed out to another test.
+fn ten_free_ports() -> u16 {
+    for _ in 0..100 {
+        let base = common::free_ports(1)[0];
+        let Some(last) = base.checked_add(9) else {
+            continue;
+        };
+        let all_free =
+            (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no ten free ports in a row");
+}
+
+#[test]
+fn make_demo_s3_syncs_through_the_bucket_and_lists_its_objects() {
+    let Some(weed) = common::s3::weed() else {
+        return;
+    };
+    let out = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-s3.sh"))
+        .env("SURFSTORE_WEED", weed)
+        .env("BIN", bin("surfstore-server").parent().unwrap())
+        .env("DEMO_PORT", ten_free_ports().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("bob has exactly alice's files"), "{stdout}");
+    let objects = stdout
+        .lines()
+        .filter(|line| line.strip_prefix("blocks/").is_some_and(is_valid_hash))
+        .count();
+    // 50000 random bytes in 4 KiB blocks, and one short file.
+    assert_eq!(objects, 13 + 1, "{stdout}");
+}
