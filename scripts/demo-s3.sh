@@ -20,17 +20,12 @@ s3() { curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:
 
 say "starting SeaweedFS (S3 on $AWS_ENDPOINT_URL; log in $WORK/weed.log)"
 mkdir "$WORK/weed"
-"$WEED" server -dir="$WORK/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -filer -s3 \
-    -master.port=$BASE -master.port.grpc=$((BASE + 1)) \
-    -volume.port=$((BASE + 2)) -volume.port.grpc=$((BASE + 3)) \
-    -filer.port=$((BASE + 4)) -filer.port.grpc=$((BASE + 5)) \
-    -s3.port=$((BASE + 6)) -s3.port.grpc=$((BASE + 7)) \
-    -s3.port.iceberg=0 -s3.port.lance=0 -volume.preStopSeconds=0 >"$WORK/weed.log" 2>&1 &
+SURFSTORE_WEED=$WEED scripts/seaweedfs.sh "$WORK/weed" "$BASE" >"$WORK/weed.log" 2>&1 &
 PIDS+=($!)
 # Ready when it creates the bucket (about 4 s).
 for i in $(seq 300); do
     s3 -f -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET" 2>/dev/null && break
-    [ "$i" = 300 ] && { echo "SeaweedFS did not start; see its log above" >&2; cat "$WORK/weed.log" >&2; exit 1; }
+    [ "$i" = 300 ] && { echo "SeaweedFS did not start; its log:" >&2; cat "$WORK/weed.log" >&2; exit 1; }
     sleep 0.1
 done
 echo "bucket $BUCKET created"

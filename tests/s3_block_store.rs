@@ -370,23 +370,6 @@ fn s3_with_a_data_dir_a_meta_store_or_a_bad_url_is_a_usage_error() {
     }
 }
 
-/// A base port with the nine after it free too (the demo takes ten in a
-/// row), none handed out to another test.
-fn ten_free_ports() -> u16 {
-    for _ in 0..100 {
-        let base = common::free_ports(1)[0];
-        let Some(last) = base.checked_add(9) else {
-            continue;
-        };
-        let all_free =
-            (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no ten free ports in a row");
-}
-
 #[test]
 fn make_demo_s3_syncs_through_the_bucket_and_lists_its_objects() {
     let Some(weed) = common::s3::weed() else {
@@ -396,7 +379,10 @@ fn make_demo_s3_syncs_through_the_bucket_and_lists_its_objects() {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-s3.sh"))
         .env("SURFSTORE_WEED", weed)
         .env("BIN", bin("surfstore-server").parent().unwrap())
-        .env("DEMO_PORT", ten_free_ports().to_string())
+        .env(
+            "DEMO_PORT",
+            common::s3::consecutive_free_ports(10).to_string(),
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap();

