@@ -11,7 +11,8 @@ WEED=${SURFSTORE_WEED:-$(target_dir)/s3-venv/bin/weed}
 [ -x "$WEED" ] || { echo "no SeaweedFS at $WEED: run make s3-tools" >&2; exit 1; }
 BLOCK_PORT=$((BASE + 8)) META_PORT=$((BASE + 9)) BUCKET=surfstore-demo
 WORK=$(mktemp -d)
-trap 'stop_all; rm -rf "$WORK"' EXIT
+# SeaweedFS takes about 15 s to stop on SIGTERM; its data is thrown away here.
+trap '[ -n "${WEED_PID:-}" ] && kill -9 "$WEED_PID" 2>/dev/null; stop_all; rm -rf "$WORK"' EXIT
 
 # What the BlockStore reads, and what the listing below signs with.
 export AWS_ACCESS_KEY_ID=demo-key AWS_SECRET_ACCESS_KEY=demo-secret AWS_REGION=us-east-1
@@ -21,10 +22,14 @@ s3() { curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:
 say "starting SeaweedFS (S3 on $AWS_ENDPOINT_URL; log in $WORK/weed.log)"
 mkdir "$WORK/weed"
 SURFSTORE_WEED=$WEED scripts/seaweedfs.sh "$WORK/weed" "$BASE" >"$WORK/weed.log" 2>&1 &
-PIDS+=($!)
-# Ready when it creates the bucket (about 4 s).
+WEED_PID=$!
+PIDS+=("$WEED_PID")
+# Ready when it creates the bucket and stores a first object in it (about
+# 4 s, then a few more to set up the new bucket's volumes).
+echo ready >"$WORK/ready"
 for i in $(seq 300); do
-    s3 -f -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET" 2>/dev/null && break
+    s3 -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET" 2>/dev/null || true
+    s3 -f -o /dev/null -T "$WORK/ready" "$AWS_ENDPOINT_URL/$BUCKET/ready" 2>/dev/null && break
     [ "$i" = 300 ] && { echo "SeaweedFS did not start; its log:" >&2; cat "$WORK/weed.log" >&2; exit 1; }
     sleep 0.1
 done
