@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::s3::{BUCKET, SeaweedFs};
 use common::{
-    Server, bin, block_client, command, index_text, meta_client, pseudo_random, run,
+    Server, bin, block_client, command, index_text, meta_client, pseudo_random, run, run_ok,
     start_server_with_env, sync_ok, sync_with, synced_files, write,
 };
 use surfstore::hash::{hash_block, is_valid_hash};
@@ -375,22 +375,15 @@ fn make_demo_s3_syncs_through_the_bucket_and_lists_its_objects() {
     let Some(weed) = common::s3::weed() else {
         return;
     };
-    let out = std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-s3.sh"))
-        .env("SURFSTORE_WEED", weed)
-        .env("BIN", bin("surfstore-server").parent().unwrap())
-        .env(
-            "DEMO_PORT",
-            common::s3::consecutive_free_ports(10).to_string(),
-        )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-s3.sh"))
+            .env("SURFSTORE_WEED", weed)
+            .env("BIN", bin("surfstore-server").parent().unwrap())
+            .env(
+                "DEMO_PORT",
+                common::s3::consecutive_free_ports(10).to_string(),
+            ),
     );
     assert!(stdout.contains("bob has exactly alice's files"), "{stdout}");
     let objects = stdout

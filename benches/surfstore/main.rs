@@ -10,15 +10,18 @@
 //!   `PutBlock`s per second.
 //! * B7 ([`sha`]): this machine's single-core SHA-256 rate, the yardstick
 //!   every sync figure is divided by.
+//! * B8 ([`backends`]): a cold upload and download through a BlockStore in
+//!   memory, on disk and on S3 (SeaweedFS), side by side.
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
-//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5) or `=load` (B6) runs one half, for
+//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5, B8) or `=load` (B6) runs one part, for
 //! measuring one change quickly (B7 always runs). Nothing here
 //! asserts a timing: the numbers are reported, the targets compared, and the
 //! run fails only if a sync or a call does not do what it should.
 
+mod backends;
 mod cpu;
 mod data;
 mod etcd;
@@ -63,6 +66,10 @@ pub struct Scale {
     pub read_files: usize,
     /// B6 reads: concurrent `GetFileInfoMap` calls, one per reader.
     pub readers: usize,
+    /// B8: bytes of the directory synced at 4 MiB blocks per backend.
+    pub backend_large_bytes: u64,
+    /// B8: bytes of the directory synced at 4 KiB blocks per backend.
+    pub backend_small_bytes: u64,
 }
 
 const MIB: u64 = 1 << 20;
@@ -83,6 +90,8 @@ impl Scale {
                 sha_duration: Duration::from_secs(2),
                 read_files: 20_000,
                 readers: 500,
+                backend_large_bytes: 256 * MIB,
+                backend_small_bytes: 32 * MIB,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -95,6 +104,8 @@ impl Scale {
                 sha_duration: Duration::from_millis(200),
                 read_files: 2_000,
                 readers: 50,
+                backend_large_bytes: 16 * MIB,
+                backend_small_bytes: 2 * MIB,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -137,11 +148,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// `target`, where the binaries under test are.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
 /// `target/bench`, next to the binaries under test.
 fn out_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench")
+    target_dir().join("bench")
 }
 
 fn main() -> ExitCode {
@@ -193,10 +207,13 @@ fn run() -> BenchResult<()> {
         }
     };
     let sha = sha::measure(&scale);
-    let sync = if run_sync {
-        sync::run_all(&scale, work.path(), &runtime)?
+    let (sync, backends) = if run_sync {
+        (
+            sync::run_all(&scale, work.path(), &runtime)?,
+            backends::run_all(&scale, work.path(), &runtime)?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), backends::Backends::default())
     };
     let load = if run_load {
         runtime.block_on(load::run_all(&scale, work.path()))?
@@ -211,6 +228,7 @@ fn run() -> BenchResult<()> {
         machine,
         sha,
         sync,
+        backends,
         etcd: report::etcd_side(&load.commits, load.etcd),
         commits: load.commits,
         puts: load.puts,

@@ -145,17 +145,11 @@ impl S3Blocks {
     /// Must be called inside a tokio runtime, which then carries the
     /// store's requests.
     pub fn from_env(location: &S3Location) -> Result<S3Blocks, BlockStoreError> {
-        let failed = |source| BlockStoreError::ObjectStore {
-            store: location.to_string(),
-            op: "configure",
-            key: String::new(),
-            source: Box::new(source),
-        };
         let bucket = AmazonS3Builder::from_env()
             .with_bucket_name(&location.bucket)
             .with_retry(RETRY)
             .build()
-            .map_err(failed)?;
+            .map_err(store_error(location.to_string(), "configure", "the client"))?;
         let limited = LimitStore::new(bucket, SERVER_REQUESTS);
         let store = PrefixStore::new(limited, location.prefix.clone());
         S3Blocks::over(Arc::new(store), location.to_string())
@@ -181,13 +175,7 @@ impl S3Blocks {
         op: &'static str,
         key: &Path,
     ) -> impl FnOnce(object_store::Error) -> BlockStoreError {
-        let (store, key) = (self.location.clone(), key.to_string());
-        move |source| BlockStoreError::ObjectStore {
-            store,
-            op,
-            key,
-            source: Box::new(source),
-        }
+        store_error(self.location.clone(), op, key.as_ref())
     }
 
     /// Runs `work` to completion on this (blocking-pool) thread.
@@ -295,6 +283,21 @@ impl S3Blocks {
             found.push((hash, data));
         }
         Ok(Fetched::Blocks(found))
+    }
+}
+
+/// Turns what the store client reported about `op` on `key` into our error.
+fn store_error(
+    store: String,
+    op: &'static str,
+    key: &str,
+) -> impl FnOnce(object_store::Error) -> BlockStoreError {
+    let key = key.to_string();
+    move |source| BlockStoreError::ObjectStore {
+        store,
+        op,
+        key,
+        source: Box::new(source),
     }
 }
 

@@ -209,6 +209,23 @@ pub fn start_server_on_with_env(
     wait_listening(&mut proc, &addr).then_some(Server { addr, port, proc })
 }
 
+/// Runs `command` (a script, such as a demo) to completion, asserts it
+/// succeeded (showing all it printed if not) and returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({:?}): {stdout}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs a binary to completion and returns its output (status, stdout, stderr).
 pub fn run(program: &Path, args: &[&str]) -> Output {
     command(program)
