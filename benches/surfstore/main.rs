@@ -16,10 +16,11 @@
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
-//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5, B8) or `=load` (B6) runs one part, for
-//! measuring one change quickly (B7 always runs). Nothing here
-//! asserts a timing: the numbers are reported, the targets compared, and the
-//! run fails only if a sync or a call does not do what it should.
+//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5 and B8), `=backends` (B8) or `=load`
+//! (B6) runs one part, for measuring one change quickly (B7 always runs).
+//! Nothing here asserts a timing: the numbers are reported, the targets
+//! compared, and the run fails only if a sync or a call does not do what it
+//! should.
 
 mod backends;
 mod cpu;
@@ -196,24 +197,28 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_load) = match only.as_str() {
-        "" => (true, true),
-        "sync" => (true, false),
-        "load" => (false, true),
+    let (run_sync, run_backends, run_load) = match only.as_str() {
+        "" => (true, true, true),
+        "sync" => (true, true, false),
+        "backends" => (false, true, false),
+        "load" => (false, false, true),
         other => {
-            return Err(
-                format!("SURFSTORE_BENCH_ONLY must be `sync` or `load`, not {other:?}").into(),
-            );
+            return Err(format!(
+                "SURFSTORE_BENCH_ONLY must be `sync`, `backends` or `load`, not {other:?}"
+            )
+            .into());
         }
     };
     let sha = sha::measure(&scale);
-    let (sync, backends) = if run_sync {
-        (
-            sync::run_all(&scale, work.path(), &runtime)?,
-            backends::run_all(&scale, work.path(), &runtime)?,
-        )
+    let sync = if run_sync {
+        sync::run_all(&scale, work.path(), &runtime)?
     } else {
-        (Vec::new(), backends::Backends::default())
+        Vec::new()
+    };
+    let backends = if run_backends {
+        backends::run_all(&scale, work.path(), &runtime)?
+    } else {
+        backends::Backends::default()
     };
     let load = if run_load {
         runtime.block_on(load::run_all(&scale, work.path()))?
