@@ -8,16 +8,23 @@
 //!
 //! SeaweedFS is started with `scripts/seaweedfs.sh` when `make s3-tools`
 //! installed it (or `SURFSTORE_WEED` names a `weed`); without it the `s3`
-//! rows are missing and the report says why.
+//! rows are missing and the report says why. Beside them, `s3 alone` is the
+//! store's own rate for the same bytes in blocks of the same size, put and
+//! then got straight from this process with as many requests in flight as
+//! one BlockStore call keeps: what the `s3` rows could at best reach here.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt, stream};
+use object_store::ObjectStoreExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
 use surfstore::proto::Block;
 use surfstore::proto::block_store_client::BlockStoreClient;
 use tokio::runtime::Runtime;
 
-use crate::data;
+use crate::data::{self, Rng};
 use crate::procs::{self, Proc, Server, path_arg, run_client};
 use crate::sync::{LARGE_BLOCK, SMALL_BLOCK};
 use crate::{BenchResult, Scale};
@@ -30,6 +37,9 @@ const CREDENTIALS: [(&str, &str); 2] = [
 
 /// The bucket the `s3` rows use; SeaweedFS creates it on the first write.
 const BUCKET: &str = "surfstore-bench";
+
+/// Requests `s3 alone` keeps in flight: as many as one BlockStore call.
+const ALONE_CONCURRENCY: usize = 32;
 
 /// How long SeaweedFS may take before its BlockStore stores a first block
 /// (about 4 s alone, then a few to set up the bucket's volumes).
@@ -133,6 +143,11 @@ pub fn run_all(scale: &Scale, work: &Path, runtime: &Runtime) -> BenchResult<Bac
             });
         }
         std::fs::remove_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+        if let Some(s3) = &s3 {
+            eprintln!("B8: the S3 store alone at {block_size}-byte blocks");
+            let prefix = format!("b8-{label}-alone");
+            rows.push(runtime.block_on(s3.alone(&prefix, generated.bytes(), block_size))?);
+        }
     }
     Ok(Backends { s3_status, rows })
 }
@@ -194,6 +209,54 @@ impl SeaweedFs {
         )?;
         runtime.block_on(stores_a_block(&server.addr))?;
         Ok(server)
+    }
+
+    /// `s3 alone`: `total` random bytes in blocks of `block_size`, put
+    /// under `prefix` and then got back, timed apart.
+    async fn alone(&self, prefix: &str, total: u64, block_size: u64) -> BenchResult<BackendRow> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true);
+        for (key, value) in CREDENTIALS {
+            builder = builder.with_config(key.to_lowercase().parse()?, value);
+        }
+        let store = builder.build()?;
+        let mut rng = Rng::new(23);
+        let blocks: Vec<(Key, bytes::Bytes)> = (0..total.div_ceil(block_size))
+            .map(|i| {
+                let len = block_size.min(total - i * block_size) as usize;
+                let mut data = vec![0; len];
+                rng.fill(&mut data);
+                (Key::from(format!("{prefix}/{i}")), data.into())
+            })
+            .collect();
+        let started = Instant::now();
+        stream::iter(&blocks)
+            .map(|(key, data)| store.put(key, data.clone().into()))
+            .buffer_unordered(ALONE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let upload_secs = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let got: u64 = stream::iter(&blocks)
+            .map(|(key, _)| async { store.get(key).await?.bytes().await })
+            .buffer_unordered(ALONE_CONCURRENCY)
+            .map_ok(|data| data.len() as u64)
+            .try_fold(0, |sum, len| async move { Ok(sum + len) })
+            .await?;
+        let download_secs = started.elapsed().as_secs_f64();
+        if got != total {
+            return Err(format!("the S3 store gave back {got} of {total} bytes").into());
+        }
+        Ok(BackendRow {
+            backend: "s3 alone".into(),
+            block_size,
+            bytes: total,
+            upload_secs,
+            download_secs,
+        })
     }
 }
 

@@ -253,7 +253,9 @@ fn backend_table(s: &mut String, r: &Results) {
     }
     let _ = writeln!(
         s,
-        "\n`mem` = in memory, `disk` = `--data-dir`, `s3` = `--s3` on {}.\n",
+        "\n`mem` = in memory, `disk` = `--data-dir`, `s3` = `--s3` on {}; `s3 alone` = \
+         the same bytes put and got straight from the bench, 32 requests in flight, no \
+         SurfStore in the way: the most the `s3` row could reach here.\n",
         r.backends.s3_status
     );
 }
