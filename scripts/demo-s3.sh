@@ -17,7 +17,7 @@ trap '[ -n "${WEED_PID:-}" ] && kill -9 "$WEED_PID" 2>/dev/null; stop_all; rm -r
 # What the BlockStore reads, and what the listing below signs with.
 export AWS_ACCESS_KEY_ID=demo-key AWS_SECRET_ACCESS_KEY=demo-secret AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL="http://127.0.0.1:$((BASE + 6))" AWS_ALLOW_HTTP=true
-s3() { curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
+s3() { curl -sS --max-time 10 --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
 
 say "starting SeaweedFS (S3 on $AWS_ENDPOINT_URL; log in $WORK/weed.log)"
 mkdir "$WORK/weed"
@@ -27,10 +27,14 @@ PIDS+=("$WEED_PID")
 # Ready when it creates the bucket and stores a first object in it (about
 # 4 s, then a few more to set up the new bucket's volumes).
 echo ready >"$WORK/ready"
-for i in $(seq 300); do
+deadline=$((SECONDS + 90))
+until s3 -f -o /dev/null -T "$WORK/ready" "$AWS_ENDPOINT_URL/$BUCKET/ready" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+        echo "SeaweedFS did not store an object within 90 s; its log:" >&2
+        cat "$WORK/weed.log" >&2
+        exit 1
+    fi
     s3 -o /dev/null -X PUT "$AWS_ENDPOINT_URL/$BUCKET" 2>/dev/null || true
-    s3 -f -o /dev/null -T "$WORK/ready" "$AWS_ENDPOINT_URL/$BUCKET/ready" 2>/dev/null && break
-    [ "$i" = 300 ] && { echo "SeaweedFS did not start; its log:" >&2; cat "$WORK/weed.log" >&2; exit 1; }
     sleep 0.1
 done
 echo "bucket $BUCKET created"

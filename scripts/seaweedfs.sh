@@ -22,10 +22,12 @@ fi
 [ -x "$SURFSTORE_WEED" ] || { echo "no SeaweedFS at $SURFSTORE_WEED: run make s3-tools" >&2; exit 1; }
 # -master.electionTimeout: a restarted master waits out one election timeout
 # (10 s by default) before it leads its one-node cluster again.
+# -volume.minFreeSpace: by default SeaweedFS refuses writes with under 1% of
+# the disk free (2.5 GB of a 250 GB disk), far more than a test or demo needs.
 exec "$SURFSTORE_WEED" server -dir="$DIR" -ip=127.0.0.1 -ip.bind=127.0.0.1 -filer -s3 \
     -master.port="$P" -master.port.grpc=$((P + 1)) \
     -volume.port=$((P + 2)) -volume.port.grpc=$((P + 3)) \
     -filer.port=$((P + 4)) -filer.port.grpc=$((P + 5)) \
     -s3.port=$((P + 6)) -s3.port.grpc=$((P + 7)) \
     -s3.port.iceberg=0 -s3.port.lance=0 -volume.preStopSeconds=0 \
-    -master.electionTimeout=1s
+    -master.electionTimeout=1s -volume.minFreeSpace=256MiB

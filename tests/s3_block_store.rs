@@ -380,10 +380,7 @@ fn make_demo_s3_syncs_through_the_bucket_and_lists_its_objects() {
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-s3.sh"))
             .env("SURFSTORE_WEED", weed)
             .env("BIN", bin("surfstore-server").parent().unwrap())
-            .env(
-                "DEMO_PORT",
-                common::s3::consecutive_free_ports(10).to_string(),
-            ),
+            .env("DEMO_PORT", common::consecutive_free_ports(10).to_string()),
     );
     assert!(stdout.contains("bob has exactly alice's files"), "{stdout}");
     let objects = stdout

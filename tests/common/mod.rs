@@ -50,6 +50,32 @@ pub fn command(program: &Path) -> Command {
     command
 }
 
+/// Every port [`free_ports`] and [`consecutive_free_ports`] handed out in
+/// this test process.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// The first of `n` consecutive loopback ports that are free right now and
+/// were not handed out before in this test process (SeaweedFS and the S3
+/// demo take theirs in a row). Another process may still take one before
+/// the caller binds it; callers retry.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_ports(1)[0];
+        let Some(last) = base.checked_add(n - 1) else {
+            continue;
+        };
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        let free = (base + 1..=last).all(|port| {
+            !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            handed_out.extend(base + 1..=last);
+            return base;
+        }
+    }
+    panic!("no {n} free loopback ports in a row");
+}
+
 /// `n` distinct free loopback ports, none handed out before in this test
 /// process. The kernel may offer a port again once its probe listener is
 /// closed; two tests of one binary could then race for it, and the loser's
@@ -57,7 +83,6 @@ pub fn command(program: &Path) -> Command {
 /// A server that fails to bind (another process took it) makes the caller
 /// retry.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     // Held until all are chosen, so the kernel offers each port once here.
     let mut probes = Vec::new();

@@ -15,7 +15,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 
-use super::{Proc, free_ports};
+use super::{Proc, consecutive_free_ports};
 
 /// The credentials SeaweedFS is started with and every client uses.
 pub const ACCESS_KEY: &str = "surfstore-test";
@@ -204,20 +204,4 @@ fn spawn(weed: &Path, dir: &Path, base: u16) -> Proc {
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     Proc::spawn_with_env(&script, &args, &env)
-}
-
-/// The first of `n` consecutive loopback ports that are free right now
-/// (SeaweedFS and the S3 demo take theirs in a row). Another process may
-/// still take one before the caller binds it; callers retry.
-pub fn consecutive_free_ports(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_ports(1)[0];
-        let Some(last) = base.checked_add(n - 1) else {
-            continue;
-        };
-        if (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {n} free loopback ports in a row");
 }
