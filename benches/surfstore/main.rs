@@ -12,15 +12,19 @@
 //!   every sync figure is divided by.
 //! * T1 ([`secure`]): commits and a cold upload with TLS and tokens on,
 //!   against plaintext in the same run.
+//! * B8 ([`backends`]): a cold upload and download through a BlockStore in
+//!   memory, on disk and on S3 (SeaweedFS), side by side.
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
-//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5), `=load` (B6) or `=tls` (T1) runs
-//! one part, for measuring one change quickly (B7 always runs). Nothing here
-//! asserts a timing: the numbers are reported, the targets compared, and the
-//! run fails only if a sync or a call does not do what it should.
+//! `SURFSTORE_BENCH_ONLY=sync` (B1–B5 and B8), `=backends` (B8), `=load`
+//! (B6) or `=tls` (T1) runs one part, for measuring one change quickly (B7
+//! always runs). Nothing here asserts a timing: the numbers are reported,
+//! the targets compared, and the run fails only if a sync or a call does not
+//! do what it should.
 
+mod backends;
 mod cpu;
 mod data;
 mod etcd;
@@ -66,6 +70,10 @@ pub struct Scale {
     pub read_files: usize,
     /// B6 reads: concurrent `GetFileInfoMap` calls, one per reader.
     pub readers: usize,
+    /// B8: bytes of the directory synced at 4 MiB blocks per backend.
+    pub backend_large_bytes: u64,
+    /// B8: bytes of the directory synced at 4 KiB blocks per backend.
+    pub backend_small_bytes: u64,
 }
 
 const MIB: u64 = 1 << 20;
@@ -86,6 +94,8 @@ impl Scale {
                 sha_duration: Duration::from_secs(2),
                 read_files: 20_000,
                 readers: 500,
+                backend_large_bytes: 256 * MIB,
+                backend_small_bytes: 32 * MIB,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -98,6 +108,8 @@ impl Scale {
                 sha_duration: Duration::from_millis(200),
                 read_files: 2_000,
                 readers: 50,
+                backend_large_bytes: 16 * MIB,
+                backend_small_bytes: 2 * MIB,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -140,11 +152,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// `target`, where the binaries under test are.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
 /// `target/bench`, next to the binaries under test.
 fn out_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench")
+    target_dir().join("bench")
 }
 
 fn main() -> ExitCode {
@@ -185,14 +200,15 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_load, run_tls) = match only.as_str() {
-        "" => (true, true, true),
-        "sync" => (true, false, false),
-        "load" => (false, true, false),
-        "tls" => (false, false, true),
+    let (run_sync, run_backends, run_load, run_tls) = match only.as_str() {
+        "" => (true, true, true, true),
+        "sync" => (true, true, false, false),
+        "backends" => (false, true, false, false),
+        "load" => (false, false, true, false),
+        "tls" => (false, false, false, true),
         other => {
             return Err(format!(
-                "SURFSTORE_BENCH_ONLY must be `sync`, `load` or `tls`, not {other:?}"
+                "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load` or `tls`, not {other:?}"
             )
             .into());
         }
@@ -202,6 +218,11 @@ fn run() -> BenchResult<()> {
         sync::run_all(&scale, work.path(), &runtime)?
     } else {
         Vec::new()
+    };
+    let backends = if run_backends {
+        backends::run_all(&scale, work.path(), &runtime)?
+    } else {
+        backends::Backends::default()
     };
     let load = if run_load {
         runtime.block_on(load::run_all(&scale, work.path()))?
@@ -221,6 +242,7 @@ fn run() -> BenchResult<()> {
         machine,
         sha,
         sync,
+        backends,
         etcd: report::etcd_side(&load.commits, load.etcd),
         commits: load.commits,
         puts: load.puts,

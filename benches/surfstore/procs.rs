@@ -48,6 +48,21 @@ pub fn free_ports(n: usize) -> BenchResult<Vec<u16>> {
         .collect())
 }
 
+/// The first of `n` consecutive loopback ports that are free right now
+/// (SeaweedFS takes its eight in a row).
+pub fn consecutive_free_ports(n: u16) -> BenchResult<u16> {
+    for _ in 0..100 {
+        let base = free_ports(1)?[0];
+        let Some(last) = base.checked_add(n - 1) else {
+            continue;
+        };
+        if (base..=last).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    Err(format!("no {n} free loopback ports in a row").into())
+}
+
 /// A running server process, killed and reaped on drop.
 pub struct Proc {
     child: Child,
@@ -138,6 +153,24 @@ pub fn start_server(
     data_dir: Option<&Path>,
     extra: &[&str],
 ) -> BenchResult<Server> {
+    let mut args = extra.to_vec();
+    let dir;
+    if let Some(data_dir) = data_dir {
+        dir = path_arg(data_dir)?;
+        args.extend(["--data-dir", dir.as_str()]);
+    }
+    start_server_with_env(work, label, service, &args, &[])
+}
+
+/// Starts `surfstore-server -s <service> -p <port> -l [args...]` with `env`
+/// added to its environment, logging to `logs/<label>.log`.
+pub fn start_server_with_env(
+    work: &Path,
+    label: &str,
+    service: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> BenchResult<Server> {
     let log = log_path(work, label)?;
     for _ in 0..START_ATTEMPTS {
         let port = free_ports(1)?[0];
@@ -145,11 +178,8 @@ pub fn start_server(
             .iter()
             .map(|s| s.to_string())
             .collect();
-        if let Some(dir) = data_dir {
-            args.extend(["--data-dir".to_string(), path_arg(dir)?]);
-        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = Proc::spawn(&bin("surfstore-server"), &args, &[], &log)?;
+        let mut proc = Proc::spawn(&bin("surfstore-server"), &args, env, &log)?;
         let addr = format!("127.0.0.1:{port}");
         if wait_listening(&mut proc, &addr)? {
             return Ok(Server { addr, proc });

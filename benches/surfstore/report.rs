@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::backends::{BackendRow, Backends};
 use crate::load::{COMMIT_CLIENTS, LoadRow};
 use crate::secure::TlsRow;
 use crate::sha::ShaRate;
@@ -27,6 +28,8 @@ pub struct Results {
     pub sha: ShaRate,
     /// B1–B5.
     pub sync: Vec<SyncRow>,
+    /// B8.
+    pub backends: Backends,
     /// B6 UpdateFile points.
     pub commits: Vec<LoadRow>,
     /// B6 PutBlock points.
@@ -137,6 +140,7 @@ pub fn markdown(r: &Results) -> String {
     );
     sha_table(&mut s, r);
     sync_table(&mut s, r);
+    backend_table(&mut s, r);
     commit_table(&mut s, r);
     etcd_table(&mut s, r);
     put_table(&mut s, r);
@@ -203,6 +207,60 @@ fn sync_table(s: &mut String, r: &Results) {
         "\nMB/s and blocks/s are over all the data the run covered (for a resync, \
          the data it checked; B4c reads none of it). ÷ SHA-256: that rate over B7's \
          4 MiB rate; 1.0 means as fast as hashing the data once on one core.\n"
+    );
+}
+
+/// B8's row for `backend` at `block_size`, if it ran.
+fn backend_row<'a>(r: &'a Results, backend: &str, block_size: u64) -> Option<&'a BackendRow> {
+    r.backends
+        .rows
+        .iter()
+        .find(|row| row.backend == backend && row.block_size == block_size)
+}
+
+/// `row`'s upload and download rates over the `disk` row's of its block size.
+fn vs_disk(r: &Results, row: &BackendRow) -> Option<(f64, f64)> {
+    backend_row(r, "disk", row.block_size).map(|disk| {
+        (
+            row.upload_mb_per_sec() / disk.upload_mb_per_sec(),
+            row.download_mb_per_sec() / disk.download_mb_per_sec(),
+        )
+    })
+}
+
+fn backend_table(s: &mut String, r: &Results) {
+    if r.backends.rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## B8: BlockStore backends, one `surfstore-client` run each (wall time), plain MetaStore\n"
+    );
+    let _ = writeln!(
+        s,
+        "| backend | block | data | cold upload MB/s | cold download MB/s | upload ÷ disk | download ÷ disk |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    for row in &r.backends.rows {
+        let (up, down) = vs_disk(r, row).map_or(("–".into(), "–".into()), |(up, down)| {
+            (format!("{up:.2}"), format!("{down:.2}"))
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.0} | {up} | {down} |",
+            row.backend,
+            human_bytes(row.block_size),
+            human_bytes(row.bytes),
+            row.upload_mb_per_sec(),
+            row.download_mb_per_sec(),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n`mem` = in memory, `disk` = `--data-dir`, `s3` = `--s3` on {}; `s3 alone` = \
+         the same bytes put and got straight from the bench, 32 requests in flight, no \
+         SurfStore in the way: the most the `s3` row could reach here.\n",
+        r.backends.s3_status
     );
 }
 
@@ -440,6 +498,15 @@ fn targets(r: &Results) -> Vec<Target> {
             .and_then(|b| b.blocks_sent)
             .map_or("–".into(), |n| format!("{n} sent")),
         met: b5.and_then(|b| b.blocks_sent).map(|n| n == 1),
+    });
+    let s3 = backend_row(r, "s3", LARGE_BLOCK).and_then(|row| vs_disk(r, row));
+    out.push(Target {
+        name: "B8 S3 backend, 4 MiB blocks, cold upload and download",
+        goal: "≥ ½ the disk backend's rate".into(),
+        now: s3.map_or("–".into(), |(up, down)| {
+            format!("upload {up:.2}×, download {down:.2}× disk")
+        }),
+        met: s3.map(|(up, down)| up >= 0.5 && down >= 0.5),
     });
     let busy = COMMIT_CLIENTS[COMMIT_CLIENTS.len() - 1];
     let raft_busy = r.commit_row("raft-3", false, busy);

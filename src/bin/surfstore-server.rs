@@ -1,7 +1,8 @@
 //! `surfstore-server`: runs a non-replicated MetaStore, a BlockStore, or both
 //! on one port (SPEC §7). With `--data-dir DIR` blocks live in `DIR/blocks`
 //! and the MetaStore's journal in `DIR/meta`, and every reply is sent only
-//! after what it acknowledges is on disk.
+//! after what it acknowledges is on disk. With `--s3 s3://BUCKET[/PREFIX]`
+//! blocks are objects in an S3-compatible bucket (SPEC §9.4).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use surfstore::advertise;
-use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks};
+use surfstore::block_store::{BlockBackend, DiskBlocks, MemoryBlocks, S3Blocks, S3Location};
 use surfstore::cli::{self, Fatal};
 use surfstore::config::check_host_port;
 use surfstore::grpc;
@@ -61,6 +62,15 @@ struct Args {
     /// with `-l`, otherwise this machine's address on its default route.
     #[arg(long = "advertise", value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Keep blocks as objects PREFIX/<hash> in an S3-compatible bucket
+    /// (credentials, region, endpoint from the AWS_* variables); the
+    /// BlockStore then keeps no state, so several can share the bucket.
+    #[arg(
+        long = "s3",
+        value_name = "s3://BUCKET[/PREFIX]",
+        conflicts_with = "data_dir"
+    )]
+    s3: Option<S3Location>,
     /// The BlockStore address (host:port) the MetaStore hands to clients.
     /// Required with `-s meta`; with `-s both` it defaults to this server
     /// (see --advertise).
@@ -112,9 +122,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
     {
         return Err(Fatal::usage("--data-dir needs a directory"));
     }
+    if args.s3.is_some() && args.service == Service::Meta {
+        return Err(Fatal::usage(
+            "--s3 holds blocks: it needs -s block or -s both",
+        ));
+    }
     let data_dir = args.data_dir.as_deref();
     let blocks = matches!(args.service, Service::Block | Service::Both)
-        .then(|| block_backend(data_dir))
+        .then(|| block_backend(data_dir, args.s3.as_ref()))
         .transpose()?;
     let meta = matches!(args.service, Service::Meta | Service::Both)
         .then(|| file_map(data_dir))
@@ -160,8 +175,18 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(|e| Fatal::failure(format!("server on {listen} failed: {e}")))
 }
 
-/// The BlockStore's backend: files under `DIR/blocks`, or memory.
-fn block_backend(data_dir: Option<&Path>) -> Result<Arc<dyn BlockBackend>, Fatal> {
+/// The BlockStore's backend: objects in a bucket, files under
+/// `DIR/blocks`, or memory.
+fn block_backend(
+    data_dir: Option<&Path>,
+    s3: Option<&S3Location>,
+) -> Result<Arc<dyn BlockBackend>, Fatal> {
+    if let Some(location) = s3 {
+        let blocks = S3Blocks::from_env(location)
+            .map_err(|e| Fatal::failure(format!("cannot use {location}: {e}")))?;
+        tracing::info!(%location, "blocks live in the object store");
+        return Ok(Arc::new(blocks));
+    }
     match data_dir {
         None => Ok(Arc::new(MemoryBlocks::default())),
         Some(dir) => match DiskBlocks::open(&dir.join("blocks")) {

@@ -6,10 +6,12 @@
 
 mod disk;
 mod memory;
+mod s3;
 mod service;
 
 pub use disk::DiskBlocks;
 pub use memory::MemoryBlocks;
+pub use s3::{S3Blocks, S3Location, S3LocationError};
 pub use service::BlockStoreService;
 
 use bytes::Bytes;
@@ -23,6 +25,46 @@ pub enum BlockStoreError {
     /// A file or directory of an on-disk store could not be used.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// An object store (`--s3`) refused or could not be reached, after the
+    /// store client's own retries.
+    #[error("object store {store}: cannot {op} {key}: {source}")]
+    ObjectStore {
+        /// The store, as `s3://BUCKET/PREFIX`.
+        store: String,
+        /// What was being done (`get`, `put`, `check`, ...).
+        op: &'static str,
+        /// The object's key below the store's prefix.
+        key: String,
+        /// What the store client reported (boxed: it is large, and every
+        /// block call's result carries this error type).
+        source: Box<object_store::Error>,
+    },
+}
+
+/// How much one `GetBlocks` reply may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyLimit {
+    /// Bytes of block data; the first block is taken whatever its size.
+    pub bytes: usize,
+    /// Blocks.
+    pub count: usize,
+}
+
+impl ReplyLimit {
+    /// Whether a reply holding `count` blocks of `bytes` bytes in all can
+    /// take one more of `len` bytes.
+    pub fn fits(&self, count: usize, bytes: usize, len: usize) -> bool {
+        count == 0 || (count < self.count && bytes + len <= self.bytes)
+    }
+}
+
+/// What [`BlockBackend::get_many`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The first blocks asked for, in order, as many as the limit allows.
+    Blocks(Vec<(String, Bytes)>),
+    /// A block that is not stored, met before the reply was full.
+    Missing(String),
 }
 
 /// Where a BlockStore keeps its blocks. Keys are valid block hashes (the
@@ -42,4 +84,32 @@ pub trait BlockBackend: Send + Sync + 'static {
     }
     /// Whether the block named `hash` is stored.
     fn has(&self, hash: &str) -> Result<bool, BlockStoreError>;
+    /// Those of `hashes` that are stored, in the order asked. One by one
+    /// unless the backend gains by asking about several at once.
+    fn has_many(&self, hashes: Vec<String>) -> Result<Vec<String>, BlockStoreError> {
+        let mut present = Vec::new();
+        for hash in hashes {
+            if self.has(&hash)? {
+                present.push(hash);
+            }
+        }
+        Ok(present)
+    }
+    /// The blocks named by `hashes`, in order, until `limit` is reached or a
+    /// block is missing. One by one unless the backend gains by fetching
+    /// several at once.
+    fn get_many(&self, hashes: Vec<String>, limit: ReplyLimit) -> Result<Fetched, BlockStoreError> {
+        let (mut found, mut bytes) = (Vec::new(), 0);
+        for hash in hashes {
+            let Some(data) = self.get(&hash)? else {
+                return Ok(Fetched::Missing(hash));
+            };
+            if !limit.fits(found.len(), bytes, data.len()) {
+                break;
+            }
+            bytes += data.len();
+            found.push((hash, data));
+        }
+        Ok(Fetched::Blocks(found))
+    }
 }

@@ -6,22 +6,25 @@ use bytes::Bytes;
 
 use tonic::{Request, Response, Status};
 
-use super::{BlockBackend, BlockStoreError};
+use super::{BlockBackend, BlockStoreError, Fetched, ReplyLimit};
 use crate::grpc::MAX_BLOCK_BYTES;
 use crate::hash::{hash_block, is_valid_hash};
 use crate::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
 
-/// A `GetBlocks` reply stops adding blocks before it would carry more than
-/// this many bytes of them. Its first block is always added, and may be as
-/// large as [`MAX_BLOCK_BYTES`]: either way the reply fits in
+/// What one `GetBlocks` reply carries at most.
+///
+/// It stops adding blocks before it would carry more than 4 MiB of them.
+/// Its first block is always added, and may be as large as
+/// [`MAX_BLOCK_BYTES`]: either way the reply fits in
 /// [`crate::grpc::MAX_MESSAGE_BYTES`]. Small, because a client asks for
 /// blocks by count: one downloading at 4 KiB blocks a file uploaded at
-/// 4 MiB must not get 256 of them, 1 GiB, in one reply.
-const GET_BLOCKS_REPLY_BYTES: usize = 4 << 20;
-
-/// The most blocks one `GetBlocks` reply carries, so that the framing of
-/// tiny blocks cannot outgrow the message limit either.
-const GET_BLOCKS_REPLY_COUNT: usize = 1 << 16;
+/// 4 MiB must not get 256 of them, 1 GiB, in one reply. At most 65536
+/// blocks, so that the framing of tiny blocks cannot outgrow the message
+/// limit either.
+const GET_BLOCKS_REPLY: ReplyLimit = ReplyLimit {
+    bytes: 4 << 20,
+    count: 1 << 16,
+};
 
 /// Serves `GetBlock`, `PutBlock` and `HasBlocks` from a backend.
 pub struct BlockStoreService {
@@ -50,7 +53,20 @@ impl BlockStoreService {
         tokio::task::spawn_blocking(move || op(backend.as_ref()))
             .await
             .map_err(|e| Status::internal(format!("block store task failed: {e}")))?
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(to_status)
+    }
+}
+
+/// A backend failure as the client sees it: an object store that cannot be
+/// reached or refuses is UNAVAILABLE (the client may retry; nothing wrong
+/// was answered), anything else INTERNAL.
+fn to_status(error: BlockStoreError) -> Status {
+    match error {
+        BlockStoreError::ObjectStore { .. } => {
+            tracing::warn!(%error, "object store unavailable");
+            Status::unavailable(error.to_string())
+        }
+        _ => Status::internal(error.to_string()),
     }
 }
 
@@ -154,25 +170,13 @@ impl block_store_server::BlockStore for BlockStoreService {
         for hash in &hashes {
             check_hash(hash)?;
         }
-        let found = self
-            .backend(move |backend| {
-                let (mut found, mut bytes) = (Vec::new(), 0);
-                for hash in hashes {
-                    let Some(data) = backend.get(&hash)? else {
-                        return Ok(Err(hash));
-                    };
-                    bytes += data.len();
-                    let full =
-                        bytes > GET_BLOCKS_REPLY_BYTES || found.len() == GET_BLOCKS_REPLY_COUNT;
-                    if full && !found.is_empty() {
-                        break;
-                    }
-                    found.push((hash, data));
-                }
-                Ok(Ok(found))
-            })
+        let found = match self
+            .backend(move |backend| backend.get_many(hashes, GET_BLOCKS_REPLY))
             .await?
-            .map_err(|missing| not_found(&missing))?;
+        {
+            Fetched::Blocks(found) => found,
+            Fetched::Missing(hash) => return Err(not_found(&hash)),
+        };
         let blocks = found
             .into_iter()
             .map(|(hash, data)| to_block(&hash, data))
@@ -188,17 +192,7 @@ impl block_store_server::BlockStore for BlockStoreService {
         for hash in &hashes {
             check_hash(hash)?;
         }
-        let present = self
-            .backend(move |b| {
-                let mut present = Vec::new();
-                for hash in hashes {
-                    if b.has(&hash)? {
-                        present.push(hash);
-                    }
-                }
-                Ok(present)
-            })
-            .await?;
+        let present = self.backend(move |b| b.has_many(hashes)).await?;
         Ok(Response::new(BlockHashes { hashes: present }))
     }
 }

@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod network;
+pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
@@ -57,12 +58,37 @@ pub fn command(program: &Path) -> Command {
     command
 }
 
+/// Every port [`free_ports`] and [`consecutive_free_ports`] handed out in
+/// this test process.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// The first of `n` consecutive loopback ports that are free right now and
+/// were not handed out before in this test process (SeaweedFS and the S3
+/// demo take theirs in a row). Another process may still take one before
+/// the caller binds it; callers retry.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_ports(1)[0];
+        let Some(last) = base.checked_add(n - 1) else {
+            continue;
+        };
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        let free = (base + 1..=last).all(|port| {
+            !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            handed_out.extend(base + 1..=last);
+            return base;
+        }
+    }
+    panic!("no {n} free loopback ports in a row");
+}
+
 /// `n` distinct loopback ports nothing listens on, none handed out before
 /// in this test process: addresses for servers that are down. Servers get
 /// a socket bound for them instead ([`loopback_listener`]), since a port
 /// merely found free can be taken by anyone before a server binds it.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     // Held until all are chosen, so the kernel offers each port once here.
     let mut probes = Vec::new();
@@ -154,6 +180,13 @@ impl Proc {
     /// refuses connections again.
     pub fn spawn_on(listener: TcpListener, program: &Path, args: &[&str]) -> Proc {
         Self::start(command_on(listener, program), program, args)
+    }
+
+    /// Like [`Proc::spawn`], with `env` added to the environment.
+    pub fn spawn_with_env(program: &Path, args: &[&str], env: &[(String, String)]) -> Proc {
+        let mut command = command(program);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::start(command, program, args)
     }
 
     fn start(command: Command, program: &Path, args: &[&str]) -> Proc {
@@ -312,21 +345,56 @@ fn is_self_connected(stream: &TcpStream) -> bool {
 /// Starts `surfstore-server -s <service> -p <free port> -l [extra...]` on a
 /// socket bound for it, and polls until it serves.
 pub fn start_server(service: &str, extra: &[&str]) -> Server {
-    start_server_on(loopback_listener(), service, extra)
+    start_server_with_env(service, extra, &[])
+}
+
+/// Like [`start_server`], with `env` added to the server's environment.
+pub fn start_server_with_env(service: &str, extra: &[&str], env: &[(String, String)]) -> Server {
+    start_server_on_with_env(loopback_listener(), service, extra, env)
 }
 
 /// Starts `surfstore-server -s <service> -p <port> -l [extra...]` on
 /// `listener` (of that port), and polls until it serves; panics if it
 /// exits first.
 pub fn start_server_on(listener: TcpListener, service: &str, extra: &[&str]) -> Server {
+    start_server_on_with_env(listener, service, extra, &[])
+}
+
+/// Like [`start_server_on`], with `env` added to the server's environment.
+pub fn start_server_on_with_env(
+    listener: TcpListener,
+    service: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Server {
     let port = listener.local_addr().expect("listener address").port();
     let port_arg = port.to_string();
     let mut args = vec!["-s", service, "-p", &port_arg, "-l"];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn_on(listener, &bin("surfstore-server"), &args);
+    let program = bin("surfstore-server");
+    let mut command = command_on(listener, &program);
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut proc = Proc::start(command, &program, &args);
     let addr = format!("127.0.0.1:{port}");
     assert!(wait_listening(&mut proc, &addr), "{} exited", proc.name);
     Server { addr, port, proc }
+}
+
+/// Runs `command` (a script, such as a demo) to completion, asserts it
+/// succeeded (showing all it printed if not) and returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({:?}): {stdout}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Runs a binary to completion and returns its output (status, stdout, stderr).
