@@ -27,8 +27,8 @@ use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{
     AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr, Blocks,
-    CrashedState, FileInfoMap, FileMetaData, RaftInternalState, Success, Version,
-    block_store_server, raft_surfstore_server,
+    CrashedState, FileInfoMap, FileMetaData, InstallSnapshotInput, InstallSnapshotOutput,
+    RaftInternalState, Success, Version, block_store_server, raft_surfstore_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -615,6 +615,12 @@ impl raft_surfstore_server::RaftSurfstore for FakeRaft {
         Err(Status::unimplemented("fake"))
     }
     async fn crash(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn install_snapshot(
+        &self,
+        _: Request<InstallSnapshotInput>,
+    ) -> Result<Response<InstallSnapshotOutput>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

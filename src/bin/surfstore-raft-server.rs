@@ -45,6 +45,10 @@ struct Args {
     #[arg(long = "pipeline-depth", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
     pipeline_depth: u64,
+    /// Snapshot the applied map and drop the log before it every N applied
+    /// entries, in memory and in --data-dir (0: never).
+    #[arg(long = "snapshot-entries", value_name = "N", default_value_t = 10_000)]
+    snapshot_entries: usize,
 }
 
 #[tokio::main]
@@ -99,6 +103,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         block_store_addr,
         heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
         pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
+        snapshot_entries: args.snapshot_entries,
     };
     tracing::info!(id = args.id, %listen, "raft server serving");
     service::serve(listener, config, storage, cli::shutdown_signal())
@@ -106,6 +111,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(|e| match e {
             ServeError::Start(StartError::Addr(e)) => Fatal::usage(e),
             ServeError::Start(StartError::Storage(e)) => Fatal::failure(e),
+            ServeError::Start(e @ StartError::Snapshot(_)) => Fatal::failure(e),
             ServeError::Transport(e) => Fatal::failure(format!("server on {listen} failed: {e}")),
             ServeError::Storage => Fatal::failure(e),
         })
