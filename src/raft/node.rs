@@ -43,8 +43,8 @@
 //!
 //! With [`NodeConfig::snapshot_entries`] set, the loop hands the core the
 //! applied map whenever that many entries were applied since the last
-//! snapshot ([`RaftCore::compact`]), at the start of a turn so that the
-//! turn's write persists it. A peer that needs entries compacted away gets
+//! snapshot ([`RaftCore::compact`]), at the end of the turn that applied
+//! them, once its callers are answered, and persists it at once. A peer that needs entries compacted away gets
 //! the snapshot instead ([`RaftCore::snapshot_for`]): its replication task
 //! (or a round's exchange) streams it in chunks of [`SNAPSHOT_CHUNK_BYTES`],
 //! resuming where the follower says it stopped, and feeds the reply to the
@@ -1136,12 +1136,15 @@ impl State {
     }
 
     /// Hands the core the applied map as a snapshot when
-    /// [`NodeConfig::snapshot_entries`] entries were applied since the last.
-    fn maybe_compact(&mut self) {
-        if self.snapshot_entries > 0 && self.core.applied_after_snapshot() >= self.snapshot_entries
-        {
+    /// [`NodeConfig::snapshot_entries`] entries were applied since the last;
+    /// whether it did.
+    fn maybe_compact(&mut self) -> bool {
+        let due = self.snapshot_entries > 0
+            && self.core.applied_after_snapshot() >= self.snapshot_entries;
+        if due {
             self.core.compact(self.map.encoded());
         }
+        due
     }
 
     /// Carries out a durable Ready's answers: the calls whose proposals
@@ -1204,7 +1207,6 @@ impl Driver {
     /// the steps' answers. After a failed write nothing of the turn leaves:
     /// the answers are dropped (their callers see [`NodeError::Failed`]).
     async fn finish_turn(&mut self, answers: Vec<Answer>) {
-        self.state.maybe_compact();
         let mut ready = self.state.core.take_ready();
         // A leader sends its new entries while it writes them (Raft thesis
         // §10.2.1). Its own copy counts toward a majority only once durable,
@@ -1214,11 +1216,7 @@ impl Driver {
         if send_now {
             self.send_to_peers();
         }
-        if let Err(error) = self.persist(&mut ready).await {
-            tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
-            self.state.failed = true;
-            self.state.failed_signal.send_replace(true);
-            self.state.fail_waiters(&NodeError::Failed);
+        if !self.persist_or_fail(&mut ready).await {
             return;
         }
         if ready.wake_peers && !send_now {
@@ -1230,6 +1228,27 @@ impl Driver {
         for answer in answers {
             answer();
         }
+        // Compacting once the turn's callers are answered: the snapshot's
+        // write (two fsyncs and renames) delays none of them.
+        if self.state.maybe_compact() {
+            let mut ready = self.state.core.take_ready();
+            if self.persist_or_fail(&mut ready).await {
+                self.state.carry_out(ready);
+            }
+        }
+    }
+
+    /// Persists `ready`; after a failed write the node fails (see the
+    /// module docs) and false is returned.
+    async fn persist_or_fail(&mut self, ready: &mut Ready) -> bool {
+        let Err(error) = self.persist(ready).await else {
+            return true;
+        };
+        tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
+        self.state.failed = true;
+        self.state.failed_signal.send_replace(true);
+        self.state.fail_waiters(&NodeError::Failed);
+        false
     }
 
     /// Builds what each peer's window allows now and hands it to the peer's
