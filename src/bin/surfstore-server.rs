@@ -53,6 +53,10 @@ struct Args {
     /// crash; without it everything lives in memory.
     #[arg(long = "data-dir", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Rewrite the MetaStore's journal in --data-dir as the map alone every
+    /// N accepted updates, so it follows the map's size (0: never).
+    #[arg(long = "snapshot-entries", value_name = "N", default_value_t = 10_000)]
+    snapshot_entries: usize,
     /// The BlockStore address (host:port) the MetaStore hands to clients.
     /// Required with `-s meta`; with `-s both` it defaults to this server.
     #[arg(value_name = "BLOCKSTORE_ADDR")]
@@ -92,7 +96,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .then(|| block_backend(data_dir))
         .transpose()?;
     let meta = matches!(args.service, Service::Meta | Service::Both)
-        .then(|| file_map(data_dir))
+        .then(|| file_map(data_dir, args.snapshot_entries))
         .transpose()?;
 
     let listen = grpc::listen_addr(args.port, args.localhost_only);
@@ -122,10 +126,12 @@ fn block_backend(data_dir: Option<&Path>) -> Result<Arc<dyn BlockBackend>, Fatal
     }
 }
 
-/// The MetaStore's map: replayed from `DIR/meta`, or empty in memory.
-fn file_map(data_dir: Option<&Path>) -> Result<JournaledMap, Fatal> {
+/// The MetaStore's map: replayed from `DIR/meta` (its journal compacted
+/// every `snapshot_entries` updates), or empty in memory.
+fn file_map(data_dir: Option<&Path>, snapshot_entries: usize) -> Result<JournaledMap, Fatal> {
     match data_dir {
         None => Ok(JournaledMap::in_memory()),
-        Some(dir) => JournaledMap::open(&dir.join("meta")).map_err(|e| Fatal::data_dir(dir, e)),
+        Some(dir) => JournaledMap::open(&dir.join("meta"), snapshot_entries)
+            .map_err(|e| Fatal::data_dir(dir, e)),
     }
 }
