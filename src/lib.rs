@@ -13,12 +13,14 @@
 //! * [`storage`]: the write-ahead log and fsync helpers behind `--data-dir`.
 //! * [`cli`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
+//! * [`gc`]: deleting blocks no file uses any more (`surfstore-ctl gc`).
 
 pub mod backoff;
 pub mod block_store;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gc;
 pub mod grpc;
 pub mod hash;
 pub mod locks;

@@ -816,6 +816,14 @@ pub fn lacks_batched_calls<T>() -> Result<T, tonic::Status> {
     ))
 }
 
+/// What the in-test BlockStores answer the gc calls (`ListBlocks`,
+/// `DeleteBlocks`), which the client never makes.
+pub fn lacks_gc_calls<T>() -> Result<T, tonic::Status> {
+    Err(tonic::Status::unimplemented(
+        "an in-test BlockStore has no gc",
+    ))
+}
+
 /// Serves `router` on a free loopback port inside `rt`; returns the address.
 pub fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
     let listener = rt
