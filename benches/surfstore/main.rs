@@ -10,6 +10,9 @@
 //!   `PutBlock`s per second.
 //! * B7 ([`sha`]): this machine's single-core SHA-256 rate, the yardstick
 //!   every sync figure is divided by.
+//! * B8 ([`growth`]): leader memory and disk over many rewrites of the same
+//!   files, with and without compaction, and a follower's catch-up by
+//!   snapshot (`SURFSTORE_BENCH_ONLY=growth` runs it alone).
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
@@ -22,6 +25,7 @@
 mod cpu;
 mod data;
 mod etcd;
+mod growth;
 mod load;
 mod procs;
 mod report;
@@ -63,6 +67,12 @@ pub struct Scale {
     pub read_files: usize,
     /// B6 reads: concurrent `GetFileInfoMap` calls, one per reader.
     pub readers: usize,
+    /// B8: rewrites before measuring.
+    pub growth_warm_updates: u64,
+    /// B8: rewrites measured.
+    pub growth_updates: u64,
+    /// B8: `--snapshot-entries` of the compacting run.
+    pub snapshot_entries: usize,
 }
 
 const MIB: u64 = 1 << 20;
@@ -83,6 +93,9 @@ impl Scale {
                 sha_duration: Duration::from_secs(2),
                 read_files: 20_000,
                 readers: 500,
+                growth_warm_updates: 20_000,
+                growth_updates: 200_000,
+                snapshot_entries: 10_000,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -95,6 +108,9 @@ impl Scale {
                 sha_duration: Duration::from_millis(200),
                 read_files: 2_000,
                 readers: 50,
+                growth_warm_updates: 2_000,
+                growth_updates: 10_000,
+                snapshot_entries: 1_000,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -182,14 +198,16 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_load) = match only.as_str() {
-        "" => (true, true),
-        "sync" => (true, false),
-        "load" => (false, true),
+    let (run_sync, run_load, run_growth) = match only.as_str() {
+        "" => (true, true, true),
+        "sync" => (true, false, false),
+        "load" => (false, true, false),
+        "growth" => (false, false, true),
         other => {
-            return Err(
-                format!("SURFSTORE_BENCH_ONLY must be `sync` or `load`, not {other:?}").into(),
-            );
+            return Err(format!(
+                "SURFSTORE_BENCH_ONLY must be `sync`, `load` or `growth`, not {other:?}"
+            )
+            .into());
         }
     };
     let sha = sha::measure(&scale);
@@ -202,6 +220,11 @@ fn run() -> BenchResult<()> {
         runtime.block_on(load::run_all(&scale, work.path()))?
     } else {
         load::Loads::default()
+    };
+    let growth = if run_growth {
+        runtime.block_on(growth::run_all(&scale, work.path()))?
+    } else {
+        Vec::new()
     };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
@@ -216,6 +239,7 @@ fn run() -> BenchResult<()> {
         puts: load.puts,
         reads: load.reads,
         read_files: scale.read_files,
+        growth,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

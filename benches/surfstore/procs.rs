@@ -188,6 +188,18 @@ pub async fn start_cluster(
     block_addr: &str,
     data_root: Option<&Path>,
 ) -> BenchResult<Cluster> {
+    start_cluster_with(work, label, n, block_addr, data_root, &[]).await
+}
+
+/// [`start_cluster`] with `extra` arguments for every server.
+pub async fn start_cluster_with(
+    work: &Path,
+    label: &str,
+    n: usize,
+    block_addr: &str,
+    data_root: Option<&Path>,
+    extra: &[&str],
+) -> BenchResult<Cluster> {
     for attempt in 0..START_ATTEMPTS {
         let addrs: Vec<String> = free_ports(n)?
             .into_iter()
@@ -211,6 +223,7 @@ pub async fn start_cluster(
                     path_arg(&root.join(id.to_string()))?,
                 ]);
             }
+            args.extend(extra.iter().map(|s| s.to_string()));
             let log = log_path(work, &format!("{label}-{id}"))?;
             procs.push(Proc::spawn(
                 &bin("surfstore-raft-server"),
