@@ -55,18 +55,7 @@ struct HostileBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for HostileBlocks {
-    async fn list_blocks(
-        &self,
-        _: Request<surfstore::proto::ListBlocksInput>,
-    ) -> Result<Response<surfstore::proto::StoredBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
-    async fn delete_blocks(
-        &self,
-        _: Request<surfstore::proto::DeleteBlocksInput>,
-    ) -> Result<Response<surfstore::proto::DeletedBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         let data = self.blocks.get(&r.into_inner().hash).cloned();
         let data = data.ok_or_else(|| Status::not_found("no such block"))?;

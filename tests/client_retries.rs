@@ -117,18 +117,7 @@ struct FlakyBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for FlakyBlocks {
-    async fn list_blocks(
-        &self,
-        _: Request<surfstore::proto::ListBlocksInput>,
-    ) -> Result<Response<surfstore::proto::StoredBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
-    async fn delete_blocks(
-        &self,
-        _: Request<surfstore::proto::DeleteBlocksInput>,
-    ) -> Result<Response<surfstore::proto::DeletedBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         self.calls.block("GetBlock", self.faults.fail_first)?;
         self.inner.get_block(r).await

@@ -378,18 +378,7 @@ struct CorruptBlocks;
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for CorruptBlocks {
-    async fn list_blocks(
-        &self,
-        _: Request<surfstore::proto::ListBlocksInput>,
-    ) -> Result<Response<surfstore::proto::StoredBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
-    async fn delete_blocks(
-        &self,
-        _: Request<surfstore::proto::DeleteBlocksInput>,
-    ) -> Result<Response<surfstore::proto::DeletedBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
+    crate::lacks_gc_calls!();
     async fn get_block(&self, _: Request<BlockHash>) -> Result<Response<Block>, Status> {
         Ok(Response::new(Block {
             block_data: Bytes::from_static(b"evil"),
@@ -473,18 +462,7 @@ impl CountingBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for CountingBlocks {
-    async fn list_blocks(
-        &self,
-        _: Request<surfstore::proto::ListBlocksInput>,
-    ) -> Result<Response<surfstore::proto::StoredBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
-    async fn delete_blocks(
-        &self,
-        _: Request<surfstore::proto::DeleteBlocksInput>,
-    ) -> Result<Response<surfstore::proto::DeletedBlocks>, Status> {
-        common::lacks_gc_calls()
-    }
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         self.count("GetBlock");
         self.inner.get_block(r).await
