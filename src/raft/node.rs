@@ -640,18 +640,6 @@ impl RaftNode {
         self.feed_back(peer, sent, outcome).await
     }
 
-    /// The snapshot `peer` needs, if it needs one, unless crashed, and the
-    /// crash count it was built at.
-    async fn snapshot_request(&self, peer: ServerId) -> Option<(OutgoingSnapshot, u64)> {
-        self.with(move |state| {
-            let snapshot = state.buildable()?.core.snapshot_for(peer)?;
-            Some((snapshot, state.crash_count()))
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
     /// Streams `outgoing`'s snapshot to `peer` in chunks of at most
     /// [`SNAPSHOT_CHUNK_BYTES`], each from where the follower's last reply
     /// says its copy ends, until it has all of it; abandoned like
@@ -789,13 +777,23 @@ impl RaftNode {
     }
 
     /// The requests the window lets the replication task send `peer` now,
-    /// and the crash count they were built at.
-    async fn window_requests(&self, peer: ServerId) -> Built {
+    /// and the crash count they were built at; when none is built and none
+    /// is `in_flight`, the snapshot the peer needs, if it needs one (one
+    /// step of the loop for both).
+    async fn window_requests(
+        &self,
+        peer: ServerId,
+        in_flight: bool,
+    ) -> (Built, Option<OutgoingSnapshot>) {
         self.with(move |state| {
             if let Some(held) = state.held.get_mut(peer) {
                 *held = false;
             }
-            state.build(peer)
+            let built = state.build(peer);
+            let snapshot = (built.0.is_empty() && !in_flight)
+                .then(|| state.buildable()?.core.snapshot_for(peer))
+                .flatten();
+            (built, snapshot)
         })
         .await
         .unwrap_or_default()
@@ -844,20 +842,18 @@ impl RaftNode {
         let mut beat_due = false;
         while !*self.shared.failed.borrow() {
             if !paused {
-                let (requests, crashes) = self.window_requests(peer).await;
+                let ((requests, crashes), snapshot) =
+                    self.window_requests(peer, !calls.is_empty()).await;
                 for outgoing in requests {
                     calls.push(self.call(peer, outgoing, crashes));
                 }
-            }
-            // Nothing else goes to a peer while it gets the snapshot.
-            if !paused
-                && calls.is_empty()
-                && let Some((snapshot, crashes)) = self.snapshot_request(peer).await
-            {
-                let (sent, outcome) = self.transfer(peer, snapshot, crashes).await;
-                let verdict = self.feed_back(peer, sent, outcome).await;
-                settle(verdict, &mut paused, &mut held_until, &mut backoff);
-                continue;
+                // Nothing else goes to a peer while it gets the snapshot.
+                if let Some(snapshot) = snapshot {
+                    let (sent, outcome) = self.transfer(peer, snapshot, crashes).await;
+                    let verdict = self.feed_back(peer, sent, outcome).await;
+                    settle(verdict, &mut paused, &mut held_until, &mut backoff);
+                    continue;
+                }
             }
             if std::mem::take(&mut beat_due)
                 && calls.is_empty()
