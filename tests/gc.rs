@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{bin, pseudo_random, run, start_server, sync_ok, synced_files, write};
+use common::{bin, pseudo_random, run, start_cluster, start_server, sync_ok, synced_files, write};
 use surfstore::grpc::channel;
 use surfstore::proto::ListBlocksInput;
 use surfstore::proto::block_store_client::BlockStoreClient;
@@ -124,4 +124,36 @@ fn gc_refuses_a_bad_duration_as_a_usage_error() {
         &["gc", "-f", "nowhere.json", "--older-than", "soon"],
     );
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_reads_the_map_from_the_raft_leader() {
+    let cluster = start_cluster(3, &[]).await;
+    cluster.set_leader(1).await;
+    assert!(cluster.heartbeat(1).await);
+    let client = tempfile::tempdir().unwrap();
+    write(client.path(), "a.bin", blocks(4, 5));
+    let synced = |what: &str| {
+        let (out, _) = cluster.sync(client.path(), BLOCK_SIZE);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    synced("upload");
+    write(client.path(), "a.bin", blocks(4, 6));
+    synced("rewrite");
+    // Server 0, first in the config, follows: gc finds the leader.
+    let out = gc(&cluster.config, "0s");
+    let freed = 4 * BLOCK_SIZE;
+    assert!(
+        out.contains(&format!("freed 4 blocks, {freed} bytes")),
+        "{out}"
+    );
+    assert!(out.contains("kept 4 in use"), "{out}");
+    let fresh = tempfile::tempdir().unwrap();
+    let (out, _) = cluster.sync(fresh.path(), BLOCK_SIZE);
+    assert!(out.status.success());
+    assert_eq!(synced_files(fresh.path()), synced_files(client.path()));
 }
