@@ -12,7 +12,8 @@
 //!   every sync figure is divided by.
 //! * B8 ([`growth`]): leader memory and disk over many rewrites of the same
 //!   files, with and without compaction, and a follower's catch-up by
-//!   snapshot (`SURFSTORE_BENCH_ONLY=growth` runs it alone).
+//!   snapshot, and B9 ([`gc`]): `surfstore-ctl gc` after rewrites
+//!   (`SURFSTORE_BENCH_ONLY=growth` runs both alone).
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
@@ -25,6 +26,7 @@
 mod cpu;
 mod data;
 mod etcd;
+mod gc;
 mod growth;
 mod load;
 mod procs;
@@ -73,6 +75,8 @@ pub struct Scale {
     pub growth_updates: u64,
     /// B8: `--snapshot-entries` of the compacting run.
     pub snapshot_entries: usize,
+    /// B9: size of each synced file.
+    pub gc_file_bytes: u64,
 }
 
 const MIB: u64 = 1 << 20;
@@ -96,6 +100,7 @@ impl Scale {
                 growth_warm_updates: 20_000,
                 growth_updates: 200_000,
                 snapshot_entries: 10_000,
+                gc_file_bytes: 4 * MIB,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -111,6 +116,7 @@ impl Scale {
                 growth_warm_updates: 2_000,
                 growth_updates: 10_000,
                 snapshot_entries: 1_000,
+                gc_file_bytes: MIB,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -221,10 +227,13 @@ fn run() -> BenchResult<()> {
     } else {
         load::Loads::default()
     };
-    let growth = if run_growth {
-        runtime.block_on(growth::run_all(&scale, work.path()))?
+    let (growth, gc) = if run_growth {
+        (
+            runtime.block_on(growth::run_all(&scale, work.path()))?,
+            Some(gc::run(&scale, work.path())?),
+        )
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
@@ -240,6 +249,7 @@ fn run() -> BenchResult<()> {
         reads: load.reads,
         read_files: scale.read_files,
         growth,
+        gc,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

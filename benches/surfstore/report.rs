@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::gc::GcRow;
 use crate::growth::GrowthRow;
 use crate::load::{COMMIT_CLIENTS, LoadRow};
 use crate::sha::ShaRate;
@@ -39,6 +40,8 @@ pub struct Results {
     pub etcd: EtcdSide,
     /// B8, with compaction first.
     pub growth: Vec<GrowthRow>,
+    /// B9.
+    pub gc: Option<GcRow>,
 }
 
 /// etcd's figures beside ours.
@@ -448,6 +451,27 @@ fn targets(r: &Results) -> Vec<Target> {
         goal: "< 5 s".into(),
         now: catch_up.map_or("–".into(), |secs| format!("{secs:.2} s")),
         met: compacting.map(|_| catch_up.is_some_and(|secs| secs < 5.0)),
+    });
+    out.push(Target {
+        name: "B9 gc after rewrites, then a fresh download",
+        goal: "frees all the old blocks' bytes; download identical".into(),
+        now: r.gc.as_ref().map_or("–".into(), |g| {
+            format!(
+                "{:.1} of {:.1} MB freed in {:.2} s; download {}",
+                g.freed_bytes as f64 / 1e6,
+                g.garbage_bytes as f64 / 1e6,
+                g.secs,
+                if g.download_identical {
+                    "identical"
+                } else {
+                    "DIFFERS"
+                }
+            )
+        }),
+        met: r
+            .gc
+            .as_ref()
+            .map(|g| g.freed_bytes == g.garbage_bytes && g.download_identical),
     });
     out
 }
