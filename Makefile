@@ -51,8 +51,9 @@ run-metastore:
 run-raft:
 	$(CARGO) run --bin surfstore-raft-server -- -f $(CONFIG) -i $(IDX)
 
-# B8 alone: memory and disk over 200,000 rewrites with and without compaction,
-# and a follower's catch-up by snapshot (docs/compaction.md).
+# B8 and B9 alone: memory and disk over 200,000 rewrites with and without
+# compaction, a follower's catch-up by snapshot, and gc after rewrites
+# (docs/compaction.md).
 .PHONY: bench-growth
 bench-growth:
 	SURFSTORE_BENCH_ONLY=growth $(CARGO) bench --bench surfstore
