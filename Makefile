@@ -75,3 +75,10 @@ s3-tools:
 demo-s3: s3-tools
 	$(CARGO) build --bins
 	scripts/demo-s3.sh
+
+# B9 and B10 alone: memory and disk over 200,000 rewrites with and without
+# compaction, a follower's catch-up by snapshot, and gc after rewrites
+# (docs/compaction.md).
+.PHONY: bench-growth
+bench-growth:
+	SURFSTORE_BENCH_ONLY=growth $(CARGO) bench --bench surfstore

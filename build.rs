@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
     // Block payloads are handed around without copies.
-    config.bytes([".surfstore.Block.blockData"]);
+    config.bytes([
+        ".surfstore.Block.blockData",
+        ".surfstore.InstallSnapshotInput.data",
+    ]);
 
     tonic_prost_build::configure().compile_with_config(
         config,

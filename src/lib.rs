@@ -15,6 +15,7 @@
 //! * [`security`]: TLS, bearer tokens and roles (all opt-in).
 //! * [`cli`], [`advertise`]: what the binaries in `src/bin` share.
 //! * [`client`]: the sync client behind `surfstore-client`.
+//! * [`gc`]: deleting blocks no file uses any more (`surfstore-ctl gc`).
 
 pub mod advertise;
 pub mod backoff;
@@ -22,6 +23,7 @@ pub mod block_store;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gc;
 pub mod grpc;
 pub mod hash;
 pub mod listener;

@@ -117,6 +117,7 @@ struct FlakyBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for FlakyBlocks {
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         self.calls.block("GetBlock", self.faults.fail_first)?;
         self.inner.get_block(r).await

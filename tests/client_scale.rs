@@ -120,6 +120,7 @@ struct FlakyBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for FlakyBlocks {
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         let hash = r.into_inner().hash;
         while self.hang.lock().unwrap().contains(&hash) {

@@ -27,8 +27,8 @@ use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{
     AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr, Blocks,
-    CrashedState, FileInfoMap, FileMetaData, RaftInternalState, Success, Version,
-    block_store_server, raft_surfstore_server,
+    CrashedState, FileInfoMap, FileMetaData, InstallSnapshotInput, InstallSnapshotOutput,
+    RaftInternalState, Success, Version, block_store_server, raft_surfstore_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -378,6 +378,7 @@ struct CorruptBlocks;
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for CorruptBlocks {
+    crate::lacks_gc_calls!();
     async fn get_block(&self, _: Request<BlockHash>) -> Result<Response<Block>, Status> {
         Ok(Response::new(Block {
             block_data: Bytes::from_static(b"evil"),
@@ -461,6 +462,7 @@ impl CountingBlocks {
 
 #[tonic::async_trait]
 impl block_store_server::BlockStore for CountingBlocks {
+    crate::lacks_gc_calls!();
     async fn get_block(&self, r: Request<BlockHash>) -> Result<Response<Block>, Status> {
         self.count("GetBlock");
         self.inner.get_block(r).await
@@ -615,6 +617,12 @@ impl raft_surfstore_server::RaftSurfstore for FakeRaft {
         Err(Status::unimplemented("fake"))
     }
     async fn crash(&self, _: Request<()>) -> Result<Response<Success>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn install_snapshot(
+        &self,
+        _: Request<InstallSnapshotInput>,
+    ) -> Result<Response<InstallSnapshotOutput>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

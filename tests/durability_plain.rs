@@ -324,3 +324,59 @@ fn an_unusable_data_dir_is_a_clear_error() {
     let out = run(&bin("surfstore-server"), &["-s", "both", "--data-dir"]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_compacting_every_three_updates_loses_nothing_acknowledged_when_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let args = ["--data-dir", data_dir, "--snapshot-entries", "3"];
+    let mut acked = 0;
+    // Each round kills the server wherever its writer is: appending,
+    // syncing, or rewriting the journal.
+    for round in 0..4 {
+        let mut server = start_server("both", &args);
+        let mut c = connect(&server);
+        let version = c
+            .map()
+            .await
+            .file_info_map
+            .get("f")
+            .map_or(0, |m| m.version);
+        assert!(
+            version >= acked,
+            "round {round}: acknowledged {acked}, found {version}"
+        );
+        acked = version;
+        let mut meta_client = c.meta.clone();
+        let counter = Arc::new(AtomicI32::new(acked));
+        let updates = tokio::spawn({
+            let counter = Arc::clone(&counter);
+            async move {
+                for version in acked + 1.. {
+                    let hashes = vec![hash_block(&version.to_le_bytes())];
+                    match meta_client.update_file(meta("f", version, hashes)).await {
+                        Ok(reply) => assert_eq!(reply.into_inner().version, version),
+                        Err(_) => break,
+                    }
+                    counter.store(version, Ordering::SeqCst);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counter.load(Ordering::SeqCst) < acked + 20 + round {
+            assert!(Instant::now() < deadline, "the server made no progress");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        server.proc.kill();
+        within("the update loop to end", updates).await.unwrap();
+        acked = counter.load(Ordering::SeqCst);
+    }
+    let server = start_server("both", &args);
+    let version = connect(&server).map().await.file_info_map["f"].version;
+    assert!(version >= acked);
+    let journal = dir.path().join("meta").join(JOURNAL_FILE);
+    assert!(
+        std::fs::metadata(&journal).unwrap().len() < 2000,
+        "the journal follows the map, not the {version} updates"
+    );
+}

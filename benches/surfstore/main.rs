@@ -14,6 +14,10 @@
 //!   against plaintext in the same run.
 //! * B8 ([`backends`]): a cold upload and download through a BlockStore in
 //!   memory, on disk and on S3 (SeaweedFS), side by side.
+//! * B9 ([`growth`]): leader memory and disk over many rewrites of the same
+//!   files, with and without compaction, and a follower's catch-up by
+//!   snapshot, and B10 ([`gc`]): `surfstore-ctl gc` after rewrites
+//!   (`SURFSTORE_BENCH_ONLY=growth` runs both alone).
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
@@ -28,6 +32,8 @@ mod backends;
 mod cpu;
 mod data;
 mod etcd;
+mod gc;
+mod growth;
 mod load;
 mod procs;
 mod report;
@@ -74,6 +80,14 @@ pub struct Scale {
     pub backend_large_bytes: u64,
     /// B8: bytes of the directory synced at 4 KiB blocks per backend.
     pub backend_small_bytes: u64,
+    /// B9: rewrites before measuring.
+    pub growth_warm_updates: u64,
+    /// B9: rewrites measured.
+    pub growth_updates: u64,
+    /// B9: `--snapshot-entries` of the compacting run.
+    pub snapshot_entries: usize,
+    /// B10: size of each synced file.
+    pub gc_file_bytes: u64,
 }
 
 const MIB: u64 = 1 << 20;
@@ -96,6 +110,10 @@ impl Scale {
                 readers: 500,
                 backend_large_bytes: 256 * MIB,
                 backend_small_bytes: 32 * MIB,
+                growth_warm_updates: 20_000,
+                growth_updates: 200_000,
+                snapshot_entries: 10_000,
+                gc_file_bytes: 4 * MIB,
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -110,6 +128,10 @@ impl Scale {
                 readers: 50,
                 backend_large_bytes: 16 * MIB,
                 backend_small_bytes: 2 * MIB,
+                growth_warm_updates: 2_000,
+                growth_updates: 10_000,
+                snapshot_entries: 1_000,
+                gc_file_bytes: MIB,
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -200,15 +222,16 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_backends, run_load, run_tls) = match only.as_str() {
-        "" => (true, true, true, true),
-        "sync" => (true, true, false, false),
-        "backends" => (false, true, false, false),
-        "load" => (false, false, true, false),
-        "tls" => (false, false, false, true),
+    let (run_sync, run_backends, run_load, run_tls, run_growth) = match only.as_str() {
+        "" => (true, true, true, true, true),
+        "sync" => (true, true, false, false, false),
+        "backends" => (false, true, false, false, false),
+        "load" => (false, false, true, false, false),
+        "tls" => (false, false, false, true, false),
+        "growth" => (false, false, false, false, true),
         other => {
             return Err(format!(
-                "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load` or `tls`, not {other:?}"
+                "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load`, `tls` or `growth`, not {other:?}"
             )
             .into());
         }
@@ -234,6 +257,14 @@ fn run() -> BenchResult<()> {
     } else {
         Vec::new()
     };
+    let (growth, gc) = if run_growth {
+        (
+            runtime.block_on(growth::run_all(&scale, work.path()))?,
+            Some(gc::run(&scale, work.path())?),
+        )
+    } else {
+        (Vec::new(), None)
+    };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
 
@@ -249,6 +280,8 @@ fn run() -> BenchResult<()> {
         reads: load.reads,
         read_files: scale.read_files,
         tls,
+        growth,
+        gc,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

@@ -31,6 +31,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = match name {
         "surfstore-server" => env!("CARGO_BIN_EXE_surfstore-server"),
         "surfstore-raft-server" => env!("CARGO_BIN_EXE_surfstore-raft-server"),
+        "surfstore-ctl" => env!("CARGO_BIN_EXE_surfstore-ctl"),
         _ => env!("CARGO_BIN_EXE_surfstore-client"),
     };
     PathBuf::from(path)

@@ -3,6 +3,9 @@
 //! `set-leader`, `heartbeat`, `crash` and `restore` call the RaftSurfstore
 //! RPC of that name on one server and print one line; `status` asks every
 //! server of a config for its state, concurrently, and prints a table.
+//! `gc` deletes from each BlockStore of a config the blocks no current file
+//! version lists and that are older than a grace period (see
+//! [`surfstore::gc`]), and prints what it freed.
 //! Every call has a deadline, so a dead server costs seconds, not a hang.
 //! `gen-certs` and `add-token` prepare a secure cluster (SPEC §9.3): they
 //! write files and call no server.
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use surfstore::cli::{self, Fatal};
+use surfstore::client::rpc::MetaStore;
 use surfstore::config::{ClusterConfig, check_host_port};
 use surfstore::grpc::{self, AuthChannel};
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
@@ -104,6 +108,18 @@ enum ClusterCommand {
         /// The cluster config file.
         #[arg(short = 'f', long = "config", value_name = "CONFIG")]
         config: PathBuf,
+    },
+    /// Delete from the BlockStore the blocks no current file version lists
+    /// that were stored (or last asked about) longer ago than --older-than.
+    Gc {
+        /// The cluster config file (a plain MetaStore: one address).
+        #[arg(short = 'f', long = "config", value_name = "CONFIG")]
+        config: PathBuf,
+        /// The grace period: a block younger than this is kept, since a
+        /// client may have uploaded it and not yet called UpdateFile.
+        #[arg(long = "older-than", value_name = "DURATION", default_value = "1h",
+              value_parser = humantime::parse_duration)]
+        older_than: Duration,
     },
 }
 
@@ -210,6 +226,10 @@ async fn call_servers(command: ClusterCommand, security: &ClientSecurity) -> Res
             let config = ClusterConfig::load(&path).map_err(Fatal::usage)?;
             status_table(&path, &config.meta_addrs, security).await?
         }
+        ClusterCommand::Gc { config, older_than } => {
+            let config = ClusterConfig::load(&config).map_err(Fatal::usage)?;
+            gc(&config, older_than, security).await?
+        }
     })
 }
 
@@ -241,6 +261,34 @@ async fn not_the_leader(addr: &str, security: &ClientSecurity) -> String {
 /// Calls `rpc` (an RPC taking `Empty`) on the server at `addr` with
 /// `deadline`; any failure becomes
 /// one line naming the server, the RPC and the reason.
+/// Collects every BlockStore of `config`; one line each.
+async fn gc(
+    config: &ClusterConfig,
+    older_than: Duration,
+    security: &ClientSecurity,
+) -> Result<String, Fatal> {
+    if config.block_addrs.is_empty() {
+        return Err(Fatal::usage("the config lists no BlockStoreAddrs"));
+    }
+    let meta = MetaStore::cluster(config, security).map_err(Fatal::usage)?;
+    let mut lines = String::new();
+    for addr in &config.block_addrs {
+        let report = surfstore::gc::collect(&meta, addr, older_than, security)
+            .await
+            .map_err(|e| Fatal::failure(format!("gc of {addr}: {e}")))?;
+        let _ = writeln!(
+            lines,
+            "{addr}: freed {} blocks, {} bytes; kept {} in use and {} younger than {}",
+            report.freed_blocks,
+            report.freed_bytes,
+            report.in_use,
+            report.young,
+            humantime::format_duration(older_than)
+        );
+    }
+    Ok(lines)
+}
+
 async fn call<T, F, Fut>(
     addr: &str,
     security: &ClientSecurity,

@@ -48,6 +48,10 @@ struct Args {
     #[arg(long = "pipeline-depth", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
     pipeline_depth: u64,
+    /// Snapshot the applied map and drop the log before it every N applied
+    /// entries, in memory and in --data-dir (0: never).
+    #[arg(long = "snapshot-entries", value_name = "N", default_value_t = 10_000)]
+    snapshot_entries: usize,
     #[command(flatten)]
     security: ServerFlags,
     #[command(flatten)]
@@ -99,10 +103,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let socket = grpc::resolve(&listen)
         .await
         .map_err(|e| Fatal::failure(format!("cannot resolve {listen}: {e}")))?;
-    if let Some(warning) = security.server.exposure_warning(socket) {
+    let listener = listener::open(socket).await?;
+    // Where it really listens: a socket handed over may be bound elsewhere.
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(warning) = security.server.exposure_warning(bound) {
         tracing::warn!("{warning}");
     }
-    let listener = listener::open(socket).await?;
 
     let storage: Box<dyn RaftStorage> = match &args.data_dir {
         Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| Fatal::data_dir(dir, e))?),
@@ -114,17 +122,15 @@ async fn run(args: Args) -> Result<(), Fatal> {
         block_store_addr,
         heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
         pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
+        snapshot_entries: args.snapshot_entries,
     };
-    let listening = listener
-        .local_addr()
-        .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
     let serves = format!(
         "Raft MetaStore server {} of {}",
         args.id,
         config.addrs.len()
     );
     // Before the start line: whoever waits for that line sees it.
-    if let Some(warning) = advertise::loopback_warning(listening, &config.block_store_addr) {
+    if let Some(warning) = advertise::loopback_warning(bound, &config.block_store_addr) {
         tracing::warn!("{warning}");
     }
     println!(
@@ -132,7 +138,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         advertise::start_line(
             "surfstore-raft-server",
             &serves,
-            listening,
+            bound,
             Some(&config.block_store_addr),
             args.data_dir.as_deref(),
         )
@@ -142,6 +148,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(|e| match e {
             ServeError::Start(StartError::Addr(e)) => Fatal::usage(e),
             ServeError::Start(StartError::Storage(e)) => Fatal::failure(e),
+            ServeError::Start(e @ StartError::Snapshot(_)) => Fatal::failure(e),
             ServeError::Transport(e) => Fatal::failure(format!("server on {listen} failed: {e}")),
             ServeError::Storage => Fatal::failure(e),
         })

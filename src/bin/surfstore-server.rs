@@ -71,6 +71,10 @@ struct Args {
         conflicts_with = "data_dir"
     )]
     s3: Option<S3Location>,
+    /// Rewrite the MetaStore's journal in --data-dir as the map alone every
+    /// N accepted updates, so it follows the map's size (0: never).
+    #[arg(long = "snapshot-entries", value_name = "N", default_value_t = 10_000)]
+    snapshot_entries: usize,
     /// The BlockStore address (host:port) the MetaStore hands to clients.
     /// Required with `-s meta`; with `-s both` it defaults to this server
     /// (see --advertise).
@@ -132,19 +136,20 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .then(|| block_backend(data_dir, args.s3.as_ref()))
         .transpose()?;
     let meta = matches!(args.service, Service::Meta | Service::Both)
-        .then(|| file_map(data_dir))
+        .then(|| file_map(data_dir, args.snapshot_entries))
         .transpose()?;
 
     let security = args.security.load().map_err(Fatal::usage)?;
     let listen = grpc::listen_addr(args.port, args.localhost_only);
-    if let Some(warning) = security.exposure_warning(listen) {
-        tracing::warn!("{warning}");
-    }
     let listener = listener::open(listen).await?;
-    // The real port, also with -p 0.
+    // The real address (a socket handed over may listen elsewhere than -l
+    // says) and port, also with -p 0.
     let listen = listener
         .local_addr()
         .map_err(|e| Fatal::failure(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(warning) = security.exposure_warning(listen) {
+        tracing::warn!("{warning}");
+    }
     let block_store_addr = match announced {
         Some(addr) => addr,
         None if args.service == Service::Both => advertise::default_block_store_addr(listen)
@@ -196,10 +201,12 @@ fn block_backend(
     }
 }
 
-/// The MetaStore's map: replayed from `DIR/meta`, or empty in memory.
-fn file_map(data_dir: Option<&Path>) -> Result<JournaledMap, Fatal> {
+/// The MetaStore's map: replayed from `DIR/meta` (its journal compacted
+/// every `snapshot_entries` updates), or empty in memory.
+fn file_map(data_dir: Option<&Path>, snapshot_entries: usize) -> Result<JournaledMap, Fatal> {
     match data_dir {
         None => Ok(JournaledMap::in_memory()),
-        Some(dir) => JournaledMap::open(&dir.join("meta")).map_err(|e| Fatal::data_dir(dir, e)),
+        Some(dir) => JournaledMap::open(&dir.join("meta"), snapshot_entries)
+            .map_err(|e| Fatal::data_dir(dir, e)),
     }
 }

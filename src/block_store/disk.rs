@@ -35,16 +35,25 @@
 //! exists (re-hashing every block it is asked about would make each sync
 //! read the whole store); `PutBlock` of a block already present verifies the
 //! stored copy and replaces it if it rotted.
+//!
+//! **Age, for gc (SPEC §9.2).** A block's age is its file's modification
+//! time: set when it is stored, and set again whenever `has` or `put` names
+//! it, so a block a client was just told is there stays young while the
+//! client lists it in an update. A read/write lock makes that and
+//! [`BlockBackend::delete_older`]'s check-then-remove exclusive.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{BlockBackend, BlockStoreError};
+use super::{BlockBackend, BlockStoreError, Freed, StoredBlock};
 use crate::hash::{hash_block, is_valid_hash};
+use crate::locks::{read, write};
 use crate::storage::{StorageError, create_dir_durable, sync_dir};
 
 /// Where blocks are written before being renamed into place.
@@ -57,6 +66,8 @@ const CORRUPT_DIR: &str = "corrupt";
 #[derive(Debug)]
 pub struct DiskBlocks {
     root: PathBuf,
+    /// Held shared by `has` and `put`, exclusively by `delete_older`.
+    gc: RwLock<()>,
 }
 
 impl DiskBlocks {
@@ -66,6 +77,7 @@ impl DiskBlocks {
         create_dir_durable(dir)?;
         let store = DiskBlocks {
             root: dir.to_path_buf(),
+            gc: RwLock::new(()),
         };
         let mut created = false;
         let fan_out = (0..=255u8).map(|b| hex::encode([b]));
@@ -110,6 +122,15 @@ impl DiskBlocks {
         Ok(self.root.join(&hash[..2]).join(hash))
     }
 
+    /// Restarts the age of the stored block at `path` (see the module docs).
+    fn touch(path: &Path) -> Result<(), StorageError> {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_modified(SystemTime::now()))
+            .map_err(StorageError::io("set the modification time of", path))
+    }
+
     /// Moves a block that failed verification out of the way.
     fn quarantine(&self, hash: &str, path: &Path) {
         let target = self.root.join(CORRUPT_DIR).join(hash);
@@ -144,12 +165,14 @@ impl BlockBackend for DiskBlocks {
     }
 
     fn put_all(&self, blocks: Vec<(String, Bytes)>) -> Result<(), BlockStoreError> {
+        let _gc = read(&self.gc);
         let tmp_dir = self.root.join(TMP_DIR);
         let mut written = Vec::with_capacity(blocks.len());
         for (hash, data) in blocks {
             // Skip the write only for a copy that still verifies: a rotted
             // file is quarantined by `get` and replaced by this upload.
             if self.get(&hash)?.is_some() {
+                Self::touch(&self.path_of(&hash)?)?;
                 continue;
             }
             let path = self.path_of(&hash)?;
@@ -176,11 +199,73 @@ impl BlockBackend for DiskBlocks {
 
     fn has(&self, hash: &str) -> Result<bool, BlockStoreError> {
         let path = self.path_of(hash)?;
+        let _gc = read(&self.gc);
         match fs::symlink_metadata(&path) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                Self::touch(&path)?;
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(StorageError::io("stat", &path)(e).into()),
         }
+    }
+
+    fn list(&self, after: &str, limit: usize) -> Result<Vec<StoredBlock>, BlockStoreError> {
+        let now = SystemTime::now();
+        let first_dir = after.get(..2).unwrap_or("");
+        let mut listed = Vec::new();
+        for dir in (0..=255u8).map(|b| hex::encode([b])) {
+            if dir.as_str() < first_dir || listed.len() >= limit {
+                continue;
+            }
+            let path = self.root.join(&dir);
+            let mut names: Vec<String> = fs::read_dir(&path)
+                .map_err(StorageError::io("list", &path))?
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.as_str() > after && is_valid_hash(name))
+                .collect();
+            names.sort_unstable();
+            for hash in names.into_iter().take(limit - listed.len()) {
+                let file = path.join(&hash);
+                let Ok(meta) = fs::metadata(&file) else {
+                    // Deleted since the directory was read.
+                    continue;
+                };
+                let modified = meta
+                    .modified()
+                    .map_err(StorageError::io("read the modification time of", &file))?;
+                listed.push(StoredBlock {
+                    hash,
+                    size: meta.len(),
+                    age: now.duration_since(modified).unwrap_or(Duration::ZERO),
+                });
+            }
+        }
+        Ok(listed)
+    }
+
+    fn delete_older(&self, hashes: &[String], min_age: Duration) -> Result<Freed, BlockStoreError> {
+        let _gc = write(&self.gc);
+        let now = SystemTime::now();
+        let mut freed = Freed::default();
+        for hash in hashes {
+            let path = self.path_of(hash)?;
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("stat", &path)(e).into()),
+            };
+            let modified = meta
+                .modified()
+                .map_err(StorageError::io("read the modification time of", &path))?;
+            if now.duration_since(modified).unwrap_or(Duration::ZERO) < min_age {
+                continue;
+            }
+            fs::remove_file(&path).map_err(StorageError::io("remove", &path))?;
+            freed.blocks += 1;
+            freed.bytes += meta.len();
+        }
+        Ok(freed)
     }
 }
 
@@ -276,6 +361,12 @@ mod tests {
             assert_eq!(store.get(&hash).unwrap(), Some(data));
         }
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn disk_blocks_keep_the_gc_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::block_store::memory::tests::gc_contract(&DiskBlocks::open(dir.path()).unwrap());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub use memory::MemoryBlocks;
 pub use s3::{S3Blocks, S3Location, S3LocationError};
 pub use service::BlockStoreService;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 /// Why a backend could not store or fetch a block.
@@ -39,6 +41,29 @@ pub enum BlockStoreError {
         /// block call's result carries this error type).
         source: Box<object_store::Error>,
     },
+    /// The backend cannot do this (e.g. list its blocks for gc).
+    #[error("this BlockStore backend cannot {0}")]
+    Unsupported(&'static str),
+}
+
+/// A stored block as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    /// Its hash.
+    pub hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How long ago it was stored, or last named by `has` or `put`.
+    pub age: Duration,
+}
+
+/// What a deletion freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freed {
+    /// Blocks removed.
+    pub blocks: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// How much one `GetBlocks` reply may carry.
@@ -83,6 +108,11 @@ pub trait BlockBackend: Send + Sync + 'static {
             .try_for_each(|(hash, data)| self.put(&hash, data))
     }
     /// Whether the block named `hash` is stored.
+    ///
+    /// `has` and `put` make a stored block young again (its age restarts):
+    /// a client that was told a block is there may list it in an update
+    /// soon, so [`BlockBackend::delete_older`] must leave it alone for a
+    /// grace period. Each must be atomic with respect to `delete_older`.
     fn has(&self, hash: &str) -> Result<bool, BlockStoreError>;
     /// Those of `hashes` that are stored, in the order asked. One by one
     /// unless the backend gains by asking about several at once.
@@ -111,5 +141,22 @@ pub trait BlockBackend: Send + Sync + 'static {
             found.push((hash, data));
         }
         Ok(Fetched::Blocks(found))
+    }
+
+    /// Up to `limit` stored blocks whose hash sorts after `after`, in hash
+    /// order.
+    fn list(&self, _after: &str, _limit: usize) -> Result<Vec<StoredBlock>, BlockStoreError> {
+        Err(BlockStoreError::Unsupported("list its blocks"))
+    }
+
+    /// Removes each of `hashes` that is stored and at least `min_age` old
+    /// when it is looked at (checked and removed atomically with respect to
+    /// `has` and `put`).
+    fn delete_older(
+        &self,
+        _hashes: &[String],
+        _min_age: Duration,
+    ) -> Result<Freed, BlockStoreError> {
+        Err(BlockStoreError::Unsupported("delete blocks"))
     }
 }

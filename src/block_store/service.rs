@@ -1,6 +1,7 @@
 //! The tonic `BlockStore` service over a [`BlockBackend`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -9,7 +10,10 @@ use tonic::{Request, Response, Status};
 use super::{BlockBackend, BlockStoreError, Fetched, ReplyLimit};
 use crate::grpc::MAX_BLOCK_BYTES;
 use crate::hash::{hash_block, is_valid_hash};
-use crate::proto::{Block, BlockHash, BlockHashes, Blocks, Success, block_store_server};
+use crate::proto::{
+    Block, BlockHash, BlockHashes, Blocks, DeleteBlocksInput, DeletedBlocks, ListBlocksInput,
+    StoredBlock, StoredBlocks, Success, block_store_server,
+};
 
 /// What one `GetBlocks` reply carries at most.
 ///
@@ -25,6 +29,9 @@ const GET_BLOCKS_REPLY: ReplyLimit = ReplyLimit {
     bytes: 4 << 20,
     count: 1 << 16,
 };
+
+/// The most blocks one `ListBlocks` reply lists: about 1 MiB of hashes.
+const LIST_BLOCKS_PAGE: usize = 10_000;
 
 /// Serves `GetBlock`, `PutBlock` and `HasBlocks` from a backend.
 pub struct BlockStoreService {
@@ -62,12 +69,18 @@ impl BlockStoreService {
 /// was answered), anything else INTERNAL.
 fn to_status(error: BlockStoreError) -> Status {
     match error {
+        BlockStoreError::Unsupported(_) => Status::unimplemented(error.to_string()),
         BlockStoreError::ObjectStore { .. } => {
             tracing::warn!(%error, "object store unavailable");
             Status::unavailable(error.to_string())
         }
         _ => Status::internal(error.to_string()),
     }
+}
+
+/// A wire count as one, saturating (no store holds 2^63 bytes).
+fn wire(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn check_hash(hash: &str) -> Result<(), Status> {
@@ -182,6 +195,51 @@ impl block_store_server::BlockStore for BlockStoreService {
             .map(|(hash, data)| to_block(&hash, data))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(Blocks { blocks }))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<ListBlocksInput>,
+    ) -> Result<Response<StoredBlocks>, Status> {
+        let after = request.into_inner().after;
+        let listed = self
+            .backend(move |b| b.list(&after, LIST_BLOCKS_PAGE))
+            .await?;
+        let blocks = listed
+            .into_iter()
+            .map(|block| StoredBlock {
+                hash: block.hash,
+                size: wire(block.size),
+                age_millis: i64::try_from(block.age.as_millis()).unwrap_or(i64::MAX),
+            })
+            .collect();
+        Ok(Response::new(StoredBlocks { blocks }))
+    }
+
+    async fn delete_blocks(
+        &self,
+        request: Request<DeleteBlocksInput>,
+    ) -> Result<Response<DeletedBlocks>, Status> {
+        let DeleteBlocksInput {
+            hashes,
+            min_age_millis,
+        } = request.into_inner();
+        for hash in &hashes {
+            check_hash(hash)?;
+        }
+        let min_age = u64::try_from(min_age_millis)
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                Status::invalid_argument(format!("minAgeMillis {min_age_millis} is negative"))
+            })?;
+        let freed = self
+            .backend(move |b| b.delete_older(&hashes, min_age))
+            .await?;
+        tracing::info!(blocks = freed.blocks, bytes = freed.bytes, "DeleteBlocks");
+        Ok(Response::new(DeletedBlocks {
+            blocks: wire(freed.blocks),
+            bytes: wire(freed.bytes),
+        }))
     }
 
     async fn has_blocks(

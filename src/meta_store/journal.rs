@@ -20,6 +20,15 @@
 //!
 //! Readers only take the map's lock long enough to get its shared encoding
 //! ([`FileMap::encoded`]), never across a write or an fsync.
+//!
+//! **Compaction (SPEC §9.2).** Every `snapshot_updates` accepted updates
+//! the writer replaces the journal, atomically ([`Wal::replace`]: temporary
+//! file, fsync, rename, directory fsync), by one whose first record is the
+//! whole map; later updates follow it. A crash leaves the old journal or
+//! the new one, each replaying to the same map, so the journal follows the
+//! map's size rather than its history. The map record is a
+//! [`JournalSnapshot`], whose only field has a tag no `FileMetaData` uses,
+//! so journals written before compaction existed replay as they did.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +40,18 @@ use tokio::sync::oneshot;
 
 use super::{FileMap, Pending, REJECTED_VERSION};
 use crate::grpc::{self, TooLarge};
-use crate::proto::FileMetaData;
+use crate::proto::{FileInfoMap, FileMetaData};
 use crate::storage::{StorageError, Wal, create_dir_durable};
 
 /// The journal's file name inside the MetaStore's directory.
 pub const JOURNAL_FILE: &str = "updates.wal";
+
+/// The record that opens a compacted journal: the map as of then.
+#[derive(Clone, PartialEq, prost::Message)]
+struct JournalSnapshot {
+    #[prost(message, optional, tag = "100")]
+    map: Option<FileInfoMap>,
+}
 
 /// Why an update was not stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,19 +105,32 @@ impl JournaledMap {
     }
 
     /// Opens (creating if needed) the journal in `dir`, replays it and
-    /// starts its writer thread. An update cut off by a crash mid-write was
-    /// never acknowledged and is dropped; damage before the end of the
-    /// journal is an error.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    /// starts its writer thread, which compacts the journal every
+    /// `snapshot_updates` accepted updates (0: never). An update cut off by
+    /// a crash mid-write was never acknowledged and is dropped; damage
+    /// before the end of the journal is an error.
+    pub fn open(dir: &Path, snapshot_updates: usize) -> Result<Self, StorageError> {
         create_dir_durable(dir)?;
         let path = dir.join(JOURNAL_FILE);
         let mut map = FileMap::default();
-        let journal = Wal::open(&path, |offset, payload| {
+        let mut updates = 0;
+        let wal = Wal::open(&path, |offset, payload| {
             let corrupt = |reason: String| StorageError::Corrupt {
                 path: path.clone(),
                 offset,
                 reason,
             };
+            let snapshot = JournalSnapshot::decode(payload)
+                .map_err(|e| corrupt(format!("undecodable record: {e}")))?;
+            if let Some(whole) = snapshot.map {
+                if offset != 0 {
+                    return Err(corrupt("a map record after the first".into()));
+                }
+                map = FileMap::from_encoded(&whole.encode_to_vec())
+                    .map_err(|e| corrupt(format!("undecodable map: {e}")))?;
+                return Ok(());
+            }
+            updates += 1;
             let meta = FileMetaData::decode(payload)
                 .map_err(|e| corrupt(format!("undecodable update: {e}")))?;
             let (name, version) = (meta.filename.clone(), meta.version);
@@ -112,15 +141,21 @@ impl JournaledMap {
             }
             Ok(())
         })?;
-        tracing::info!(path = %path.display(), files = map.len(), "loaded MetaStore journal");
+        tracing::info!(path = %path.display(), files = map.len(), updates, "loaded MetaStore journal");
         let map = Arc::new(Mutex::new(map));
         let syncs = Arc::new(AtomicU64::new(0));
         let (queue, jobs) = mpsc::channel();
+        let mut journal = Journal {
+            wal,
+            updates,
+            snapshot_updates,
+            broken: None,
+        };
         let thread = {
             let (map, syncs) = (Arc::clone(&map), Arc::clone(&syncs));
             std::thread::Builder::new()
                 .name("meta-journal".into())
-                .spawn(move || write_batches(&jobs, &map, journal, &syncs))
+                .spawn(move || write_batches(&jobs, &map, &mut journal, &syncs))
                 .map_err(StorageError::io("start the writer thread of", &path))?
         };
         Ok(Self {
@@ -202,23 +237,75 @@ fn decide(pending: &mut Pending<'_>, meta: &FileMetaData) -> Result<bool, TooLar
     Ok(true)
 }
 
+/// The journal as its writer thread owns it.
+struct Journal {
+    wal: Wal,
+    /// Updates it holds after its map record.
+    updates: usize,
+    /// Compact once it holds this many (0: never).
+    snapshot_updates: usize,
+    /// Why a compaction failed: what is on disk is then unknown, so every
+    /// later write is refused, as after a failed append.
+    broken: Option<Arc<StorageError>>,
+}
+
+impl Journal {
+    /// Replaces the journal by one holding `map` alone when enough updates
+    /// accumulated since the last time.
+    fn compact_if_due(&mut self, map: &Mutex<FileMap>) {
+        if self.snapshot_updates == 0 || self.updates < self.snapshot_updates {
+            return;
+        }
+        let encoded = lock(map).encoded();
+        // The map record is the map's encoding inside field 100.
+        let mut record = Vec::with_capacity(encoded.len() + 8);
+        prost::encoding::encode_key(100, prost::encoding::WireType::LengthDelimited, &mut record);
+        prost::encoding::encode_varint(encoded.len() as u64, &mut record);
+        record.extend_from_slice(&encoded);
+        match Wal::replace(self.wal.path(), &[&record]) {
+            Ok(wal) => {
+                tracing::debug!(
+                    updates = self.updates,
+                    bytes = record.len(),
+                    "compacted the MetaStore journal"
+                );
+                self.wal = wal;
+                self.updates = 0;
+            }
+            Err(error) => {
+                tracing::error!(%error, "MetaStore journal compaction failed");
+                self.broken = Some(Arc::new(error));
+            }
+        }
+    }
+}
+
 /// The writer thread: one batch per turn, of every job waiting, until the
 /// queue closes.
 fn write_batches(
     jobs: &mpsc::Receiver<Job>,
     map: &Mutex<FileMap>,
-    mut wal: Wal,
+    journal: &mut Journal,
     syncs: &AtomicU64,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter());
-        commit(batch, map, &mut wal, syncs);
+        commit(batch, map, journal, syncs);
+        // After the batch's callers are answered: the rewrite delays none.
+        journal.compact_if_due(map);
     }
 }
 
 /// Decides, writes, fsyncs once, applies and answers one batch.
-fn commit(batch: Vec<Job>, map: &Mutex<FileMap>, wal: &mut Wal, syncs: &AtomicU64) {
+fn commit(batch: Vec<Job>, map: &Mutex<FileMap>, journal: &mut Journal, syncs: &AtomicU64) {
+    if let Some(error) = &journal.broken {
+        for job in batch {
+            let _ = job.reply.send(Err(UpdateError::Storage(Arc::clone(error))));
+        }
+        return;
+    }
+    let wal = &mut journal.wal;
     // Only this thread changes the map, so it is the same when applied to.
     let decisions: Vec<Result<bool, TooLarge>> = {
         let map = lock(map);
@@ -247,6 +334,7 @@ fn commit(batch: Vec<Job>, map: &Mutex<FileMap>, wal: &mut Wal, syncs: &AtomicU6
             return;
         }
         syncs.fetch_add(1, Ordering::Relaxed);
+        journal.updates += accepted;
     }
     tracing::debug!(updates = batch.len(), accepted, "MetaStore journal batch");
     let answers: Vec<_> = {
@@ -295,13 +383,13 @@ mod tests {
     #[tokio::test]
     async fn accepted_updates_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         assert_eq!(store.update(meta("a", 1, &["h1"])).await.unwrap(), 1);
         assert_eq!(store.update(meta("b", 1, &[])).await.unwrap(), 1);
         assert_eq!(store.update(meta("a", 2, &["0"])).await.unwrap(), 2);
         let expected = snapshot(&store);
         drop(store);
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         assert_eq!(snapshot(&store), expected);
         assert_eq!(
             store.read(|m| m.get("a").cloned()),
@@ -312,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn rejected_updates_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         store.update(meta("a", 1, &["h1"])).await.unwrap();
         let len = journal_len(dir.path());
         assert_eq!(
@@ -330,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn an_update_cut_mid_write_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         store.update(meta("a", 1, &["h1"])).await.unwrap();
         let before = snapshot(&store);
         store.update(meta("b", 1, &["h2"])).await.unwrap();
@@ -338,7 +426,7 @@ mod tests {
         let path = dir.path().join(JOURNAL_FILE);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         assert_eq!(snapshot(&store), before);
         assert_eq!(store.update(meta("b", 1, &["h3"])).await.unwrap(), 1);
     }
@@ -349,7 +437,7 @@ mod tests {
         let mut wal = Wal::open(&dir.path().join(JOURNAL_FILE), |_, _| Ok(())).unwrap();
         wal.append(&meta("a", 2, &[]).encode_to_vec()).unwrap();
         wal.sync().unwrap();
-        let err = JournaledMap::open(dir.path()).unwrap_err();
+        let err = JournaledMap::open(dir.path(), 0).unwrap_err();
         assert!(err.to_string().contains("version 2"), "{err}");
     }
 
@@ -389,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_updates_share_fsyncs_and_each_gets_its_own_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         let n = 64;
         let mut updates: Vec<_> = (0..n).map(|i| meta(&format!("f{i}"), 1, &[])).collect();
         // In one batch, in order: accepted, a duplicate rejected, the next
@@ -409,17 +497,103 @@ mod tests {
         let expected = snapshot(&store);
         assert_eq!(expected.get("f0"), Some(&meta("f0", 2, &["y"])));
         drop(store);
-        assert_eq!(snapshot(&JournaledMap::open(dir.path()).unwrap()), expected);
+        assert_eq!(
+            snapshot(&JournaledMap::open(dir.path(), 0).unwrap()),
+            expected
+        );
     }
 
     #[tokio::test]
     async fn a_read_after_an_acknowledged_update_sees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = JournaledMap::open(dir.path()).unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
         let before = store.read(FileMap::encoded);
         store.update(meta("a", 1, &["h"])).await.unwrap();
         let after = crate::proto::FileInfoMap::decode(store.read(FileMap::encoded)).unwrap();
         assert_eq!(after.file_info_map.get("a"), Some(&meta("a", 1, &["h"])));
         assert!(before.is_empty());
+    }
+
+    /// How many records the journal in `dir` holds.
+    fn records(dir: &Path) -> usize {
+        let mut n = 0;
+        Wal::read(&dir.join(JOURNAL_FILE), |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn the_journal_is_rewritten_as_the_map_every_n_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JournaledMap::open(dir.path(), 5).unwrap();
+        for version in 1..=5 {
+            store.update(meta("a", version, &["h"])).await.unwrap();
+        }
+        // Closing waits for the writer, which rewrites after a batch.
+        drop(store);
+        assert_eq!(records(dir.path()), 1, "the map alone");
+        let compacted = journal_len(dir.path());
+        let store = JournaledMap::open(dir.path(), 5).unwrap();
+        for version in 6..=8 {
+            store.update(meta("a", version, &["h"])).await.unwrap();
+        }
+        drop(store);
+        assert_eq!(records(dir.path()), 4, "the map, then three updates");
+        let store = JournaledMap::open(dir.path(), 5).unwrap();
+        for version in 9..=100 {
+            store.update(meta("a", version, &["h"])).await.unwrap();
+        }
+        let expected = snapshot(&store);
+        drop(store);
+        assert!(records(dir.path()) <= 5);
+        assert!(journal_len(dir.path()) < 6 * compacted);
+        let store = JournaledMap::open(dir.path(), 5).unwrap();
+        assert_eq!(snapshot(&store), expected);
+        // The version rule goes on from the map record.
+        assert_eq!(
+            store.update(meta("a", 100, &["x"])).await.unwrap(),
+            REJECTED_VERSION
+        );
+        assert_eq!(store.update(meta("a", 101, &["x"])).await.unwrap(), 101);
+    }
+
+    #[tokio::test]
+    async fn a_compaction_cut_by_a_crash_leaves_the_old_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JournaledMap::open(dir.path(), 0).unwrap();
+        store.update(meta("a", 1, &["h"])).await.unwrap();
+        store.update(meta("b", 1, &["h"])).await.unwrap();
+        let expected = snapshot(&store);
+        drop(store);
+        // A half-written replacement beside the journal, never renamed.
+        let tmp = dir.path().join(format!("{JOURNAL_FILE}.tmp"));
+        std::fs::write(&tmp, [7u8; 5]).unwrap();
+        let store = JournaledMap::open(dir.path(), 2).unwrap();
+        assert_eq!(snapshot(&store), expected);
+        store.update(meta("c", 1, &["h"])).await.unwrap();
+        let expected = snapshot(&store);
+        drop(store);
+        assert!(!tmp.exists(), "the next rewrite replaced the leftover");
+        assert_eq!(
+            snapshot(&JournaledMap::open(dir.path(), 2).unwrap()),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_map_record_anywhere_but_first_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(&dir.path().join(JOURNAL_FILE), |_, _| Ok(())).unwrap();
+        let record = JournalSnapshot {
+            map: Some(FileInfoMap::default()),
+        };
+        wal.append(&meta("a", 1, &[]).encode_to_vec()).unwrap();
+        wal.append(&record.encode_to_vec()).unwrap();
+        wal.sync().unwrap();
+        let err = JournaledMap::open(dir.path(), 0).unwrap_err();
+        assert!(err.to_string().contains("after the first"), "{err}");
     }
 }

@@ -125,6 +125,18 @@ impl FileMap {
         self.files.is_empty()
     }
 
+    /// The map an encoded `FileInfoMap` (what [`FileMap::encoded`] gives)
+    /// holds, taken as it is: a snapshot of an applied map.
+    pub fn from_encoded(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        let files = FileInfoMap::decode(bytes)?.file_info_map;
+        let encoded_len = files.values().map(map_entry_len).sum();
+        Ok(Self {
+            files,
+            encoded_len,
+            encoded: OnceLock::new(),
+        })
+    }
+
     /// A copy of the whole map in its wire form.
     pub fn to_proto(&self) -> FileInfoMap {
         FileInfoMap {

@@ -62,10 +62,12 @@
 //! never holds back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::log::{RaftLog, Rejection};
 use super::progress::{Slice, Standing, Tracker};
-use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Term};
+use super::request::{Sender, SnapshotRequest};
+use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Snapshot, Term};
 use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
 
 /// The most bytes of entries one AppendEntries carries by default. Far below
@@ -135,6 +137,42 @@ pub struct Outgoing {
     pub sent: SentAppend,
 }
 
+/// A snapshot to send a peer whose log lacks entries the leader no longer
+/// holds, and what to keep of it for the reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingSnapshot {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader's id, as AppendEntries carries it.
+    pub leader_id: i64,
+    /// `(lastLogTerm, lastLogIndex)` for the vote rule, as AppendEntries
+    /// carries it.
+    pub last_log: (Term, LogIndex),
+    /// The snapshot to stream.
+    pub snapshot: Arc<Snapshot>,
+    /// Hand this back with the reply to the last chunk (or to a refused
+    /// one) with [`RaftCore::handle_append_response`], or the failure with
+    /// [`RaftCore::report_unreachable`]: a success shows the peer holds the
+    /// log up to the snapshot's last index.
+    pub sent: SentAppend,
+}
+
+/// A snapshot to make durable: after it, the durable log is `log` and the
+/// hard state `hard`, whatever the log held before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotWrite {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The durable entries after it.
+    pub log: Vec<Entry>,
+    /// Term, vote and commit index.
+    pub hard: HardState,
+    /// The snapshot came from a leader: the applied map must become the
+    /// snapshot's before the `committed` entries of this Ready are applied.
+    /// False for this server's own compaction, which the map already is.
+    pub restore_map: bool,
+}
+
 /// Everything the core decided since the previous [`RaftCore::take_ready`],
 /// pushed out so that a driver only carries it out (the shape of etcd's
 /// `Ready`). Persist the log change and the hard state (fsyncing when
@@ -169,6 +207,10 @@ pub struct Ready {
     /// out exactly once: apply them in this order. One whose index and term
     /// are those [`RaftCore::propose`] gave a proposal is that proposal.
     pub committed: Vec<(LogIndex, Entry)>,
+    /// A snapshot to persist after the log change above (fsynced whatever
+    /// `must_sync` says); it replaces the durable log before it. It carries
+    /// the hard state: `hard_state` is `None` then.
+    pub snapshot: Option<SnapshotWrite>,
     /// Index and term of this server's proposals that will not be answered
     /// by `committed`: their term ended (`SetLeader`, a newer term) or this
     /// server stepped down before they committed.
@@ -205,6 +247,11 @@ pub struct RaftCore {
     /// The most bytes of entries one request carries, if it has more than
     /// one.
     max_batch_bytes: usize,
+    /// The snapshot covering the log before [`RaftCore::first_index`].
+    snapshot: Option<Arc<Snapshot>>,
+    /// Whether `snapshot` is not handed out for persisting yet, and whether
+    /// it came from a leader (the applied map must become it).
+    snapshot_pending: Option<bool>,
 }
 
 /// Who an AppendEntries request says sent it.
@@ -229,12 +276,30 @@ impl RaftCore {
     /// applied: the first [`RaftCore::take_ready`] hands out the committed
     /// prefix for replay.
     pub fn restore(id: ServerId, cluster_size: usize, hard: HardState, log: Vec<Entry>) -> Self {
+        Self::restore_with_snapshot(id, cluster_size, hard, None, log)
+    }
+
+    /// [`RaftCore::restore`] from a snapshot and the log after it: the
+    /// snapshot counts as applied (the driver loads its map), the committed
+    /// entries after it are replayed.
+    pub fn restore_with_snapshot(
+        id: ServerId,
+        cluster_size: usize,
+        hard: HardState,
+        snapshot: Option<Arc<Snapshot>>,
+        log: Vec<Entry>,
+    ) -> Self {
+        let (first, snapshot_term) = snapshot
+            .as_ref()
+            .map_or((0, -1), |s| (index_after(s.last_index), s.last_term));
         Self {
             id,
             cluster_size,
             term: hard.term,
             voted_for: hard.voted_for,
-            log: RaftLog::restore(log, hard.commit),
+            log: RaftLog::restore(first, snapshot_term, log, hard.commit),
+            snapshot,
+            snapshot_pending: None,
             leader: None,
             reported: hard,
             reported_sendable: None,
@@ -303,9 +368,53 @@ impl RaftCore {
         self.voted_for.filter(|&v| v != self.id)
     }
 
-    /// The whole log, including proposals of an unconfirmed leader.
+    /// The log after the snapshot, including proposals of an unconfirmed
+    /// leader; its first entry has index [`RaftCore::first_index`].
     pub fn log(&self) -> &[Entry] {
         self.log.entries()
+    }
+
+    /// The index of the first entry of [`RaftCore::log`]: 0 when nothing
+    /// was compacted, the snapshot's last index + 1 otherwise.
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    /// The snapshot the log starts after, if any.
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.snapshot.as_ref()
+    }
+
+    /// How many applied entries the log holds after the snapshot: what a
+    /// compaction now would drop.
+    pub fn applied_after_snapshot(&self) -> usize {
+        usize::try_from(self.log.applied() + 1 - self.log.first_index()).unwrap_or(0)
+    }
+
+    /// Takes `data`, the applied map as of every entry handed out so far by
+    /// [`RaftCore::take_ready`], as the snapshot of the log up to there,
+    /// and drops those entries; the next Ready persists it. Does nothing
+    /// when no entry was applied since the last snapshot.
+    pub fn compact(&mut self, data: bytes::Bytes) {
+        if self.snapshot_pending == Some(true) {
+            // A leader's snapshot waits to become the driver's map: the map
+            // `data` was taken from is not the applied state yet.
+            return;
+        }
+        let last = self.log.applied();
+        let Some(term) = self.log.term_at(last) else {
+            return;
+        };
+        if last < self.log.first_index() {
+            return;
+        }
+        self.log.compact(last);
+        self.snapshot = Some(Arc::new(Snapshot {
+            last_index: last,
+            last_term: term,
+            data,
+        }));
+        self.snapshot_pending = Some(self.snapshot_pending.unwrap_or(false));
     }
 
     /// The highest committed index (-1 before anything commits).
@@ -376,6 +485,9 @@ impl RaftCore {
     /// or when `peer` is itself or unknown. Call it until `None` after every
     /// proposal, reply and failure.
     pub fn next_append(&mut self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
+        if self.peer_needs_snapshot(peer) {
+            return None;
+        }
         let last = last_of(self.unsent_start());
         let commit = self.log.committed();
         let depth = self.pipeline_depth;
@@ -396,6 +508,9 @@ impl RaftCore {
     /// confirmation. `None` when this server is not the leader or `peer` is
     /// itself or unknown.
     pub fn sync_request(&self, peer: ServerId, max_entries: usize) -> Option<Outgoing> {
+        if self.peer_needs_snapshot(peer) {
+            return None;
+        }
         let progress = self.leader.as_ref()?.get(peer)?;
         let fitting = |prev| {
             self.log
@@ -405,12 +520,58 @@ impl RaftCore {
         Some(self.outgoing(slice, progress.epoch()))
     }
 
-    /// Builds the request carrying `slice`, stamped with `epoch`.
+    /// Whether this server leads and `peer` needs entries the log no longer
+    /// holds: then [`RaftCore::next_append`] and [`RaftCore::sync_request`]
+    /// build nothing for it, and [`RaftCore::snapshot_for`] the snapshot.
+    pub fn peer_needs_snapshot(&self, peer: ServerId) -> bool {
+        self.leader
+            .as_ref()
+            .and_then(|t| t.get(peer))
+            .is_some_and(|p| p.next < self.log.first_index())
+    }
+
+    /// The snapshot for `peer`, when it needs one
+    /// ([`RaftCore::peer_needs_snapshot`]). Recorded nowhere, like
+    /// [`RaftCore::sync_request`]: the reply to its last chunk counts as a
+    /// reply to an empty AppendEntries ending at the snapshot's last index.
+    pub fn snapshot_for(&self, peer: ServerId) -> Option<OutgoingSnapshot> {
+        if !self.peer_needs_snapshot(peer) {
+            return None;
+        }
+        let snapshot = self.snapshot.clone()?;
+        let epoch = self.leader.as_ref()?.get(peer)?.epoch();
+        let last = snapshot.last_index;
+        let (last_log_term, last_log_index) = self.advertised_log();
+        Some(OutgoingSnapshot {
+            term: self.term,
+            leader_id: wire_id(self.id),
+            last_log: (last_log_term, last_log_index),
+            sent: SentAppend {
+                term: self.term,
+                slice: Slice {
+                    prev: last,
+                    count: 0,
+                },
+                leader_commit: last,
+                epoch,
+            },
+            snapshot,
+        })
+    }
+
+    /// Builds the request carrying `slice`, stamped with `epoch`. A slice
+    /// starting inside the snapshot (an empty request at a `matchIndex`
+    /// compacted since) starts at the snapshot's end instead, where the
+    /// leader still knows the term.
     fn outgoing(&self, slice: Slice, epoch: u64) -> Outgoing {
+        let slice = Slice {
+            prev: slice.prev.max(self.log.first_index() - 1),
+            ..slice
+        };
         let from = index_after(slice.prev);
         let entries: Vec<UpdateOperation> = self
             .log
-            .slice(from, self.log.len(), slice.count)
+            .slice(from, self.log.end(), slice.count)
             .iter()
             .cloned()
             .map(UpdateOperation::from)
@@ -447,24 +608,7 @@ impl RaftCore {
     /// this. Changes to persist and entries to apply come out of
     /// [`RaftCore::take_ready`], which must be persisted before replying.
     pub fn handle_append_entries(&mut self, req: AppendRequest) -> AppendEntryOutput {
-        if req.term < self.term {
-            return self.reply(false, -1);
-        }
-        if req.term > self.term {
-            self.adopt_term(req.term);
-        }
-        let claim = self.claim(&req);
-        if self.is_leader() {
-            // Another server leads this term too. Only an unconfirmed leader
-            // may give way, and only to one it would vote for.
-            let yields =
-                !self.is_confirmed_leader() && self.sender_acceptable(claim, self.unsent_start());
-            if !yields {
-                return self.reply(false, -1);
-            }
-            self.become_follower();
-        }
-        if !self.follows(claim) {
+        if !self.admits(req.term, req.sender) {
             return self.reply(false, -1);
         }
         match self.log.accept(req.prev, req.entries, req.leader_commit) {
@@ -472,6 +616,54 @@ impl RaftCore {
             Err(Rejection::Mismatch { hint }) => self.reply(false, hint),
             Err(Rejection::ConflictsWithCommitted { commit }) => self.reply(false, commit),
         }
+    }
+
+    /// An InstallSnapshot chunk: the term and vote rules of
+    /// [`RaftCore::handle_append_entries`], then, for the last chunk
+    /// (`req.snapshot` set), the snapshot replaces the log it covers unless
+    /// this server has committed as far already (see [`RaftLog`]'s
+    /// `install`); the next Ready persists it and has the driver load its
+    /// map. A success reply after the last chunk says the log is held up to
+    /// the snapshot's last index; for earlier chunks, that the sender is
+    /// followed.
+    pub fn handle_install_snapshot(&mut self, req: SnapshotRequest) -> AppendEntryOutput {
+        if !self.admits(req.term, req.sender) {
+            return self.reply(false, -1);
+        }
+        let Some(snapshot) = req.snapshot else {
+            return self.reply(true, -1);
+        };
+        let last = snapshot.last_index;
+        if self.log.install(last, snapshot.last_term) {
+            self.snapshot = Some(snapshot);
+            self.snapshot_pending = Some(true);
+        }
+        self.reply(true, last)
+    }
+
+    /// The receiver's term and vote rules shared by AppendEntries and
+    /// InstallSnapshot: whether a request of `term` from `sender` is from
+    /// the leader this server follows (adopting a higher term, giving way
+    /// as an unconfirmed leader to one it would vote for, voting).
+    fn admits(&mut self, term: Term, sender: Option<Sender>) -> bool {
+        if term < self.term {
+            return false;
+        }
+        if term > self.term {
+            self.adopt_term(term);
+        }
+        let claim = self.claim(sender);
+        if self.is_leader() {
+            // Another server leads this term too. Only an unconfirmed leader
+            // may give way, and only to one it would vote for.
+            let yields =
+                !self.is_confirmed_leader() && self.sender_acceptable(claim, self.unsent_start());
+            if !yields {
+                return false;
+            }
+            self.become_follower();
+        }
+        self.follows(claim)
     }
 
     /// Feeds back `resp`, the reply of `peer` to the request `sent` stands
@@ -606,6 +798,17 @@ impl RaftCore {
             Some((from, entries)) => (Some(from), entries),
             None => (None, Vec::new()),
         };
+        let snapshot = self.snapshot_pending.take().and_then(|restore_map| {
+            Some(SnapshotWrite {
+                snapshot: self.snapshot.clone()?,
+                log: self.log.durable_entries().to_vec(),
+                hard,
+                restore_map,
+            })
+        });
+        // The snapshot's write carries the hard state: a commit index
+        // written ahead of it could name entries the old log lacks.
+        let hard_state = if snapshot.is_some() { None } else { hard_state };
         let committed = self.log.take_committed();
         let mut abandoned = std::mem::take(&mut self.abandoned);
         // One that committed before it was abandoned, within this Ready,
@@ -625,10 +828,11 @@ impl RaftCore {
         }
         Ready {
             hard_state,
-            must_sync: vote_or_term_changed || log_changed_from.is_some(),
+            must_sync: vote_or_term_changed || log_changed_from.is_some() || snapshot.is_some(),
             new_term_or_vote: vote_or_term_changed,
             log_changed_from,
             entries,
+            snapshot,
             committed,
             abandoned,
             wake_peers,
@@ -648,7 +852,7 @@ impl RaftCore {
     fn unsent_start(&self) -> usize {
         match &self.leader {
             Some(t) if !t.is_confirmed() => self.log.tail_start_of_term(self.term),
-            _ => self.log.len(),
+            _ => self.log.end(),
         }
     }
 
@@ -694,8 +898,8 @@ impl RaftCore {
         self.voted_for = None;
     }
 
-    fn claim(&self, req: &AppendRequest) -> Claim {
-        match req.sender {
+    fn claim(&self, sender: Option<Sender>) -> Claim {
+        match sender {
             None => Claim::Anonymous,
             Some(sender) if sender.id < self.cluster_size && sender.id != self.id => {
                 Claim::Leader(sender.id, sender.last_log)
@@ -722,7 +926,7 @@ impl RaftCore {
             Claim::Anonymous => true,
             Claim::Invalid => false,
             Claim::Leader(leader, _) => {
-                if self.voted_for.is_none() && self.sender_acceptable(claim, self.log.len()) {
+                if self.voted_for.is_none() && self.sender_acceptable(claim, self.log.end()) {
                     self.voted_for = Some(leader);
                 }
                 self.voted_for == Some(leader)
@@ -793,6 +997,7 @@ fn wire_id(id: ServerId) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::request::SnapshotRequest;
 
     fn meta(name: &str, version: i32) -> FileMetaData {
         FileMetaData {
@@ -1814,5 +2019,112 @@ mod tests {
         assert!(l.next_append(1, 2).is_none(), "told once");
         f.deliver(&notice.request);
         assert_eq!(f.commit_index(), 1);
+    }
+
+    /// Delivers a whole snapshot as the node's chunks add up to.
+    fn install(f: &mut RaftCore, out: &OutgoingSnapshot) -> AppendEntryOutput {
+        f.handle_install_snapshot(SnapshotRequest::from(out))
+    }
+
+    #[test]
+    fn a_peer_behind_the_snapshot_gets_it_then_the_log_after_it() {
+        let (mut l, mut f1) = confirmed_with_proposals(6);
+        drain(&mut l, &mut f1);
+        assert_eq!(l.commit_index(), 5);
+        assert_eq!(l.take_ready().committed.len(), 6);
+        l.compact(bytes::Bytes::from_static(b"map"));
+        assert_eq!((l.first_index(), l.applied_after_snapshot()), (6, 0));
+        let ready = l.take_ready();
+        let write = ready.snapshot.expect("the snapshot to persist");
+        assert!(!write.restore_map && write.log.is_empty());
+        assert_eq!(
+            (write.snapshot.last_index, write.snapshot.last_term),
+            (5, 1)
+        );
+        assert_eq!(ready.hard_state, None, "the snapshot write carries it");
+        assert!(ready.must_sync);
+        l.propose(meta("after", 1)).unwrap();
+        // Server 2 was never sent anything: it needs what was compacted.
+        let mut f2 = RaftCore::new(2, 3);
+        assert!(l.peer_needs_snapshot(2));
+        assert!(l.next_append(2, 10).is_none() && l.sync_request(2, 10).is_none());
+        let out = l.snapshot_for(2).unwrap();
+        assert!(l.snapshot_for(1).is_none(), "server 1 holds the log");
+        let resp = install(&mut f2, &out);
+        assert!(resp.success);
+        assert_eq!((resp.matched_index, f2.commit_index()), (5, 5));
+        let ready = f2.take_ready();
+        let write = ready.snapshot.expect("the follower persists it");
+        assert!(write.restore_map && write.log.is_empty());
+        assert!(
+            ready.committed.is_empty(),
+            "the snapshot is applied by loading it"
+        );
+        assert_eq!(
+            l.handle_append_response(2, &out.sent, &resp),
+            ReplicationStatus::SendMore
+        );
+        assert_eq!(l.peer_progress(2), Some((6, 5)));
+        drain(&mut l, &mut f2);
+        assert_eq!(f2.first_index(), 6);
+        assert_eq!(
+            f2.take_ready().committed.len(),
+            1,
+            "only the entry after it"
+        );
+        // A copy that comes again changes nothing.
+        assert!(install(&mut f2, &out).success);
+        assert!(f2.take_ready().snapshot.is_none());
+    }
+
+    #[test]
+    fn a_snapshot_from_a_sender_not_followed_is_refused_untouched() {
+        let (mut l, mut f1) = confirmed_with_proposals(2);
+        drain(&mut l, &mut f1);
+        l.take_ready();
+        l.compact(bytes::Bytes::new());
+        l.take_ready();
+        l.set_leader().unwrap();
+        let mut f2 = RaftCore::new(2, 3);
+        // f2 follows the newer term's leader; the probe at the snapshot's
+        // end backs off into it.
+        let probe = l.sync_request(2, 0).unwrap();
+        assert_eq!(probe.request.prev_log_index, 1);
+        let resp = f2.deliver(&probe.request);
+        l.handle_append_response(2, &probe.sent, &resp);
+        let out = l.snapshot_for(2).unwrap();
+        let mut old = out.clone();
+        old.term -= 1;
+        let resp = install(&mut f2, &old);
+        assert!(!resp.success);
+        assert_eq!(resp.term, 2);
+        assert_eq!(f2.first_index(), 0);
+        assert!(install(&mut f2, &out).success);
+        assert_eq!(f2.first_index(), 2);
+    }
+
+    #[test]
+    fn a_server_restored_from_a_snapshot_replays_only_the_log_after_it() {
+        let snapshot = Arc::new(Snapshot {
+            last_index: 3,
+            last_term: 1,
+            data: bytes::Bytes::new(),
+        });
+        let hard = HardState {
+            term: 2,
+            voted_for: None,
+            commit: 4,
+        };
+        let log = vec![entry(2, "x"), entry(2, "y")];
+        let mut core = RaftCore::restore_with_snapshot(1, 3, hard, Some(snapshot.clone()), log);
+        assert_eq!((core.first_index(), core.last_index()), (4, 5));
+        assert_eq!(core.snapshot(), Some(&snapshot));
+        let ready = core.take_ready();
+        assert_eq!(ready.committed, vec![(4, entry(2, "x"))]);
+        assert!(ready.snapshot.is_none(), "it is on disk already");
+        // An AppendEntries at the snapshot's end matches by its term.
+        let resp = core.deliver(&anonymous(2, 3, 1, &[], 5));
+        assert!(resp.success);
+        assert_eq!(core.commit_index(), 4, "never lowered");
     }
 }

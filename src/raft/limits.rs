@@ -75,6 +75,7 @@ mod tests {
         };
         assert_eq!(header.encoded_len(), APPEND_HEADER_BYTES);
         let state = RaftInternalState {
+            first_log_index: 0,
             is_leader: true,
             term: -1,
             log: vec![],
@@ -110,6 +111,7 @@ mod tests {
                 map.apply(entry.meta);
             }
             let state = RaftInternalState {
+                first_log_index: 0,
                 is_leader: true,
                 term: core.term(),
                 log: core.log().iter().cloned().map(Into::into).collect(),

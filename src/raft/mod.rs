@@ -18,10 +18,11 @@ pub mod storage;
 pub mod transport;
 
 pub use self::core::{
-    NotLeader, Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted,
+    NotLeader, Outgoing, OutgoingSnapshot, RaftCore, Ready, ReplicationStatus, SentAppend,
+    SnapshotWrite, TermExhausted,
 };
 pub use self::progress::MAX_INFLIGHT;
-pub use self::request::{AppendRequest, InvalidAppend};
+pub use self::request::{AppendRequest, InvalidAppend, SnapshotChunk, SnapshotRequest};
 
 use prost::Message;
 
@@ -69,6 +70,18 @@ pub(crate) fn wire_len(term: Term, meta: &FileMetaData) -> usize {
     }
     .encoded_len();
     crate::grpc::field_len(term_field + crate::grpc::field_len(meta.encoded_len()))
+}
+
+/// The applied MetaStore map as of a log index: what replaces the log up to
+/// there once it is compacted (SPEC §9.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The index of the last entry it covers.
+    pub last_index: LogIndex,
+    /// That entry's term.
+    pub last_term: Term,
+    /// The map as an encoded `FileInfoMap`.
+    pub data: bytes::Bytes,
 }
 
 /// What must survive a process crash (like etcd's HardState).

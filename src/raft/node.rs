@@ -39,6 +39,20 @@
 //! [`RaftCore::report_unreachable`], which sends the peer back to probing.
 //! Only a [`super::SentAppend`] is kept per call, not the request.
 //!
+//! # Snapshots (SPEC §9.2)
+//!
+//! With [`NodeConfig::snapshot_entries`] set, the loop hands the core the
+//! applied map whenever that many entries were applied since the last
+//! snapshot ([`RaftCore::compact`]), at the end of the turn that applied
+//! them, once its callers are answered, and persists it at once. A peer that needs entries compacted away gets
+//! the snapshot instead ([`RaftCore::snapshot_for`]): its replication task
+//! (or a round's exchange) streams it in chunks of [`SNAPSHOT_CHUNK_BYTES`],
+//! resuming where the follower says it stopped, and feeds the reply to the
+//! last chunk back like an AppendEntries reply; replication then goes on
+//! from the snapshot's end. A follower puts the chunks together
+//! ([`RaftNode::install_snapshot`]) and hands the whole snapshot to its
+//! core, whose Ready then has it persisted and loaded into the map.
+//!
 //! A heartbeat goes out on the configured period only when nothing is in
 //! flight to the peer: any request in flight already carries the term and
 //! commit index, and every call ends, by its reply or its deadline, within
@@ -60,20 +74,30 @@ use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::core::{Outgoing, RaftCore, Ready, ReplicationStatus, SentAppend, TermExhausted};
+use super::core::{
+    Outgoing, OutgoingSnapshot, RaftCore, Ready, ReplicationStatus, SentAppend, SnapshotWrite,
+    TermExhausted,
+};
 use super::limits;
 use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::{GrpcTransport, Transport};
-use super::{AppendRequest, Entry, LogIndex, ServerId, Term};
+use super::{
+    AppendRequest, Entry, LogIndex, ServerId, Snapshot, SnapshotChunk, SnapshotRequest, Term,
+};
 use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::{FileMap, MapChanges};
-use crate::proto::{AppendEntryOutput, FileInfoMap, FileMetaData};
+use crate::proto::{
+    AppendEntryOutput, FileInfoMap, FileMetaData, InstallSnapshotInput, InstallSnapshotOutput,
+};
 use crate::security::ClientSecurity;
 
 /// The most entries one AppendEntries carries; more are sent in the next.
 const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// The most snapshot bytes one InstallSnapshot call carries (SPEC §9.2).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 /// Deadline of one AppendEntries call to a peer, plus the time its bytes
 /// take at [`MIN_PEER_BYTES_PER_SEC`].
@@ -112,6 +136,9 @@ pub enum NodeError {
     /// An update refused because a message that must carry it could not.
     #[error("UpdateFile refused: {0}")]
     TooLarge(#[from] grpc::TooLarge),
+    /// A snapshot chunk that cannot be part of a snapshot a leader sends.
+    #[error("InstallSnapshot refused: {0}")]
+    BadSnapshot(String),
     /// The server could not persist its state and serves nothing until it
     /// is restarted.
     #[error("Server cannot persist its state; it must be restarted.")]
@@ -127,6 +154,9 @@ pub enum StartError {
     /// The saved state could not be loaded.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The saved snapshot does not hold a map.
+    #[error("the saved snapshot is not a MetaStore map: {0}")]
+    Snapshot(#[from] prost::DecodeError),
 }
 
 /// How a node is set up.
@@ -143,6 +173,9 @@ pub struct NodeConfig {
     /// AppendEntries a leader keeps in flight per peer (see
     /// [`RaftCore::set_pipeline_depth`]).
     pub pipeline_depth: usize,
+    /// Snapshot the applied map and drop the log before it every this many
+    /// applied entries; 0 never does.
+    pub snapshot_entries: usize,
 }
 
 /// A snapshot for `GetInternalState`.
@@ -152,8 +185,10 @@ pub struct InternalState {
     pub is_leader: bool,
     /// Its current term.
     pub term: Term,
-    /// Its whole log.
+    /// Its log after the snapshot.
     pub log: Vec<Entry>,
+    /// The index of `log[0]` (0 when nothing was compacted).
+    pub first_log_index: LogIndex,
     /// Its applied MetaStore map.
     pub map: FileInfoMap,
 }
@@ -210,6 +245,21 @@ struct State {
     /// Per peer: its replication task is backing off after a failed call or
     /// a refusal, so the loop builds nothing for it and only wakes it.
     held: Vec<bool>,
+    /// Applied entries after which to compact (0: never).
+    snapshot_entries: usize,
+    /// The snapshot a leader is streaming to this server, as far as it came.
+    incoming: Option<Incoming>,
+    /// The map of a leader's snapshot the core took, loaded once it is
+    /// durable.
+    installed_map: Option<FileMap>,
+}
+
+/// A snapshot arriving in chunks: whose, and the bytes so far.
+struct Incoming {
+    /// The term, sender and `(lastIncludedIndex, lastIncludedTerm)` its
+    /// chunks carry.
+    key: (Term, ServerId, (LogIndex, Term)),
+    data: Vec<u8>,
 }
 
 /// Requests built for one peer, and the crash count they were built at.
@@ -255,6 +305,11 @@ impl RaftNode {
         transport: Arc<dyn Transport>,
     ) -> Result<Self, StartError> {
         let (hard, log) = storage.load()?;
+        let snapshot = storage.load_snapshot()?;
+        let map = match &snapshot {
+            Some(snapshot) => FileMap::from_encoded(&snapshot.data)?,
+            None => FileMap::default(),
+        };
         let peers: Vec<_> = (0..config.addrs.len())
             .map(|id| (id != config.id).then(|| Arc::new(Notify::new())))
             .collect();
@@ -264,7 +319,8 @@ impl RaftNode {
             entries = log.len(),
             "loaded raft state"
         );
-        let mut core = RaftCore::restore(config.id, config.addrs.len(), hard, log);
+        let mut core =
+            RaftCore::restore_with_snapshot(config.id, config.addrs.len(), hard, snapshot, log);
         core.set_pipeline_depth(config.pipeline_depth);
         let (steps_tx, steps) = mpsc::unbounded_channel();
         let (crashes, crashes_rx) = watch::channel(0);
@@ -284,7 +340,7 @@ impl RaftNode {
             core,
             crashed: false,
             failed: false,
-            map: FileMap::default(),
+            map,
             addrs: config.addrs.clone(),
             waiters: BTreeMap::new(),
             crashes,
@@ -292,6 +348,9 @@ impl RaftNode {
             changes: changes.clone(),
             outboxes,
             held: vec![false; config.addrs.len()],
+            snapshot_entries: config.snapshot_entries,
+            incoming: None,
+            installed_map: None,
         };
         // What was loaded is durable: this Ready only replays the committed
         // prefix.
@@ -580,16 +639,98 @@ impl RaftNode {
         peer: ServerId,
         max_entries: usize,
     ) -> Option<(bool, ReplicationStatus)> {
-        let (outgoing, crashes) = self
+        let (request, crashes) = self
             .with(move |state| {
-                let outgoing = state.buildable()?.core.sync_request(peer, max_entries)?;
-                Some((outgoing, state.crash_count()))
+                let core = &state.buildable()?.core;
+                let request = match core.snapshot_for(peer) {
+                    Some(snapshot) => Request::Snapshot(snapshot),
+                    None => Request::Append(core.sync_request(peer, max_entries)?),
+                };
+                Some((request, state.crash_count()))
             })
             .await
             .ok()
             .flatten()?;
-        let (sent, outcome) = self.call(peer, outgoing, crashes).await;
+        let (sent, outcome) = match request {
+            Request::Append(outgoing) => self.call(peer, outgoing, crashes).await,
+            Request::Snapshot(snapshot) => self.transfer(peer, snapshot, crashes).await,
+        };
         self.feed_back(peer, sent, outcome).await
+    }
+
+    /// Streams `outgoing`'s snapshot to `peer` in chunks of at most
+    /// [`SNAPSHOT_CHUNK_BYTES`], each from where the follower's last reply
+    /// says its copy ends, until it has all of it; abandoned like
+    /// [`RaftNode::call`] when this server is crashed. The outcome is the
+    /// reply to the last chunk, or to the first that was refused, or the
+    /// first failure. A follower that keeps losing what it was sent (it
+    /// restarted, or another transfer replaced this one) fails the
+    /// transfer once twice the snapshot's chunks went out, so the task
+    /// backs off rather than loop.
+    async fn transfer(
+        &self,
+        peer: ServerId,
+        outgoing: OutgoingSnapshot,
+        crashes: u64,
+    ) -> (SentAppend, Result<AppendEntryOutput, tonic::Status>) {
+        let OutgoingSnapshot {
+            term,
+            leader_id,
+            last_log,
+            snapshot,
+            sent,
+        } = outgoing;
+        let data = &snapshot.data;
+        let mut calls_left = 2 * (data.len() / SNAPSHOT_CHUNK_BYTES + 1);
+        let mut offset = 0;
+        loop {
+            let end = data.len().min(offset + SNAPSHOT_CHUNK_BYTES);
+            let chunk = InstallSnapshotInput {
+                term,
+                leader_id,
+                last_log_index: last_log.1,
+                last_log_term: last_log.0,
+                last_included_index: snapshot.last_index,
+                last_included_term: snapshot.last_term,
+                offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                data: data.slice(offset..end),
+                done: end == data.len(),
+            };
+            let timeout = call_timeout(chunk.encoded_len());
+            let reply = self.shared.transport.install_snapshot(peer, chunk, timeout);
+            let reply = match self.abandon_on_crash(reply, crashes).await {
+                Ok(reply) => reply,
+                Err(status) => return (sent, Err(status)),
+            };
+            let result = reply.result.unwrap_or_default();
+            let resume = usize::try_from(reply.next_offset)
+                .ok()
+                .filter(|&at| at <= data.len());
+            match resume {
+                Some(at) if result.success && result.term == term && at == data.len() => {
+                    if end == data.len() {
+                        return (sent, Ok(result));
+                    }
+                    // The follower has all already (a duplicate transfer).
+                    offset = at;
+                }
+                Some(at) if result.success && result.term == term => offset = at,
+                _ if !result.success || result.term != term => return (sent, Ok(result)),
+                _ => {
+                    let status = tonic::Status::internal(format!(
+                        "InstallSnapshot reply says the follower holds {} bytes of a snapshot of {}",
+                        reply.next_offset,
+                        data.len()
+                    ));
+                    return (sent, Err(status));
+                }
+            }
+            calls_left -= 1;
+            if calls_left == 0 {
+                let status = tonic::Status::aborted("the follower keeps losing the snapshot");
+                return (sent, Err(status));
+            }
+        }
     }
 
     /// Feeds the outcome of a call to `peer` back to the core (see
@@ -620,10 +761,20 @@ impl RaftNode {
     ) -> impl Future<Output = (SentAppend, Result<AppendEntryOutput, tonic::Status>)> + Send + use<>
     {
         let Outgoing { request, sent } = outgoing;
-        let bytes = u64::try_from(request.encoded_len()).unwrap_or(u64::MAX);
-        let timeout = APPEND_TIMEOUT
-            + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC);
+        let timeout = call_timeout(request.encoded_len());
         let reply = self.shared.transport.append_entries(peer, request, timeout);
+        let outcome = self.abandon_on_crash(reply, crashes);
+        async move { (sent, outcome.await) }
+    }
+
+    /// Runs the call `reply` as its own task, so it progresses while its
+    /// caller waits for the event loop, and abandons it when this server is
+    /// crashed after its `crashes`th crash.
+    fn abandon_on_crash<T: Send + 'static>(
+        &self,
+        reply: futures::future::BoxFuture<'static, Result<T, tonic::Status>>,
+        crashes: u64,
+    ) -> impl Future<Output = Result<T, tonic::Status>> + Send + use<T> {
         let mut crashed = self.shared.crashes.clone();
         let task = tokio::spawn(async move {
             tokio::select! {
@@ -635,23 +786,32 @@ impl RaftNode {
             }
         });
         async move {
-            let outcome = task.await.unwrap_or_else(|error| {
+            task.await.unwrap_or_else(|error| {
                 Err(tonic::Status::internal(format!(
-                    "AppendEntries task failed: {error}"
+                    "call to a peer failed: {error}"
                 )))
-            });
-            (sent, outcome)
+            })
         }
     }
 
     /// The requests the window lets the replication task send `peer` now,
-    /// and the crash count they were built at.
-    async fn window_requests(&self, peer: ServerId) -> Built {
+    /// and the crash count they were built at; when none is built and none
+    /// is `in_flight`, the snapshot the peer needs, if it needs one (one
+    /// step of the loop for both).
+    async fn window_requests(
+        &self,
+        peer: ServerId,
+        in_flight: bool,
+    ) -> (Built, Option<OutgoingSnapshot>) {
         self.with(move |state| {
             if let Some(held) = state.held.get_mut(peer) {
                 *held = false;
             }
-            state.build(peer)
+            let built = state.build(peer);
+            let snapshot = (built.0.is_empty() && !in_flight)
+                .then(|| state.buildable()?.core.snapshot_for(peer))
+                .flatten();
+            (built, snapshot)
         })
         .await
         .unwrap_or_default()
@@ -700,9 +860,17 @@ impl RaftNode {
         let mut beat_due = false;
         while !*self.shared.failed.borrow() {
             if !paused {
-                let (requests, crashes) = self.window_requests(peer).await;
+                let ((requests, crashes), snapshot) =
+                    self.window_requests(peer, !calls.is_empty()).await;
                 for outgoing in requests {
                     calls.push(self.call(peer, outgoing, crashes));
+                }
+                // Nothing else goes to a peer while it gets the snapshot.
+                if let Some(snapshot) = snapshot {
+                    let (sent, outcome) = self.transfer(peer, snapshot, crashes).await;
+                    let verdict = self.feed_back(peer, sent, outcome).await;
+                    settle(verdict, &mut paused, &mut held_until, &mut backoff);
+                    continue;
                 }
             }
             if std::mem::take(&mut beat_due)
@@ -727,20 +895,8 @@ impl RaftNode {
             };
             tokio::select! {
                 Some((sent, outcome)) = calls.next(), if !calls.is_empty() => {
-                    match self.feed_back(peer, sent, outcome).await {
-                        None | Some((_, ReplicationStatus::Denied)) => {
-                            paused = true;
-                            // The calls of one window fail together: one step.
-                            held_until
-                                .get_or_insert_with(|| Instant::now() + backoff.next_delay());
-                        }
-                        Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
-                            paused = false;
-                            held_until = None;
-                            backoff.reset();
-                        }
-                        Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
-                    }
+                    let verdict = self.feed_back(peer, sent, outcome).await;
+                    settle(verdict, &mut paused, &mut held_until, &mut backoff);
                 }
                 Some((requests, crashes)) = inbox.recv() => {
                     // Recorded as sent in the core's window: sent whatever
@@ -803,6 +959,25 @@ impl RaftNode {
         .await?
     }
 
+    /// One `InstallSnapshot` chunk from a leader, validated at the edge. The
+    /// chunks of one snapshot are put together here; the core sees each
+    /// sender (term and vote rules) and, with the last chunk, the whole
+    /// snapshot. The reply says how many bytes of the snapshot this server
+    /// holds, so the leader resumes from there; it leaves once what it
+    /// acknowledges is durable.
+    pub async fn install_snapshot(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> Result<InstallSnapshotOutput, NodeError> {
+        self.with(move |state| {
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            state.install_snapshot(chunk)
+        })
+        .await?
+    }
+
     /// `Crash`: enters the crashed state; pending calls fail, and the
     /// AppendEntries this server has in flight are abandoned.
     pub async fn crash(&self) -> Result<(), NodeError> {
@@ -832,6 +1007,7 @@ impl RaftNode {
             is_leader: state.core.is_leader(),
             term: state.core.term(),
             log: state.core.log().to_vec(),
+            first_log_index: state.core.first_index(),
             map: state.map.to_proto(),
         })
         .await
@@ -913,10 +1089,87 @@ impl State {
         Some((acked, status))
     }
 
+    /// One chunk of a snapshot (see [`RaftNode::install_snapshot`]).
+    fn install_snapshot(
+        &mut self,
+        chunk: SnapshotChunk,
+    ) -> Result<InstallSnapshotOutput, NodeError> {
+        let admitted = self
+            .core
+            .handle_install_snapshot(SnapshotRequest::new(&chunk, None));
+        if !admitted.success {
+            return Ok(snapshot_reply(admitted, 0));
+        }
+        let key = (chunk.term, chunk.sender.id, chunk.last);
+        let incoming = match &mut self.incoming {
+            Some(incoming) if incoming.key == key => incoming,
+            other => other.insert(Incoming {
+                key,
+                data: Vec::new(),
+            }),
+        };
+        let held = incoming.data.len() as u64;
+        if chunk.offset != held {
+            return Ok(snapshot_reply(admitted, held));
+        }
+        // The map a snapshot holds fits in one GetFileInfoMap reply
+        // (proposals that would grow it further are refused).
+        if chunk.end() > grpc::MAX_MESSAGE_BYTES as u64 {
+            self.incoming = None;
+            return Err(NodeError::BadSnapshot(format!(
+                "{} bytes is more than a map can take",
+                chunk.end()
+            )));
+        }
+        incoming.data.extend_from_slice(&chunk.data);
+        let held = incoming.data.len() as u64;
+        if !chunk.done {
+            return Ok(snapshot_reply(admitted, held));
+        }
+        let data = bytes::Bytes::from(std::mem::take(&mut incoming.data));
+        self.incoming = None;
+        let map = FileMap::from_encoded(&data)
+            .map_err(|e| NodeError::BadSnapshot(format!("not a MetaStore map: {e}")))?;
+        let (last_index, last_term) = chunk.last;
+        let snapshot = Arc::new(Snapshot {
+            last_index,
+            last_term,
+            data,
+        });
+        let reply = self
+            .core
+            .handle_install_snapshot(SnapshotRequest::new(&chunk, Some(snapshot.clone())));
+        if self
+            .core
+            .snapshot()
+            .is_some_and(|s| Arc::ptr_eq(s, &snapshot))
+        {
+            self.installed_map = Some(map);
+        }
+        Ok(snapshot_reply(reply, held))
+    }
+
+    /// Hands the core the applied map as a snapshot when
+    /// [`NodeConfig::snapshot_entries`] entries were applied since the last;
+    /// whether it did.
+    fn maybe_compact(&mut self) -> bool {
+        let due = self.snapshot_entries > 0
+            && self.core.applied_after_snapshot() >= self.snapshot_entries;
+        if due {
+            self.core.compact(self.map.encoded());
+        }
+        due
+    }
+
     /// Carries out a durable Ready's answers: the calls whose proposals
     /// were abandoned, then the committed entries, applied in order, and the
     /// calls they complete.
     fn carry_out(&mut self, ready: Ready) {
+        if ready.snapshot.as_ref().is_some_and(|s| s.restore_map)
+            && let Some(map) = self.installed_map.take()
+        {
+            self.map = map;
+        }
         if !ready.abandoned.is_empty() {
             let error = self.not_leader();
             for key in ready.abandoned {
@@ -978,11 +1231,7 @@ impl Driver {
         if send_now {
             self.send_to_peers();
         }
-        if let Err(error) = self.persist(&mut ready).await {
-            tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
-            self.state.failed = true;
-            self.state.failed_signal.send_replace(true);
-            self.state.fail_waiters(&NodeError::Failed);
+        if !self.persist_or_fail(&mut ready).await {
             return;
         }
         if ready.wake_peers && !send_now {
@@ -994,6 +1243,27 @@ impl Driver {
         for answer in answers {
             answer();
         }
+        // Compacting once the turn's callers are answered: the snapshot's
+        // write (two fsyncs and renames) delays none of them.
+        if self.state.maybe_compact() {
+            let mut ready = self.state.core.take_ready();
+            if self.persist_or_fail(&mut ready).await {
+                self.state.carry_out(ready);
+            }
+        }
+    }
+
+    /// Persists `ready`; after a failed write the node fails (see the
+    /// module docs) and false is returned.
+    async fn persist_or_fail(&mut self, ready: &mut Ready) -> bool {
+        let Err(error) = self.persist(ready).await else {
+            return true;
+        };
+        tracing::error!(%error, "cannot persist raft state; serving nothing until restarted");
+        self.state.failed = true;
+        self.state.failed_signal.send_replace(true);
+        self.state.fail_waiters(&NodeError::Failed);
+        false
     }
 
     /// Builds what each peer's window allows now and hands it to the peer's
@@ -1005,6 +1275,10 @@ impl Driver {
                 continue;
             }
             let built = self.state.build(*peer);
+            if built.0.is_empty() && self.state.core.peer_needs_snapshot(*peer) {
+                // Its task streams the snapshot.
+                wake.notify_one();
+            }
             if !built.0.is_empty()
                 && let Some(Some(outbox)) = self.state.outboxes.get(*peer)
             {
@@ -1017,25 +1291,86 @@ impl Driver {
     /// Writes what `ready` asks to persist (its entries are moved out) on a
     /// blocking thread when the storage touches a disk.
     async fn persist(&mut self, ready: &mut Ready) -> Result<(), PersistError> {
-        if ready.hard_state.is_none() && ready.log_changed_from.is_none() {
+        if ready.hard_state.is_none()
+            && ready.log_changed_from.is_none()
+            && ready.snapshot.is_none()
+        {
             return Ok(());
         }
         let mut storage = self.storage.take().ok_or(PersistError::Writer)?;
         let (hard, from, sync) = (ready.hard_state, ready.log_changed_from, ready.must_sync);
         let entries = std::mem::take(&mut ready.entries);
+        // The map a leader's snapshot holds stays in the state; the write
+        // needs only the snapshot's bytes, shared.
+        let snapshot = ready.snapshot.as_mut().map(|s| SnapshotWrite {
+            log: std::mem::take(&mut s.log),
+            ..s.clone()
+        });
+        let write = move |storage: &mut Box<dyn RaftStorage>| {
+            storage.save(hard, from, &entries, sync)?;
+            match &snapshot {
+                Some(snapshot) => storage.save_snapshot(snapshot),
+                None => Ok(()),
+            }
+        };
         if !storage.blocks() {
-            let saved = storage.save(hard, from, &entries, sync);
+            let saved = write(&mut storage);
             self.storage = Some(storage);
             return Ok(saved?);
         }
         let (storage, saved) = tokio::task::spawn_blocking(move || {
-            let saved = storage.save(hard, from, &entries, sync);
+            let saved = write(&mut storage);
             (storage, saved)
         })
         .await
         .map_err(|_| PersistError::Writer)?;
         self.storage = Some(storage);
         Ok(saved?)
+    }
+}
+
+/// What a sync exchange sends a peer: entries, or the snapshot instead of
+/// entries it no longer has.
+enum Request {
+    Append(Outgoing),
+    Snapshot(OutgoingSnapshot),
+}
+
+/// The deadline of a call carrying `bytes` to a peer.
+fn call_timeout(bytes: usize) -> Duration {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    APPEND_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / MIN_PEER_BYTES_PER_SEC)
+}
+
+/// The reply to an InstallSnapshot chunk.
+fn snapshot_reply(result: AppendEntryOutput, held: u64) -> InstallSnapshotOutput {
+    InstallSnapshotOutput {
+        result: Some(result),
+        next_offset: i64::try_from(held).unwrap_or(i64::MAX),
+    }
+}
+
+/// What a replication task does after feeding back a call's outcome
+/// (`verdict`, see [`State::feed_back`]): after a failure or a refusal it
+/// holds the peer for a backoff (the calls of one window fail together: one
+/// step); after progress it sends again at once.
+fn settle(
+    verdict: Option<(bool, ReplicationStatus)>,
+    paused: &mut bool,
+    held_until: &mut Option<Instant>,
+    backoff: &mut Backoff,
+) {
+    match verdict {
+        None | Some((_, ReplicationStatus::Denied)) => {
+            *paused = true;
+            held_until.get_or_insert_with(|| Instant::now() + backoff.next_delay());
+        }
+        Some((_, ReplicationStatus::Matched | ReplicationStatus::SendMore)) => {
+            *paused = false;
+            *held_until = None;
+            backoff.reset();
+        }
+        Some((_, ReplicationStatus::Ignored | ReplicationStatus::NotLeader)) => {}
     }
 }
 

@@ -10,8 +10,10 @@
 //! and anything no correct leader sends is refused with a reason, so the
 //! core never sees such a value.
 
-use super::{Entry, LogIndex, MAX_TERM, ServerId, Term};
-use crate::proto::AppendEntryInput;
+use std::sync::Arc;
+
+use super::{Entry, LogIndex, MAX_TERM, ServerId, Snapshot, Term};
+use crate::proto::{AppendEntryInput, InstallSnapshotInput};
 
 /// A validated AppendEntries request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,63 @@ pub struct AppendRequest {
     pub(crate) leader_commit: Option<usize>,
     /// Who sent it, when the request says (`leaderId`).
     pub(crate) sender: Option<Sender>,
+}
+
+/// One validated InstallSnapshot chunk (SPEC §9.2), as the service edge
+/// hands it to the node, which puts the chunks together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub(crate) term: Term,
+    pub(crate) sender: Sender,
+    /// `(lastIncludedIndex, lastIncludedTerm)`: which snapshot this is part of.
+    pub(crate) last: (LogIndex, Term),
+    /// Where `data` starts in the snapshot.
+    pub(crate) offset: u64,
+    pub(crate) data: bytes::Bytes,
+    /// The snapshot ends with this chunk.
+    pub(crate) done: bool,
+}
+
+impl SnapshotChunk {
+    /// The byte after this chunk.
+    pub(crate) fn end(&self) -> u64 {
+        self.offset.saturating_add(self.data.len() as u64)
+    }
+}
+
+/// What the core takes of an InstallSnapshot: who sent it, and, once the
+/// last chunk arrived, the whole snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub(crate) term: Term,
+    pub(crate) sender: Option<Sender>,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
+}
+
+impl From<&super::OutgoingSnapshot> for SnapshotRequest {
+    /// The request a whole snapshot a core built makes of another core, as
+    /// the node's chunks add up to (for simulations).
+    fn from(out: &super::OutgoingSnapshot) -> Self {
+        Self {
+            term: out.term,
+            sender: usize::try_from(out.leader_id).ok().map(|id| Sender {
+                id,
+                last_log: out.last_log,
+            }),
+            snapshot: Some(out.snapshot.clone()),
+        }
+    }
+}
+
+impl SnapshotRequest {
+    /// The request a chunk makes of the core: `snapshot` once complete.
+    pub(crate) fn new(chunk: &SnapshotChunk, snapshot: Option<Arc<Snapshot>>) -> Self {
+        Self {
+            term: chunk.term,
+            sender: Some(chunk.sender),
+            snapshot,
+        }
+    }
 }
 
 /// The sender a request names and the last entry of its log, for the vote
@@ -107,6 +166,46 @@ pub enum InvalidAppend {
     /// A negative `leaderId`.
     #[error("leaderId {0} is negative")]
     LeaderId(i64),
+}
+
+impl TryFrom<InstallSnapshotInput> for SnapshotChunk {
+    type Error = InvalidAppend;
+
+    fn try_from(input: InstallSnapshotInput) -> Result<Self, InvalidAppend> {
+        let term = term("term", input.term)?;
+        let last_index =
+            index("lastIncludedIndex", input.last_included_index)?.ok_or(InvalidAppend::Index {
+                field: "lastIncludedIndex",
+                value: -1,
+            })?;
+        let offset = u64::try_from(input.offset).map_err(|_| InvalidAppend::Index {
+            field: "offset",
+            value: input.offset,
+        })?;
+        Ok(SnapshotChunk {
+            term,
+            sender: Sender {
+                id: usize::try_from(input.leader_id)
+                    .map_err(|_| InvalidAppend::LeaderId(input.leader_id))?,
+                last_log: (
+                    last_term(input.last_log_term, term)?,
+                    log_index("lastLogIndex", input.last_log_index)?,
+                ),
+            },
+            last: (
+                index_of(last_index),
+                term_within("lastIncludedTerm", input.last_included_term, term)?,
+            ),
+            offset,
+            data: input.data,
+            done: input.done,
+        })
+    }
+}
+
+/// A checked position back as a log index.
+fn index_of(at: usize) -> LogIndex {
+    LogIndex::try_from(at).unwrap_or(LogIndex::MAX)
 }
 
 impl TryFrom<AppendEntryInput> for AppendRequest {

@@ -8,14 +8,15 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::AppendRequest;
 use super::node::{NodeConfig, NodeError, RaftNode, StartError};
 use super::storage::RaftStorage;
+use super::{AppendRequest, SnapshotChunk};
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::meta_store::{EncodedMapServer, MapSource};
 use crate::proto::{
     AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
-    RaftInternalState, Success, Version, meta_store_server, raft_surfstore_server,
+    InstallSnapshotInput, InstallSnapshotOutput, RaftInternalState, Success, Version,
+    meta_store_server, raft_surfstore_server,
 };
 use crate::security::{ClientSecurity, ServerSecurity};
 
@@ -135,6 +136,7 @@ impl From<NodeError> for Status {
                 Status::failed_precondition(error.to_string())
             }
             NodeError::TooLarge(_) => Status::resource_exhausted(error.to_string()),
+            NodeError::BadSnapshot(_) => Status::invalid_argument(error.to_string()),
         }
     }
 }
@@ -153,6 +155,15 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         let request = AppendRequest::try_from(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("AppendEntries refused: {e}")))?;
         Ok(Response::new(self.node.append_entries(request).await?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<InstallSnapshotInput>,
+    ) -> Result<Response<InstallSnapshotOutput>, Status> {
+        let chunk = SnapshotChunk::try_from(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("InstallSnapshot refused: {e}")))?;
+        Ok(Response::new(self.node.install_snapshot(chunk).await?))
     }
 
     async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
@@ -195,6 +206,7 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
             term: state.term,
             log: state.log.into_iter().map(Into::into).collect(),
             meta_map: Some(state.map),
+            first_log_index: state.first_log_index,
         }))
     }
 
@@ -255,6 +267,7 @@ mod tests {
             block_store_addr: "blocks".into(),
             heartbeat: None,
             pipeline_depth: 1,
+            snapshot_entries: 0,
         };
         let server = tokio::spawn(serve(
             listener,

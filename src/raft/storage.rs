@@ -33,13 +33,27 @@
 //!   waits for.
 //! * **Cost.** Dropped entries stay in the file as dead bytes. Conflicting
 //!   suffixes are rare and small (only uncommitted entries are ever
-//!   overwritten), so the file is not compacted.
+//!   overwritten); the file shrinks at each snapshot.
+//!
+//! # Snapshots (SPEC §9.2)
+//!
+//! A snapshot is kept in `DIR/raft.snapshot` (one checksummed record), and
+//! the log before it is dropped from the WAL: [`RaftStorage::save_snapshot`]
+//! writes the snapshot to a temporary file, fsyncs it, renames it into
+//! place and fsyncs the directory; then it replaces the WAL the same way by
+//! one holding a single record, "the log starts after the snapshot, with
+//! these entries, and this hard state". A crash between the two leaves the
+//! new snapshot with the old WAL, which still holds everything: loading
+//! drops the WAL's entries the snapshot covers (all of them when its entry
+//! at the snapshot's last index has another term, as installing it did),
+//! so every crash point loads a state the server had.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 
-use super::{Entry, HardState, LogIndex};
+use super::{Entry, HardState, LogIndex, Snapshot, SnapshotWrite, Term};
 use crate::proto::UpdateOperation;
 pub use crate::storage::StorageError;
 use crate::storage::{Wal, create_dir_durable};
@@ -64,6 +78,19 @@ pub trait RaftStorage: Send {
         entries: &[Entry],
         must_sync: bool,
     ) -> Result<(), StorageError>;
+
+    /// The snapshot saved last, if any: the log [`RaftStorage::load`]
+    /// returns starts right after it.
+    fn load_snapshot(&mut self) -> Result<Option<Arc<Snapshot>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Makes `write` durable before returning: the snapshot, then the log
+    /// after it and the hard state in place of everything stored before.
+    /// Storage that keeps nothing ignores it.
+    fn save_snapshot(&mut self, _write: &SnapshotWrite) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Whether `save` may block on a disk, so the node runs it on a
     /// blocking thread; storage that keeps nothing is called in place,
@@ -100,15 +127,26 @@ impl RaftStorage for MemoryStorage {
 /// The name of the log file [`FileStorage`] keeps in its directory.
 pub const LOG_FILE: &str = "raft.wal";
 
+/// The name of the snapshot file [`FileStorage`] keeps in its directory.
+pub const SNAPSHOT_FILE: &str = "raft.snapshot";
+
+/// What a [`FileStorage`] holds: hard state, snapshot, and the log after it.
+type Stored = (HardState, Option<Arc<Snapshot>>, Vec<Entry>);
+
 /// Hard state and log in one write-ahead log file, `DIR/raft.wal` (see the
 /// module documentation for the format).
 #[derive(Debug)]
 pub struct FileStorage {
     wal: Wal,
-    /// How many log entries are stored.
-    stored_len: usize,
-    /// What was replayed at open, handed out by the first `load`.
+    snapshot_path: PathBuf,
+    /// The position of the first stored entry (the snapshot's length).
+    stored_start: usize,
+    /// The position after the last stored entry.
+    stored_end: usize,
+    /// What was replayed at open, handed out by the first `load` (and
+    /// `load_snapshot`) unless a write came first.
     loaded: Option<(HardState, Vec<Entry>)>,
+    loaded_snapshot: Option<Arc<Snapshot>>,
 }
 
 impl FileStorage {
@@ -117,23 +155,77 @@ impl FileStorage {
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
         create_dir_durable(dir)?;
         let path = dir.join(LOG_FILE);
-        let mut state = (HardState::default(), Vec::new());
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let snapshot = read_snapshot(&snapshot_path)?;
+        let mut replayed = Replayed::default();
         let wal = Wal::open(&path, |offset, payload| {
-            replay(&path, offset, payload, &mut state)
+            replay(&path, offset, payload, &mut replayed)
         })?;
+        let (hard, snapshot, log) = replayed.after(&path, snapshot)?;
+        let stored_start = snapshot
+            .as_ref()
+            .map_or(0, |s| position_after(s.last_index));
         tracing::info!(
             path = %path.display(),
-            term = state.0.term,
-            commit = state.0.commit,
-            entries = state.1.len(),
+            term = hard.term,
+            commit = hard.commit,
+            snapshot = snapshot.as_ref().map_or(-1, |s| s.last_index),
+            entries = log.len(),
             "loaded Raft state"
         );
         Ok(FileStorage {
             wal,
-            stored_len: state.1.len(),
-            loaded: Some(state),
+            snapshot_path,
+            stored_start,
+            stored_end: stored_start + log.len(),
+            loaded: Some((hard, log)),
+            loaded_snapshot: snapshot,
         })
     }
+
+    /// Reads what is on disk now.
+    fn read(&self) -> Result<Stored, StorageError> {
+        let path = self.wal.path().to_path_buf();
+        let snapshot = read_snapshot(&self.snapshot_path)?;
+        let mut replayed = Replayed::default();
+        Wal::read(&path, |offset, payload| {
+            replay(&path, offset, payload, &mut replayed)
+        })?;
+        replayed.after(&path, snapshot)
+    }
+}
+
+/// The position right after `index`.
+fn position_after(index: LogIndex) -> usize {
+    usize::try_from(index.saturating_add(1)).unwrap_or(0)
+}
+
+/// The snapshot stored at `path`, if there is one.
+fn read_snapshot(path: &Path) -> Result<Option<Arc<Snapshot>>, StorageError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut stored = None;
+    Wal::read(path, |offset, payload| {
+        let record = SnapshotRecord::decode(payload).map_err(|e| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason: format!("undecodable snapshot: {e}"),
+        })?;
+        stored = Some(Arc::new(Snapshot {
+            last_index: record.last_index,
+            last_term: record.last_term,
+            data: record.data,
+        }));
+        Ok(())
+    })?;
+    // Only ever renamed into place whole and synced: an empty or torn file
+    // is damage, not an interrupted write.
+    stored.map(Some).ok_or_else(|| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: "no intact snapshot record".into(),
+    })
 }
 
 impl RaftStorage for FileStorage {
@@ -141,12 +233,43 @@ impl RaftStorage for FileStorage {
         if let Some(state) = self.loaded.take() {
             return Ok(state);
         }
-        let path = self.wal.path().to_path_buf();
-        let mut state = (HardState::default(), Vec::new());
-        Wal::read(&path, |offset, payload| {
-            replay(&path, offset, payload, &mut state)
-        })?;
-        Ok(state)
+        let (hard, _, log) = self.read()?;
+        Ok((hard, log))
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<Arc<Snapshot>>, StorageError> {
+        if let Some(snapshot) = self.loaded_snapshot.take() {
+            return Ok(Some(snapshot));
+        }
+        Ok(self.read()?.1)
+    }
+
+    fn save_snapshot(&mut self, write: &SnapshotWrite) -> Result<(), StorageError> {
+        let snapshot = &write.snapshot;
+        let record = SnapshotRecord {
+            last_index: snapshot.last_index,
+            last_term: snapshot.last_term,
+            data: snapshot.data.clone(),
+        };
+        Wal::replace(&self.snapshot_path, &[&record.encode_to_vec()])?;
+        let start = position_after(snapshot.last_index);
+        let log = SaveRecord {
+            log_from: Some(start as u64),
+            entries: write
+                .log
+                .iter()
+                .cloned()
+                .map(UpdateOperation::from)
+                .collect(),
+            hard: Some(HardRecord::from(&write.hard)),
+            log_start: Some(start as u64),
+        };
+        self.wal = Wal::replace(self.wal.path(), &[&log.encode_to_vec()])?;
+        self.loaded = None;
+        self.loaded_snapshot = None;
+        self.stored_start = start;
+        self.stored_end = start + write.log.len();
+        Ok(())
     }
 
     fn save(
@@ -163,13 +286,16 @@ impl RaftStorage for FileStorage {
             .map(|from| {
                 usize::try_from(from)
                     .ok()
-                    .filter(|&from| from <= self.stored_len)
+                    .filter(|&from| (self.stored_start..=self.stored_end).contains(&from))
                     .ok_or_else(|| StorageError::Io {
-                        op: "write past the end of the log in",
+                        op: "write outside the stored log in",
                         path: self.wal.path().to_path_buf(),
                         source: std::io::Error::new(
                             std::io::ErrorKind::InvalidInput,
-                            format!("from {from}, {} entries stored", self.stored_len),
+                            format!(
+                                "from {from}, entries {}..{} stored",
+                                self.stored_start, self.stored_end
+                            ),
                         ),
                     })
             })
@@ -181,20 +307,25 @@ impl RaftStorage for FileStorage {
                 .map(|_| entries.iter().cloned().map(UpdateOperation::from).collect())
                 .unwrap_or_default(),
             hard: hard.as_ref().map(HardRecord::from),
+            log_start: None,
         };
+        self.loaded = None;
+        self.loaded_snapshot = None;
         self.wal.append(&record.encode_to_vec())?;
         if must_sync {
             self.wal.sync()?;
         }
         if let Some(from) = log_from {
-            self.stored_len = from + entries.len();
+            self.stored_end = from + entries.len();
         }
         Ok(())
     }
 }
 
 /// One save: cut the log to `log_from` entries and append `entries` (when
-/// `log_from` is set), then adopt `hard` (when set).
+/// `log_from` is set), then adopt `hard` (when set). The first record of a
+/// WAL rewritten at a snapshot also says where its log starts
+/// (`log_start`, the snapshot's length); the log before is not stored.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SaveRecord {
     #[prost(uint64, optional, tag = "1")]
@@ -203,6 +334,68 @@ struct SaveRecord {
     entries: Vec<UpdateOperation>,
     #[prost(message, optional, tag = "3")]
     hard: Option<HardRecord>,
+    #[prost(uint64, optional, tag = "4")]
+    log_start: Option<u64>,
+}
+
+/// A [`Snapshot`] as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotRecord {
+    #[prost(int64, tag = "1")]
+    last_index: i64,
+    #[prost(int64, tag = "2")]
+    last_term: i64,
+    #[prost(bytes = "bytes", tag = "3")]
+    data: bytes::Bytes,
+}
+
+/// What replaying a WAL gives: the hard state and the log from position
+/// `start`.
+#[derive(Debug, Default)]
+struct Replayed {
+    hard: HardState,
+    start: usize,
+    log: Vec<Entry>,
+}
+
+impl Replayed {
+    /// The stored state once `snapshot` (the one on disk) is taken into
+    /// account: the log after it, and a commit index at least its last
+    /// index. The WAL may predate the snapshot (a crash between writing it
+    /// and rewriting the WAL): its entries the snapshot covers are dropped,
+    /// and all of them when its entry at the snapshot's last index has
+    /// another term (the snapshot came from a leader that overwrote them).
+    fn after(self, path: &Path, snapshot: Option<Arc<Snapshot>>) -> Result<Stored, StorageError> {
+        let Replayed {
+            mut hard,
+            start,
+            log,
+        } = self;
+        let Some(snapshot) = snapshot else {
+            if start > 0 {
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: 0,
+                    reason: format!("the log starts at index {start} but there is no snapshot"),
+                });
+            }
+            return Ok((hard, None, log));
+        };
+        let end = position_after(snapshot.last_index);
+        if start > end {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "the log starts at index {start}, after the snapshot's end {}",
+                    snapshot.last_index
+                ),
+            });
+        }
+        let log = log_after_snapshot(start, log, &snapshot);
+        hard.commit = hard.commit.max(snapshot.last_index);
+        Ok((hard, Some(snapshot), log))
+    }
 }
 
 /// [`HardState`] as stored.
@@ -226,12 +419,32 @@ impl From<&HardState> for HardRecord {
     }
 }
 
+/// What remains of `log`, a log whose first entry is at position `start`
+/// (at or before the snapshot's end), once `snapshot` replaces what it
+/// covers: the entries after the snapshot's last index when `log` holds that
+/// very entry (same term; log matching makes the rest agree), none
+/// otherwise (the log was behind it, or a leader overwrote it). The rule a
+/// follower's core applies when it installs a snapshot, here for a log
+/// written before the snapshot was.
+pub fn log_after_snapshot(start: usize, log: Vec<Entry>, snapshot: &Snapshot) -> Vec<Entry> {
+    let end = position_after(snapshot.last_index);
+    let term_at_end: Option<Term> = match end.checked_sub(start + 1) {
+        Some(at) => log.get(at).map(|e| e.term),
+        None => Some(snapshot.last_term),
+    };
+    if term_at_end == Some(snapshot.last_term) {
+        log.into_iter().skip(end.saturating_sub(start)).collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Folds one stored record into the replayed state, checking that it fits.
 fn replay(
     path: &Path,
     offset: u64,
     payload: &[u8],
-    (hard, log): &mut (HardState, Vec<Entry>),
+    Replayed { hard, start, log }: &mut Replayed,
 ) -> Result<(), StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
@@ -240,18 +453,24 @@ fn replay(
     };
     let record = SaveRecord::decode(payload)
         .map_err(|e| corrupt(format!("undecodable Raft record: {e}")))?;
+    if let Some(new_start) = record.log_start {
+        *start = usize::try_from(new_start)
+            .map_err(|_| corrupt(format!("log start {new_start} is not a position")))?;
+        log.clear();
+    }
     match record.log_from {
         Some(from) => {
             let from = usize::try_from(from)
                 .ok()
-                .filter(|&from| from <= log.len())
+                .filter(|&from| (*start..=*start + log.len()).contains(&from))
                 .ok_or_else(|| {
                     corrupt(format!(
-                        "record rewrites the log from index {from} but only {} entries precede it",
-                        log.len()
+                        "record rewrites the log from index {from} but it holds entries {}..{}",
+                        start,
+                        *start + log.len()
                     ))
                 })?;
-            log.truncate(from);
+            log.truncate(from - *start);
             log.extend(record.entries.into_iter().map(Entry::from));
         }
         None if !record.entries.is_empty() => {
@@ -418,7 +637,7 @@ mod tests {
             .save(None, Some(3), &[entry(1, "c")], true)
             .unwrap_err();
         assert!(
-            err.to_string().contains("from 3, 2 entries stored"),
+            err.to_string().contains("from 3, entries 0..2 stored"),
             "{err}"
         );
         assert_eq!(reopen(dir.path()), (hard(1, -1), log));
@@ -507,10 +726,133 @@ mod tests {
             log_from: Some(3),
             entries: vec![entry(1, "a").into()],
             hard: None,
+            log_start: None,
         };
         wal.append(&bad.encode_to_vec()).unwrap();
         wal.sync().unwrap();
         let err = FileStorage::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("index 3"), "{err}");
+    }
+
+    fn snapshot_write(
+        last_index: i64,
+        last_term: i64,
+        log: Vec<Entry>,
+        hard: HardState,
+    ) -> SnapshotWrite {
+        SnapshotWrite {
+            snapshot: Arc::new(Snapshot {
+                last_index,
+                last_term,
+                data: bytes::Bytes::from(format!("map up to {last_index}")),
+            }),
+            log,
+            hard,
+            restore_map: false,
+        }
+    }
+
+    fn open_all(dir: &Path) -> (HardState, Option<Arc<Snapshot>>, Vec<Entry>) {
+        let mut storage = FileStorage::open(dir).unwrap();
+        let snapshot = storage.load_snapshot().unwrap();
+        let (hard, log) = storage.load().unwrap();
+        (hard, snapshot, log)
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_before_it_and_appends_go_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Vec<Entry> = (0..50).map(|i| entry(1, &format!("e{i}"))).collect();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage
+            .save(Some(hard(1, 47)), Some(0), &log, true)
+            .unwrap();
+        let before = file_len(dir.path());
+        let write = snapshot_write(47, 1, log[48..].to_vec(), hard(1, 47));
+        storage.save_snapshot(&write).unwrap();
+        assert!(file_len(dir.path()) < before / 10, "the WAL was cut");
+        assert_eq!(
+            open_all(dir.path()),
+            (
+                hard(1, 47),
+                Some(write.snapshot.clone()),
+                log[48..].to_vec()
+            )
+        );
+        // Saves address absolute indices; none may reach into the snapshot.
+        storage
+            .save(None, Some(50), &[entry(2, "n")], true)
+            .unwrap();
+        let err = storage
+            .save(None, Some(47), &[entry(2, "x")], true)
+            .unwrap_err();
+        assert!(err.to_string().contains("entries 48..51 stored"), "{err}");
+        let (_, snapshot, after) = open_all(dir.path());
+        assert_eq!(snapshot, Some(write.snapshot));
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[2], entry(2, "n"));
+        // A second load reads the same from disk.
+        assert_eq!(storage.load_snapshot().unwrap().unwrap().last_index, 47);
+        assert_eq!(storage.load().unwrap().1, after);
+    }
+
+    #[test]
+    fn a_crash_between_the_snapshot_and_the_log_cut_loads_a_state_the_server_had() {
+        let log: Vec<Entry> = ["a", "b", "c", "d"].map(|n| entry(1, n)).to_vec();
+        // The snapshot file is in place; the WAL is still the old one.
+        let crash_after_snapshot = |snapshot_term: i64, last_index: i64| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut storage = FileStorage::open(dir.path()).unwrap();
+            storage.save(Some(hard(1, 1)), Some(0), &log, true).unwrap();
+            let write = snapshot_write(last_index, snapshot_term, vec![], hard(1, last_index));
+            let record = SnapshotRecord {
+                last_index,
+                last_term: snapshot_term,
+                data: write.snapshot.data.clone(),
+            };
+            Wal::replace(&dir.path().join(SNAPSHOT_FILE), &[&record.encode_to_vec()]).unwrap();
+            open_all(dir.path())
+        };
+        // Our own compaction: the entries after it stay.
+        let (hard_state, snapshot, after) = crash_after_snapshot(1, 1);
+        assert_eq!(snapshot.map(|s| s.last_index), Some(1));
+        assert_eq!(after, log[2..]);
+        assert_eq!(hard_state.commit, 1);
+        // A leader's snapshot whose last entry this log has in another term:
+        // the old log is not the leader's and goes.
+        let (hard_state, _, after) = crash_after_snapshot(2, 2);
+        assert!(after.is_empty());
+        assert_eq!(hard_state.commit, 2, "the snapshot is committed");
+        // One past the end of the old log.
+        let (_, _, after) = crash_after_snapshot(3, 9);
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_or_a_log_starting_without_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage
+            .save_snapshot(&snapshot_write(3, 1, vec![entry(1, "e")], hard(1, 3)))
+            .unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = FileStorage::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("no intact snapshot record"),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let err = FileStorage::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("there is no snapshot"), "{err}");
+    }
+
+    #[test]
+    fn memory_storage_keeps_no_snapshot() {
+        let write = snapshot_write(3, 1, vec![], hard(1, 3));
+        MemoryStorage.save_snapshot(&write).unwrap();
+        assert_eq!(MemoryStorage.load_snapshot().unwrap(), None);
     }
 }

@@ -9,11 +9,22 @@ use futures::future::BoxFuture;
 use super::ServerId;
 use crate::grpc;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
-use crate::proto::{AppendEntryInput, AppendEntryOutput};
+use crate::proto::{
+    AppendEntryInput, AppendEntryOutput, InstallSnapshotInput, InstallSnapshotOutput,
+};
 use crate::security::ClientSecurity;
 
-/// Delivers AppendEntries to peers.
+/// Delivers AppendEntries and InstallSnapshot to peers.
 pub trait Transport: Send + Sync + 'static {
+    /// Sends one snapshot chunk to `peer` and returns its reply, like
+    /// [`Transport::append_entries`].
+    fn install_snapshot(
+        &self,
+        peer: ServerId,
+        request: InstallSnapshotInput,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<InstallSnapshotOutput, tonic::Status>>;
+
     /// Sends `request` to `peer` and returns its reply, or why there is
     /// none; gives up after `timeout`. Dropping the future abandons the
     /// call.
@@ -59,20 +70,49 @@ impl GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    /// The client for `peer`, or why there is none.
+    fn client(
+        &self,
+        peer: ServerId,
+    ) -> Result<RaftSurfstoreClient<crate::grpc::AuthChannel>, tonic::Status> {
+        self.clients
+            .get(peer)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| tonic::Status::invalid_argument(format!("no peer {peer}")))
+    }
+}
+
 impl Transport for GrpcTransport {
+    fn install_snapshot(
+        &self,
+        peer: ServerId,
+        request: InstallSnapshotInput,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<InstallSnapshotOutput, tonic::Status>> {
+        let client = self.client(peer);
+        Box::pin(async move {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(timeout);
+            client?
+                .install_snapshot(request)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    }
+
     fn append_entries(
         &self,
         peer: ServerId,
         request: AppendEntryInput,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<AppendEntryOutput, tonic::Status>> {
-        let client = self.clients.get(peer).cloned().flatten();
+        let client = self.client(peer);
         Box::pin(async move {
-            let mut client =
-                client.ok_or_else(|| tonic::Status::invalid_argument(format!("no peer {peer}")))?;
             let mut request = tonic::Request::new(request);
             request.set_timeout(timeout);
-            client
+            client?
                 .append_entries(request)
                 .await
                 .map(tonic::Response::into_inner)

@@ -118,6 +118,33 @@ impl Wal {
         Ok(())
     }
 
+    /// Replaces the log at `path`, atomically, by one holding exactly
+    /// `records`: they are written to a temporary file beside it, which is
+    /// fsynced, renamed over `path`, and the directory fsynced. A crash at
+    /// any point leaves either the old log or the new one, whole. Returns
+    /// the new log, open for appends.
+    pub fn replace(path: &Path, records: &[&[u8]]) -> Result<Wal, StorageError> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".tmp");
+        let tmp = PathBuf::from(name);
+        // A leftover of a replace interrupted before its rename.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(StorageError::io("remove", &tmp)(e));
+            }
+            _ => {}
+        }
+        let mut wal = Wal::open(&tmp, |_, _| Ok(()))?;
+        for record in records {
+            wal.append(record)?;
+        }
+        wal.sync()?;
+        std::fs::rename(&tmp, path).map_err(StorageError::io("rename a new log into", path))?;
+        sync_dir(parent_dir(path))?;
+        wal.path = path.to_path_buf();
+        Ok(wal)
+    }
+
     /// Makes every appended record durable (fdatasync).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_usable()?;

@@ -1085,6 +1085,41 @@ pub fn lacks_batched_calls<T>() -> Result<T, tonic::Status> {
     ))
 }
 
+/// The gc calls (`ListBlocks`, `DeleteBlocks`) of an in-test BlockStore,
+/// which the client never makes: UNIMPLEMENTED. Expands inside an
+/// `impl block_store_server::BlockStore` (with the signatures
+/// `#[tonic::async_trait]` gives the trait).
+#[macro_export]
+macro_rules! lacks_gc_calls {
+    () => {
+        $crate::lacks_gc_calls!(list_blocks, ListBlocksInput, StoredBlocks);
+        $crate::lacks_gc_calls!(delete_blocks, DeleteBlocksInput, DeletedBlocks);
+    };
+    ($method:ident, $input:ident, $output:ident) => {
+        fn $method<'life0, 'async_trait>(
+            &'life0 self,
+            _: tonic::Request<surfstore::proto::$input>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<tonic::Response<surfstore::proto::$output>, tonic::Status>,
+                    > + Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async {
+                Err(tonic::Status::unimplemented(
+                    "an in-test BlockStore has no gc",
+                ))
+            })
+        }
+    };
+}
+
 /// Serves `router` on a free loopback port inside `rt`; returns the address.
 pub fn serve(rt: &tokio::runtime::Runtime, router: tonic::transport::server::Router) -> String {
     let listener = rt

@@ -5,11 +5,16 @@
 //! top the windows up after every reply, send heartbeats and synchronous
 //! rounds outside the windows, and hear of failed calls (a dropped message
 //! or a crashed receiver, like a call that times out; sometimes a call
-//! "times out" whose reply still arrives later). Everything derives from
-//! one seed, so a failing seed replays exactly.
+//! "times out" whose reply still arrives later). Four seeds in five compact
+//! every 2 to 5 applied entries, so leaders send snapshots (whole, as one
+//! message that can be lost, duplicated or reordered like the others) and
+//! crashes cut snapshot writes. Everything derives from one seed, so a
+//! failing seed replays exactly.
 
 use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
-use surfstore::raft::{MAX_INFLIGHT, Outgoing, ReplicationStatus, SentAppend, ServerId, Term};
+use surfstore::raft::{
+    MAX_INFLIGHT, Outgoing, OutgoingSnapshot, ReplicationStatus, SentAppend, ServerId, Term,
+};
 
 use super::cluster::Cluster;
 
@@ -73,6 +78,11 @@ enum Message {
         sent: SentAppend,
         resp: AppendEntryOutput,
     },
+    Snapshot {
+        from: ServerId,
+        to: ServerId,
+        out: Box<OutgoingSnapshot>,
+    },
 }
 
 impl Message {
@@ -84,6 +94,7 @@ impl Message {
             Message::Response {
                 leader, peer, sent, ..
             } => (*leader, *peer, *sent),
+            Message::Snapshot { from, to, out } => (*from, *to, out.sent),
         }
     }
 }
@@ -125,8 +136,9 @@ pub struct Schedule {
 impl Schedule {
     /// A fresh `size`-server cluster driven by `seed`.
     pub fn new(size: usize, seed: u64) -> Self {
+        let snapshot_entries = [0, 2, 3, 4, 5][(seed % 5) as usize];
         Self {
-            cluster: Cluster::new(size),
+            cluster: Cluster::with_compaction(size, snapshot_entries, seed),
             rng: Rng::new(seed),
             network: Vec::new(),
             proposals: 0,
@@ -271,11 +283,22 @@ impl Schedule {
         Event::Broadcast(from)
     }
 
-    /// Sends `leader`'s window requests to `peer` until the core says none.
+    /// Sends `leader`'s window requests to `peer` until the core says none;
+    /// then the snapshot, if the peer needs one and none is on its way.
     fn fill_window(&mut self, leader: ServerId, peer: ServerId, max: usize) {
         // A window holds MAX_INFLIGHT requests, plus one commit notice.
         for _ in 0..=MAX_INFLIGHT + 1 {
             let Some(outgoing) = self.cluster.next_append(leader, peer, max) else {
+                let on_its_way = self.network.iter().any(|m| {
+                    matches!(m, Message::Snapshot { from, to, .. } if (*from, *to) == (leader, peer))
+                });
+                if !on_its_way && let Some(out) = self.cluster.snapshot_for(leader, peer) {
+                    self.send(Message::Snapshot {
+                        from: leader,
+                        to: peer,
+                        out: Box::new(out),
+                    });
+                }
                 return;
             };
             self.send_request(leader, peer, outgoing);
@@ -382,6 +405,22 @@ impl Schedule {
                     to,
                 }
             }
+            Message::Snapshot { from, to, out } => {
+                match self.cluster.deliver_snapshot(to, &out) {
+                    Some(resp) => self.send(Message::Response {
+                        leader: from,
+                        peer: to,
+                        sent: out.sent,
+                        resp,
+                    }),
+                    None => self.cluster.report_unreachable(from, to, &out.sent),
+                }
+                Event::Deliver {
+                    request: true,
+                    from,
+                    to,
+                }
+            }
             Message::Response {
                 leader,
                 peer,
@@ -429,15 +468,13 @@ impl Schedule {
     /// majority.
     pub fn check_liveness(&mut self) -> Result<(), String> {
         self.network.clear();
+        self.cluster.stop_cutting_writes();
         let size = self.cluster.size();
         for id in 0..size {
             self.cluster.restore(id);
         }
         let best = (0..size)
-            .max_by_key(|&i| {
-                let log = &self.cluster.servers[i].disk.log;
-                (log.last().map_or(-1, |e| e.term), log.len())
-            })
+            .max_by_key(|&i| self.cluster.servers[i].disk.last_id())
             .unwrap_or(0);
         let top_term: Term = (0..size)
             .map(|i| self.cluster.core(i).term())
@@ -490,21 +527,22 @@ impl Schedule {
         if !leader.is_confirmed_leader() {
             return Err(format!("liveness: leader {best} is not confirmed"));
         }
-        let last = leader.log().len() as i64 - 1;
+        let last = leader.last_index();
         if leader.commit_index() != last {
             return Err(format!(
                 "liveness: leader {best} committed {} of {last}",
                 leader.commit_index()
             ));
         }
+        let leader_ids = &self.cluster.servers[best].disk.ids;
         for id in 0..size {
             let server = &self.cluster.servers[id];
-            if server.core.log() != leader.log() || server.core.commit_index() != last {
+            if server.disk.ids != *leader_ids || server.core.commit_index() != last {
                 return Err(format!(
                     "liveness: server {id} (commit {}) differs from leader {best}:\n{:?}\n{:?}",
                     server.core.commit_index(),
-                    server.core.log(),
-                    leader.log()
+                    server.disk.ids,
+                    leader_ids
                 ));
             }
             if server.map != self.cluster.servers[best].map {

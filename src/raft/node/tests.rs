@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::proto::AppendEntryInput;
+use crate::proto::{AppendEntryInput, InstallSnapshotInput, InstallSnapshotOutput};
 use crate::raft::HardState;
 use crate::raft::storage::testing::injected_failure;
 
@@ -27,6 +27,7 @@ fn config(id: ServerId, size: usize) -> NodeConfig {
         block_store_addr: "blocks".into(),
         heartbeat: None,
         pipeline_depth: 1,
+        snapshot_entries: 0,
     }
 }
 
@@ -82,6 +83,23 @@ struct Loopback {
 }
 
 impl Transport for Loopback {
+    fn install_snapshot(
+        &self,
+        peer: ServerId,
+        request: InstallSnapshotInput,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<InstallSnapshotOutput, tonic::Status>> {
+        let node = self.nodes.get().and_then(|nodes| nodes.get(peer)).cloned();
+        let mut open = self.open.subscribe();
+        Box::pin(async move {
+            let _ = open.wait_for(|&o| o).await;
+            let node = node.ok_or_else(|| tonic::Status::unavailable("no such node"))?;
+            let chunk = SnapshotChunk::try_from(request)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            Ok(node.install_snapshot(chunk).await?)
+        })
+    }
+
     fn append_entries(
         &self,
         peer: ServerId,
@@ -109,6 +127,14 @@ impl Transport for Loopback {
 
 /// `size` in-process nodes over one [`Loopback`], and their disks.
 fn cluster(size: usize) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
+    cluster_compacting(size, 0)
+}
+
+/// [`cluster`] of nodes that snapshot every `snapshot_entries` entries.
+fn cluster_compacting(
+    size: usize,
+    snapshot_entries: usize,
+) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
     let transport = Arc::new(Loopback {
         nodes: OnceLock::new(),
         open: watch::channel(true).0,
@@ -120,7 +146,11 @@ fn cluster(size: usize) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
         .enumerate()
         .map(|(id, disk)| {
             let storage = Box::new(TestStorage(disk.clone()));
-            RaftNode::start_with(config(id, size), storage, transport.clone()).unwrap()
+            let config = NodeConfig {
+                snapshot_entries,
+                ..config(id, size)
+            };
+            RaftNode::start_with(config, storage, transport.clone()).unwrap()
         })
         .collect();
     assert!(transport.nodes.set(nodes.clone()).is_ok());
@@ -321,4 +351,106 @@ async fn a_leader_sends_new_entries_while_it_writes_them() {
     assert!(!update.is_finished());
     release.send(()).unwrap();
     assert_eq!(update.await.unwrap(), Ok(1));
+}
+
+/// An update of `name` to `version` whose block list takes about `bytes`.
+fn big_meta(name: &str, version: i32, bytes: usize) -> FileMetaData {
+    FileMetaData {
+        filename: name.into(),
+        version,
+        block_hash_list: (0..bytes / 64)
+            .map(|i| crate::hash::hash_block(format!("{name}/{version}/{i}").as_bytes()))
+            .collect(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
+    let (nodes, _disks, _transport) = cluster_compacting(3, 4);
+    nodes[2].crash().await.unwrap();
+    nodes[0].set_leader().await.unwrap();
+    // Rewrites of a few files whose map is over one chunk: the snapshot
+    // goes in several.
+    for version in 1..=3 {
+        for i in 0..6 {
+            let update = big_meta(&format!("f{i}"), version, SNAPSHOT_CHUNK_BYTES / 5);
+            assert_eq!(nodes[0].update_file(update).await, Ok(version));
+        }
+    }
+    let leader = nodes[0].internal_state().await.unwrap();
+    assert_eq!(leader.first_log_index, 16, "compacted every 4 entries");
+    assert_eq!(leader.log.len(), 2);
+    let stale = nodes[2].internal_state().await.unwrap();
+    assert_eq!((stale.first_log_index, stale.log.len()), (0, 0));
+    nodes[2].restore().await.unwrap();
+    assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
+    let caught_up = nodes[2].internal_state().await.unwrap();
+    assert_eq!(caught_up.map, leader.map);
+    assert_eq!(
+        caught_up.first_log_index + caught_up.log.len() as i64,
+        18,
+        "the snapshot, then the log after it"
+    );
+    assert!(caught_up.first_log_index >= 16);
+    // Replication goes on from there.
+    assert_eq!(nodes[0].update_file(big_meta("f0", 4, 64)).await, Ok(4));
+    assert_eq!(nodes[0].send_heartbeat().await, Ok(true));
+    let state = nodes[2].internal_state().await.unwrap();
+    assert_eq!(state.map.file_info_map["f0"].version, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_chunks_are_put_together_from_where_the_follower_says() {
+    let (nodes, _disks, _transport) = cluster(3);
+    let map = FileInfoMap {
+        file_info_map: [("a".to_string(), big_meta("a", 1, 640))].into(),
+    };
+    let data = bytes::Bytes::from(map.encode_to_vec());
+    let chunk = |offset: usize, end: usize, done: bool| {
+        let input = InstallSnapshotInput {
+            term: 3,
+            leader_id: 0,
+            last_log_index: 9,
+            last_log_term: 3,
+            last_included_index: 9,
+            last_included_term: 2,
+            offset: offset as i64,
+            data: data.slice(offset..end),
+            done,
+        };
+        SnapshotChunk::try_from(input).unwrap()
+    };
+    let send = |c: SnapshotChunk| nodes[1].install_snapshot(c);
+    let held = |reply: InstallSnapshotOutput| {
+        let result = reply.result.unwrap();
+        assert!(result.success && result.term == 3);
+        reply.next_offset
+    };
+    assert_eq!(
+        held(send(chunk(100, 200, false)).await.unwrap()),
+        0,
+        "not from 0"
+    );
+    assert_eq!(held(send(chunk(0, 100, false)).await.unwrap()), 100);
+    assert_eq!(
+        held(send(chunk(0, 100, false)).await.unwrap()),
+        100,
+        "a repeat"
+    );
+    let end = data.len();
+    let last = send(chunk(100, end, true)).await.unwrap();
+    assert_eq!(last.next_offset, end as i64);
+    assert_eq!(last.result.unwrap().matched_index, 9);
+    let state = nodes[1].internal_state().await.unwrap();
+    assert_eq!((state.first_log_index, state.map), (10, map));
+    // From a server it does not follow in that term: refused, nothing kept.
+    let mut other = chunk(0, 10, false);
+    other.sender.id = 2;
+    let reply = send(other).await.unwrap();
+    assert!(!reply.result.unwrap().success);
+    // Bytes that are no map: refused whole.
+    let mut bad = chunk(0, 0, true);
+    bad.data = bytes::Bytes::from_static(b"\xff\xff");
+    bad.last = (20, 2);
+    assert!(matches!(send(bad).await, Err(NodeError::BadSnapshot(_))));
 }
