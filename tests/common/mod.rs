@@ -63,21 +63,25 @@ pub fn command(program: &Path) -> Command {
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// The first of `n` consecutive loopback ports that are free right now and
-/// were not handed out before in this test process (SeaweedFS and the S3
-/// demo take theirs in a row). Another process may still take one before
-/// the caller binds it; callers retry.
+/// were not handed out before in this test process, for programs that bind
+/// their own ports (SeaweedFS and the S3 demo take theirs in a row). They
+/// are taken below the kernel's ephemeral range, so no outgoing connection
+/// (SeaweedFS's own, between its parts) can be given one of them meanwhile.
 pub fn consecutive_free_ports(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_ports(1)[0];
-        let Some(last) = base.checked_add(n - 1) else {
-            continue;
-        };
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.saturating_sub(n));
+    assert!(low < high, "no room below the ephemeral port range");
+    for _ in 0..1000 {
+        let base = fastrand::u16(low..high);
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-        let free = (base + 1..=last).all(|port| {
+        let free = (base..base + n).all(|port| {
             !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
         });
         if free {
-            handed_out.extend(base + 1..=last);
+            handed_out.extend(base..base + n);
             return base;
         }
     }
