@@ -52,7 +52,12 @@ pub fn command(program: &Path) -> Command {
     );
     // The client's settings from the environment would change what the
     // tests' command lines mean.
-    for var in ["SURFSTORE_ADDR", "SURFSTORE_CONFIG", "SURFSTORE_BLOCK_SIZE"] {
+    for var in [
+        "SURFSTORE_ADDR",
+        "SURFSTORE_CONFIG",
+        "SURFSTORE_BLOCK_SIZE",
+        "SURFSTORE_TOKEN",
+    ] {
         command.env_remove(var);
     }
     command
