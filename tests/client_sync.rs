@@ -28,7 +28,8 @@ use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::{
     AppendEntryInput, AppendEntryOutput, Block, BlockHash, BlockHashes, BlockStoreAddr, Blocks,
     CrashedState, FileInfoMap, FileMetaData, InstallSnapshotInput, InstallSnapshotOutput,
-    RaftInternalState, Success, Version, block_store_server, raft_surfstore_server,
+    RaftInternalState, RequestVoteInput, RequestVoteOutput, Success, Version, block_store_server,
+    raft_surfstore_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -623,6 +624,18 @@ impl raft_surfstore_server::RaftSurfstore for FakeRaft {
         &self,
         _: Request<InstallSnapshotInput>,
     ) -> Result<Response<InstallSnapshotOutput>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn request_vote(
+        &self,
+        _: Request<RequestVoteInput>,
+    ) -> Result<Response<RequestVoteOutput>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn pre_vote(
+        &self,
+        _: Request<RequestVoteInput>,
+    ) -> Result<Response<RequestVoteOutput>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

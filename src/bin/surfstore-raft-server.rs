@@ -38,9 +38,16 @@ struct Args {
     #[arg(long = "data-dir", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// A leader heartbeats on its own every this many milliseconds (0: never;
-    /// explicit SendHeartbeat calls still work).
-    #[arg(long = "heartbeat-ms", default_value_t = 100)]
-    heartbeat_ms: u64,
+    /// explicit SendHeartbeat calls still work). Default 100, and with
+    /// elections a fifth of the election timeout when that is less.
+    #[arg(long = "heartbeat-ms", value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// Elect leaders automatically (SPEC §9.1): a follower that hears from
+    /// no leader for a random time in [N, 2N) milliseconds campaigns, with
+    /// pre-vote and check-quorum. N is at least 50; 0 or absent: no
+    /// elections, SetLeader alone makes leaders.
+    #[arg(long = "election-timeout-ms", value_name = "N")]
+    election_timeout_ms: Option<u64>,
     /// AppendEntries a leader keeps in flight to each follower (1 to 4).
     /// One (the default) sends every pending entry in each request and
     /// waits for the reply, the cheapest on a LAN; more keeps a link with
@@ -116,19 +123,24 @@ async fn run(args: Args) -> Result<(), Fatal> {
         Some(dir) => Box::new(FileStorage::open(dir).map_err(|e| Fatal::data_dir(dir, e))?),
         None => Box::new(MemoryStorage),
     };
+    let (heartbeat, election_timeout) = timing(args.heartbeat_ms, args.election_timeout_ms)?;
     let config = NodeConfig {
         id: args.id,
         addrs: config.meta_addrs,
         block_store_addr,
-        heartbeat: (args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)),
+        heartbeat,
         pipeline_depth: usize::try_from(args.pipeline_depth).unwrap_or(1),
         snapshot_entries: args.snapshot_entries,
+        election_timeout,
     };
-    let serves = format!(
+    let mut serves = format!(
         "Raft MetaStore server {} of {}",
         args.id,
         config.addrs.len()
     );
+    if let Some(n) = election_timeout {
+        serves.push_str(&format!(", electing leaders after {} ms", n.as_millis()));
+    }
     // Before the start line: whoever waits for that line sees it.
     if let Some(warning) = advertise::loopback_warning(bound, &config.block_store_addr) {
         tracing::warn!("{warning}");
@@ -152,4 +164,43 @@ async fn run(args: Args) -> Result<(), Fatal> {
             ServeError::Transport(e) => Fatal::failure(format!("server on {listen} failed: {e}")),
             ServeError::Storage => Fatal::failure(e),
         })
+}
+
+/// The shortest election timeout: below it, scheduling hiccups of a loaded
+/// machine would look like a dead leader.
+const MIN_ELECTION_TIMEOUT_MS: u64 = 50;
+
+/// The heartbeat period and election timeout the flags ask for, checked
+/// against each other (SPEC §9.1: heartbeats below N, N at least 50).
+fn timing(
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+) -> Result<(Option<Duration>, Option<Duration>), Fatal> {
+    let election = election_timeout_ms.filter(|&n| n > 0);
+    let heartbeat = match (heartbeat_ms, election) {
+        (Some(beat), _) => beat,
+        (None, Some(n)) => (n / 5).min(100),
+        (None, None) => 100,
+    };
+    let Some(n) = election else {
+        return Ok((
+            (heartbeat > 0).then(|| Duration::from_millis(heartbeat)),
+            None,
+        ));
+    };
+    if n < MIN_ELECTION_TIMEOUT_MS {
+        return Err(Fatal::usage(format!(
+            "--election-timeout-ms {n} is too short: at least {MIN_ELECTION_TIMEOUT_MS}"
+        )));
+    }
+    if heartbeat == 0 || heartbeat >= n {
+        return Err(Fatal::usage(format!(
+            "--heartbeat-ms {heartbeat} must be above 0 and below --election-timeout-ms {n}: \
+             followers that miss heartbeats for N elect a new leader"
+        )));
+    }
+    Ok((
+        Some(Duration::from_millis(heartbeat)),
+        Some(Duration::from_millis(n)),
+    ))
 }

@@ -26,6 +26,30 @@
 //! Requests without `leaderId` (the original Go leader, hand-written tests)
 //! get the original semantics: no vote is checked or recorded.
 //!
+//! # Elections (opt-in, SPEC §9.1)
+//!
+//! With [`RaftCore::enable_elections`], time enters as ticks
+//! ([`RaftCore::tick`]) and leaders are elected as in the Raft paper §5.2:
+//!
+//! * A follower that hears from no leader for its randomized timeout (in
+//!   `[N, 2N)` ticks) first asks a **PreVote** for the next term, changing
+//!   nothing; only if a majority would grant it does it raise its term, vote
+//!   for itself and ask for votes. A server cut off from the majority so
+//!   never raises a term the others would have to adopt.
+//! * A voter grants one vote per term, to a candidate whose log is at least
+//!   as up-to-date as its own, and none at all while it heard from a live
+//!   leader within N ticks (**check-quorum**'s lease), unless the candidate
+//!   campaigns because `SetLeader` told it to.
+//! * The winner leads confirmed at once (a majority voted for it) and
+//!   appends a no-op entry of its term ([`Entry::noop`]), whose commit
+//!   tells it everything committed before it; reads wait for it.
+//! * A leader that heard from no majority within N ticks steps down
+//!   (check-quorum), so a leader cut off from the rest stops serving.
+//! * Every leader is elected, so a term has at most one: a follower follows
+//!   any leader of its term, whoever it voted for.
+//!
+//! `SetLeader` makes the server campaign at once, skipping the PreVote.
+//!
 //! # Pipelined replication
 //!
 //! On a link with latency, one AppendEntries in flight per peer caps
@@ -64,11 +88,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::election::{Campaign, Election, ElectionConfig, VoteAsk, VoteRequest};
 use super::log::{RaftLog, Rejection};
 use super::progress::{Slice, Standing, Tracker};
 use super::request::{Sender, SnapshotRequest};
 use super::{AppendRequest, Entry, HardState, LogIndex, MAX_TERM, ServerId, Snapshot, Term};
-use crate::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData, UpdateOperation};
+use crate::proto::{
+    AppendEntryInput, AppendEntryOutput, FileMetaData, RequestVoteInput, RequestVoteOutput,
+    UpdateOperation,
+};
 
 /// The most bytes of entries one AppendEntries carries by default. Far below
 /// the gRPC message limit: a request is sent, decoded and persisted as one
@@ -219,6 +247,8 @@ pub struct Ready {
     /// may now be sent (a proposal, or a confirmation releasing held-back
     /// ones), a higher commit index to tell them, or a new term to probe.
     pub wake_peers: bool,
+    /// Vote requests to send once this Ready is durable (election mode).
+    pub votes: Vec<VoteRequest>,
 }
 
 /// One server's Raft state: term, vote, log, commit, and (as leader) what it
@@ -252,6 +282,10 @@ pub struct RaftCore {
     /// Whether `snapshot` is not handed out for persisting yet, and whether
     /// it came from a leader (the applied map must become it).
     snapshot_pending: Option<bool>,
+    /// The election clock and campaign; `None` without elections.
+    election: Option<Election>,
+    /// Vote requests built since the last `take_ready`.
+    votes: Vec<VoteRequest>,
 }
 
 /// Who an AppendEntries request says sent it.
@@ -307,7 +341,20 @@ impl RaftCore {
             abandoned: Vec::new(),
             pipeline_depth: super::MAX_INFLIGHT,
             max_batch_bytes: MAX_BATCH_BYTES,
+            election: None,
+            votes: Vec::new(),
         }
+    }
+
+    /// Turns on elections (see the module docs), timed by `config`; a
+    /// server without them only leads when `SetLeader` says so.
+    pub fn enable_elections(&mut self, config: ElectionConfig) {
+        self.election = Some(Election::new(config));
+    }
+
+    /// Whether elections are on.
+    pub fn elections(&self) -> bool {
+        self.election.is_some()
     }
 
     /// How many AppendEntries a leader keeps in flight to a peer it
@@ -365,7 +412,17 @@ impl RaftCore {
         if self.is_leader() {
             return Some(self.id);
         }
-        self.voted_for.filter(|&v| v != self.id)
+        self.known_leader().filter(|&l| l != self.id)
+    }
+
+    /// The leader of the current term as replies name it: with elections
+    /// the one this server heard from (or itself); without, the one it
+    /// voted for.
+    fn known_leader(&self) -> Option<ServerId> {
+        match &self.election {
+            Some(election) => election.leader,
+            None => self.voted_for,
+        }
     }
 
     /// The log after the snapshot, including proposals of an unconfirmed
@@ -435,13 +492,13 @@ impl RaftCore {
     /// itself; `nextIndex` = log length and `matchIndex` = -1 for every peer.
     /// No entry is appended. A single-server cluster is confirmed at once.
     /// At [`MAX_TERM`] nothing changes and the call is refused: leading the
-    /// same term again would let two servers lead it.
+    /// same term again would let two servers lead it. With elections it
+    /// campaigns at once instead, leading only if a majority votes for it.
     pub fn set_leader(&mut self) -> Result<(), TermExhausted> {
-        let term = self
-            .term
-            .checked_add(1)
-            .filter(|&t| t <= MAX_TERM)
-            .ok_or(TermExhausted { term: self.term })?;
+        if self.election.is_some() {
+            return self.campaign(true);
+        }
+        let term = self.next_term()?;
         self.become_follower();
         // Entries of the ended term commit, if ever, only with a later
         // entry of the new one: their callers cannot be told a version.
@@ -451,6 +508,221 @@ impl RaftCore {
         let next = self.log.last_index() + 1;
         self.leader = Some(Tracker::new(self.id, self.cluster_size, next));
         Ok(())
+    }
+
+    /// The term after this one, unless this one is [`MAX_TERM`].
+    fn next_term(&self) -> Result<Term, TermExhausted> {
+        self.term
+            .checked_add(1)
+            .filter(|&t| t <= MAX_TERM)
+            .ok_or(TermExhausted { term: self.term })
+    }
+
+    /// One tick of the election clock (nothing without elections): a
+    /// follower or candidate whose randomized timeout ran out starts a
+    /// PreVote; a leader checks every N ticks that a majority answered it
+    /// since the last check, and steps down if not.
+    pub fn tick(&mut self) {
+        let leading = self.is_leader();
+        let size = self.cluster_size;
+        let Some(election) = self.election.as_mut() else {
+            return;
+        };
+        election.elapsed = election.elapsed.saturating_add(1);
+        if leading {
+            if election.elapsed < election.ticks {
+                return;
+            }
+            election.elapsed = 0;
+            let heard = std::mem::take(&mut election.active).len() + 1;
+            if !super::quorum::is_majority(heard, size) {
+                self.step_down_for_quorum();
+            }
+        } else if election.timed_out() {
+            self.pre_vote();
+        }
+    }
+
+    /// Check-quorum: a leader that heard from no majority for an election
+    /// timeout stops leading (its term stays) and forgets the lease.
+    fn step_down_for_quorum(&mut self) {
+        self.become_follower();
+        if let Some(election) = self.election.as_mut() {
+            election.leader = None;
+            election.reset_timer();
+        }
+    }
+
+    /// Asks every peer whether it would vote for this server in the next
+    /// term, changing no term; a majority of grants starts the campaign.
+    fn pre_vote(&mut self) {
+        if self.next_term().is_err() {
+            return;
+        }
+        if let Some(election) = self.election.as_mut() {
+            election.leader = None;
+            election.reset_timer();
+            election.campaign = Some(Campaign {
+                pre_vote: true,
+                granted: [self.id].into(),
+            });
+        }
+        if super::quorum::is_majority(1, self.cluster_size) {
+            let _ = self.campaign(false);
+            return;
+        }
+        self.ask_votes(self.term + 1, true, false);
+    }
+
+    /// Becomes a candidate of the next term, votes for itself and asks every
+    /// peer for its vote (`force`: even one that hears from a live leader).
+    fn campaign(&mut self, force: bool) -> Result<(), TermExhausted> {
+        let term = self.next_term()?;
+        self.adopt_term(term);
+        self.voted_for = Some(self.id);
+        if let Some(election) = self.election.as_mut() {
+            election.campaign = Some(Campaign {
+                pre_vote: false,
+                granted: [self.id].into(),
+            });
+        }
+        if super::quorum::is_majority(1, self.cluster_size) {
+            self.win_election();
+            return Ok(());
+        }
+        self.ask_votes(term, false, force);
+        Ok(())
+    }
+
+    /// Queues a vote request of `term` for every peer.
+    fn ask_votes(&mut self, term: Term, pre_vote: bool, force: bool) {
+        let (last_log_term, last_log_index) = self.log.last_id_within(self.log.end());
+        for to in (0..self.cluster_size).filter(|&p| p != self.id) {
+            self.votes.push(VoteRequest {
+                to,
+                pre_vote,
+                request: RequestVoteInput {
+                    term,
+                    candidate_id: wire_id(self.id),
+                    last_log_index,
+                    last_log_term,
+                    force,
+                },
+            });
+        }
+    }
+
+    /// A vote request (RequestVote or PreVote, validated at the edge);
+    /// returns the reply. A granted vote is part of the next Ready, which
+    /// must be durable before the reply leaves. Without elections every
+    /// request is refused.
+    pub fn handle_vote_request(&mut self, ask: VoteAsk) -> RequestVoteOutput {
+        let refuse = |core: &Self| core.vote_reply(false, core.term);
+        let Some(election) = self.election.as_ref() else {
+            return refuse(self);
+        };
+        if ask.candidate >= self.cluster_size || ask.candidate == self.id || ask.term < self.term {
+            return refuse(self);
+        }
+        let leased = !ask.force && (self.is_leader() || election.in_lease());
+        if ask.term > self.term && leased {
+            return refuse(self);
+        }
+        let up_to_date = ask.last_log >= self.log.last_id_within(self.log.end());
+        let free = |core: &Self| {
+            core.voted_for.is_none_or(|v| v == ask.candidate)
+                && core.election.as_ref().is_some_and(|e| e.leader.is_none())
+        };
+        if ask.pre_vote {
+            let granted = up_to_date && (ask.term > self.term || free(self));
+            return self.vote_reply(granted, if granted { ask.term } else { self.term });
+        }
+        if ask.term > self.term {
+            self.adopt_term(ask.term);
+        }
+        if !(up_to_date && free(self)) {
+            return refuse(self);
+        }
+        self.voted_for = Some(ask.candidate);
+        if let Some(election) = self.election.as_mut() {
+            election.reset_timer();
+        }
+        self.vote_reply(true, self.term)
+    }
+
+    /// Feeds back `from`'s reply to a vote request this server sent: a
+    /// majority of PreVotes starts the campaign, a majority of votes wins
+    /// it; a higher term ends it.
+    pub fn handle_vote_response(
+        &mut self,
+        from: ServerId,
+        pre_vote: bool,
+        resp: &RequestVoteOutput,
+    ) {
+        if !(0..=MAX_TERM).contains(&resp.term) || from >= self.cluster_size {
+            return;
+        }
+        // A granted PreVote carries the term asked about, not the voter's.
+        if resp.term > self.term && !(pre_vote && resp.vote_granted) {
+            self.adopt_term(resp.term);
+            return;
+        }
+        let asked = if pre_vote { self.term + 1 } else { self.term };
+        let size = self.cluster_size;
+        let Some(campaign) = self.election.as_mut().and_then(|e| e.campaign.as_mut()) else {
+            return;
+        };
+        if campaign.pre_vote != pre_vote || resp.term != asked || !resp.vote_granted {
+            return;
+        }
+        campaign.granted.insert(from);
+        if !super::quorum::is_majority(campaign.granted.len(), size) {
+            return;
+        }
+        if pre_vote {
+            let _ = self.campaign(false);
+        } else {
+            self.win_election();
+        }
+    }
+
+    /// Leads the current term, confirmed by the votes of the campaign, and
+    /// appends the term's no-op entry.
+    fn win_election(&mut self) {
+        let Some(election) = self.election.as_mut() else {
+            return;
+        };
+        let voters = election
+            .campaign
+            .take()
+            .map(|c| c.granted)
+            .unwrap_or_default();
+        election.leader = Some(self.id);
+        election.elapsed = 0;
+        election.active.clear();
+        let mut tracker = Tracker::new(self.id, self.cluster_size, self.log.last_index() + 1);
+        for voter in voters {
+            tracker.record_stance(voter, true);
+        }
+        self.leader = Some(tracker);
+        self.log.append(Entry::noop(self.term));
+        self.maybe_commit();
+    }
+
+    /// Whether this server leads and has committed an entry of its own term
+    /// (with elections, its no-op): only then is its commit index known to
+    /// cover everything committed before its term, so a read may be served
+    /// at it once a majority confirms the leadership (ReadIndex).
+    pub fn committed_in_term(&self) -> bool {
+        self.is_leader() && self.log.term_at(self.log.committed()) == Some(self.term)
+    }
+
+    fn vote_reply(&self, granted: bool, term: Term) -> RequestVoteOutput {
+        RequestVoteOutput {
+            term,
+            vote_granted: granted,
+            server_id: wire_id(self.id),
+        }
     }
 
     /// Appends `Entry{term, meta}` to the leader's log and returns its
@@ -698,6 +970,9 @@ impl RaftCore {
         if sent.term != term || resp.term != term || tracker.get(peer).is_none() {
             return ReplicationStatus::Ignored;
         }
+        if let Some(election) = self.election.as_mut() {
+            election.active.insert(peer);
+        }
         if tracker.record_stance(peer, follows) == Standing::Rejected {
             self.become_follower();
             return ReplicationStatus::NotLeader;
@@ -836,6 +1111,7 @@ impl RaftCore {
             committed,
             abandoned,
             wake_peers,
+            votes: std::mem::take(&mut self.votes),
         }
     }
 
@@ -896,6 +1172,11 @@ impl RaftCore {
         self.become_follower();
         self.term = term;
         self.voted_for = None;
+        if let Some(election) = self.election.as_mut() {
+            election.leader = None;
+            election.campaign = None;
+            election.reset_timer();
+        }
     }
 
     fn claim(&self, sender: Option<Sender>) -> Claim {
@@ -922,6 +1203,18 @@ impl RaftCore {
     /// The follower's vote rule: vote for the sender if no vote was cast in
     /// this term and it is acceptable; follow it only if it has the vote.
     fn follows(&mut self, claim: Claim) -> bool {
+        if let Some(election) = self.election.as_mut() {
+            // Every leader is elected, so this is the only one of its term.
+            let leader = match claim {
+                Claim::Invalid => return false,
+                Claim::Anonymous => None,
+                Claim::Leader(leader, _) => Some(leader),
+            };
+            election.leader = leader.or(election.leader);
+            election.campaign = None;
+            election.reset_timer();
+            return true;
+        }
         match claim {
             Claim::Anonymous => true,
             Claim::Invalid => false,
@@ -973,7 +1266,7 @@ impl RaftCore {
             term: self.term,
             success,
             matched_index,
-            leader_id: self.voted_for.map(wire_id),
+            leader_id: self.known_leader().map(wire_id),
             commit_index: Some(self.log.committed()),
         }
     }

@@ -7,6 +7,7 @@
 //! it says is committed to a [`crate::meta_store::FileMap`].
 
 pub mod core;
+pub mod election;
 mod limits;
 mod log;
 pub mod node;
@@ -21,6 +22,7 @@ pub use self::core::{
     NotLeader, Outgoing, OutgoingSnapshot, RaftCore, Ready, ReplicationStatus, SentAppend,
     SnapshotWrite, TermExhausted,
 };
+pub use self::election::{ElectionConfig, VoteAsk, VoteRequest};
 pub use self::progress::MAX_INFLIGHT;
 pub use self::request::{AppendRequest, InvalidAppend, SnapshotChunk, SnapshotRequest};
 
@@ -54,6 +56,17 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry a leader elected in `term` appends first (SPEC §9.1): an
+    /// update of no file at version 0, which the version rule always
+    /// rejects, so applying it changes nothing; its commit shows the leader
+    /// everything committed before its term.
+    pub fn noop(term: Term) -> Self {
+        Self {
+            term,
+            meta: FileMetaData::default(),
+        }
+    }
+
     /// The bytes this entry takes as one `UpdateOperation` of a repeated
     /// field: `AppendEntryInput.entries` or `RaftInternalState.log`.
     pub fn wire_len(&self) -> usize {
@@ -89,7 +102,8 @@ pub struct Snapshot {
 pub struct HardState {
     /// The current term.
     pub term: Term,
-    /// The leader this server follows (or is) in `term`, if any.
+    /// Without elections, the leader this server follows (or is) in `term`;
+    /// with them, the candidate it voted for.
     pub voted_for: Option<ServerId>,
     /// The highest index known to be committed.
     pub commit: LogIndex,

@@ -83,13 +83,15 @@ use super::quorum::is_majority;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::{GrpcTransport, Transport};
 use super::{
-    AppendRequest, Entry, LogIndex, ServerId, Snapshot, SnapshotChunk, SnapshotRequest, Term,
+    AppendRequest, ElectionConfig, Entry, LogIndex, ServerId, Snapshot, SnapshotChunk,
+    SnapshotRequest, Term, VoteAsk, VoteRequest,
 };
 use crate::backoff::Backoff;
 use crate::grpc;
 use crate::meta_store::{FileMap, MapChanges};
 use crate::proto::{
     AppendEntryOutput, FileInfoMap, FileMetaData, InstallSnapshotInput, InstallSnapshotOutput,
+    RequestVoteOutput,
 };
 use crate::security::ClientSecurity;
 
@@ -115,6 +117,14 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// The longest a peer that keeps failing is left alone between attempts:
 /// a peer that comes back is caught up within about this long.
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ticks per election timeout: the election clock runs at a tenth of N, so
+/// randomized timeouts fall on ten steps of `[N, 2N)`.
+const ELECTION_TICKS: u32 = 10;
+
+/// How often a read, or a `SetLeader` waiting for its election, looks
+/// again whether the leader is ready for it.
+const READY_POLL: Duration = Duration::from_millis(2);
 
 /// Why a node refused or abandoned a request; the service maps each to the
 /// gRPC status SPEC §3 asks for.
@@ -176,6 +186,9 @@ pub struct NodeConfig {
     /// Snapshot the applied map and drop the log before it every this many
     /// applied entries; 0 never does.
     pub snapshot_entries: usize,
+    /// The election timeout N (SPEC §9.1); `None` leaves leadership to
+    /// `SetLeader`. Needs a `heartbeat` below it.
+    pub election_timeout: Option<Duration>,
 }
 
 /// A snapshot for `GetInternalState`.
@@ -282,6 +295,15 @@ struct Driver {
     steps: mpsc::UnboundedReceiver<Step>,
     /// Each peer's id and the wake-up of its replication task.
     wakes: Vec<(ServerId, Arc<Notify>)>,
+    /// The election clock's period, with elections on.
+    tick: Option<Duration>,
+    /// Where vote replies go: the loop's own input, held weakly so the loop
+    /// still ends once every handle of the node is gone.
+    own_steps: mpsc::WeakUnboundedSender<Step>,
+    /// How vote requests reach the peers.
+    transport: Arc<dyn Transport>,
+    /// How long a vote request may take: the election timeout.
+    vote_timeout: Duration,
 }
 
 impl RaftNode {
@@ -322,6 +344,12 @@ impl RaftNode {
         let mut core =
             RaftCore::restore_with_snapshot(config.id, config.addrs.len(), hard, snapshot, log);
         core.set_pipeline_depth(config.pipeline_depth);
+        if config.election_timeout.is_some() {
+            core.enable_elections(ElectionConfig {
+                ticks: ELECTION_TICKS,
+                seed: random_seed(config.id),
+            });
+        }
         let (steps_tx, steps) = mpsc::unbounded_channel();
         let (crashes, crashes_rx) = watch::channel(0);
         let (failed_signal, failed_rx) = watch::channel(false);
@@ -367,6 +395,12 @@ impl RaftNode {
                 storage: Some(storage),
                 steps,
                 wakes,
+                tick: config
+                    .election_timeout
+                    .map(|n| (n / ELECTION_TICKS).max(Duration::from_millis(1))),
+                own_steps: steps_tx.downgrade(),
+                transport: transport.clone(),
+                vote_timeout: config.election_timeout.unwrap_or(APPEND_TIMEOUT),
             }
             .run(),
         );
@@ -446,16 +480,32 @@ impl RaftNode {
         rx.await.unwrap_or(Err(NodeError::Failed))
     }
 
-    /// `SetLeader`: becomes leader of a new term (SPEC §5).
-    pub async fn set_leader(&self) -> Result<(), NodeError> {
-        self.with(|state| {
-            if state.crashed {
-                return Err(NodeError::Crashed);
+    /// `SetLeader`: becomes leader of a new term (SPEC §5). With elections
+    /// it campaigns at once and returns whether it won, once the votes are
+    /// in or an election timeout passed (SPEC §9.1).
+    pub async fn set_leader(&self) -> Result<bool, NodeError> {
+        let term = self
+            .with(|state| {
+                if state.crashed {
+                    return Err(NodeError::Crashed);
+                }
+                state.core.set_leader()?;
+                Ok(state.core.term())
+            })
+            .await??;
+        let Some(timeout) = self.shared.config.election_timeout else {
+            return Ok(true);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (leading, now_term) = self
+                .with(|state| (state.core.is_leader(), state.core.term()))
+                .await?;
+            if now_term != term || leading || Instant::now() >= deadline {
+                return Ok(leading && now_term == term);
             }
-            state.core.set_leader()?;
-            Ok(())
-        })
-        .await?
+            tokio::time::sleep(READY_POLL).await;
+        }
     }
 
     /// `UpdateFile` on the leader: appends, waits until the entry is
@@ -502,10 +552,22 @@ impl RaftNode {
         Ok(self.shared.config.block_store_addr.clone())
     }
 
-    /// Waits until a majority acknowledges this server as leader of its term.
+    /// Waits until a majority acknowledges this server as leader of its term
+    /// (ReadIndex); with elections, first until the leader committed an
+    /// entry of its term, since only then does its commit index cover every
+    /// write acknowledged before the read.
     async fn confirm_leadership(&self) -> Result<(), NodeError> {
         loop {
-            self.with(|state| state.check_leader()).await??;
+            let ready = self
+                .with(|state| {
+                    state.check_leader()?;
+                    Ok::<_, NodeError>(!state.core.elections() || state.core.committed_in_term())
+                })
+                .await??;
+            if !ready {
+                tokio::time::sleep(READY_POLL).await;
+                continue;
+            }
             if self.round(false).await? {
                 return Ok(());
             }
@@ -851,7 +913,16 @@ impl RaftNode {
             t
         });
         let mut calls = FuturesUnordered::new();
-        let mut backoff = Backoff::new(RETRY_INTERVAL, MAX_RETRY_INTERVAL);
+        // With elections a peer must hear from its leader within N, so a
+        // peer that comes back is tried within a heartbeat.
+        let longest = match (
+            self.shared.config.election_timeout,
+            self.shared.config.heartbeat,
+        ) {
+            (Some(_), Some(beat)) => beat.min(MAX_RETRY_INTERVAL),
+            _ => MAX_RETRY_INTERVAL,
+        };
+        let mut backoff = Backoff::new(RETRY_INTERVAL.min(longest), longest);
         let mut paused = false;
         // After a failure: when the peer may be tried again.
         let mut held_until: Option<Instant> = None;
@@ -955,6 +1026,18 @@ impl RaftNode {
                 return Err(NodeError::Crashed);
             }
             Ok(state.core.handle_append_entries(request))
+        })
+        .await?
+    }
+
+    /// A RequestVote or PreVote from a candidate, validated at the edge.
+    /// The reply leaves once a vote it grants is durable.
+    pub async fn request_vote(&self, ask: VoteAsk) -> Result<RequestVoteOutput, NodeError> {
+        self.with(move |state| {
+            if state.crashed {
+                return Err(NodeError::Crashed);
+            }
+            Ok(state.core.handle_vote_request(ask))
         })
         .await?
     }
@@ -1207,13 +1290,74 @@ impl State {
 impl Driver {
     /// Turns until every handle of the node is gone: each takes every step
     /// waiting, so one write covers them all.
+    /// With elections on, a tick of the election clock is a turn of its
+    /// own (nothing while crashed: a crashed server takes part in nothing).
     async fn run(mut self) {
-        while let Some(step) = self.steps.recv().await {
-            let mut answers = vec![step(&mut self.state)];
+        let mut ticker = self.tick.map(|period| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let mut answers = Vec::new();
+            tokio::select! {
+                step = self.steps.recv() => {
+                    let Some(step) = step else { return };
+                    answers.push(step(&mut self.state));
+                }
+                () = tick => {
+                    if !self.state.crashed && !self.state.failed {
+                        self.state.core.tick();
+                    }
+                }
+            }
             while let Ok(step) = self.steps.try_recv() {
                 answers.push(step(&mut self.state));
             }
             self.finish_turn(answers).await;
+        }
+    }
+
+    /// Sends the turn's vote requests, now durable, each reply fed back to
+    /// the core as a step of its own.
+    fn send_votes(&self, votes: Vec<VoteRequest>) {
+        for VoteRequest {
+            to,
+            pre_vote,
+            request,
+        } in votes
+        {
+            let Some(steps) = self.own_steps.upgrade() else {
+                return;
+            };
+            let reply = self
+                .transport
+                .request_vote(to, request, pre_vote, self.vote_timeout);
+            tokio::spawn(async move {
+                let reply = match reply.await {
+                    Ok(reply) => reply,
+                    Err(status) => {
+                        tracing::debug!(peer = to, %status, pre_vote, "vote request failed");
+                        return;
+                    }
+                };
+                let step: Step = Box::new(move |state: &mut State| -> Answer {
+                    if !state.crashed && !state.failed {
+                        state.core.handle_vote_response(to, pre_vote, &reply);
+                    }
+                    Box::new(|| {})
+                });
+                // A closed loop: the node is gone, nothing to count.
+                let _ = steps.send(step);
+            });
         }
     }
 
@@ -1239,6 +1383,7 @@ impl Driver {
                 wake.notify_one();
             }
         }
+        self.send_votes(std::mem::take(&mut ready.votes));
         self.state.carry_out(ready);
         for answer in answers {
             answer();
@@ -1334,6 +1479,15 @@ impl Driver {
 enum Request {
     Append(Outgoing),
     Snapshot(OutgoingSnapshot),
+}
+
+/// A seed for this server's election timeouts: different per process and
+/// per server, so servers started together do not time out together.
+fn random_seed(id: ServerId) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_usize(id);
+    hasher.finish()
 }
 
 /// The deadline of a call carrying `bytes` to a peer.

@@ -12,8 +12,9 @@
 
 use std::sync::Arc;
 
+use super::election::VoteAsk;
 use super::{Entry, LogIndex, MAX_TERM, ServerId, Snapshot, Term};
-use crate::proto::{AppendEntryInput, InstallSnapshotInput};
+use crate::proto::{AppendEntryInput, InstallSnapshotInput, RequestVoteInput};
 
 /// A validated AppendEntries request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +167,28 @@ pub enum InvalidAppend {
     /// A negative `leaderId`.
     #[error("leaderId {0} is negative")]
     LeaderId(i64),
+    /// A negative `candidateId`.
+    #[error("candidateId {0} is negative")]
+    CandidateId(i64),
+}
+
+impl VoteAsk {
+    /// A RequestVote (or, with `pre_vote`, a PreVote) as the core takes it,
+    /// every value checked as in AppendEntries.
+    pub fn from_wire(input: &RequestVoteInput, pre_vote: bool) -> Result<Self, InvalidAppend> {
+        let term = term("term", input.term)?;
+        Ok(Self {
+            term,
+            candidate: usize::try_from(input.candidate_id)
+                .map_err(|_| InvalidAppend::CandidateId(input.candidate_id))?,
+            last_log: (
+                last_term(input.last_log_term, term)?,
+                log_index("lastLogIndex", input.last_log_index)?,
+            ),
+            force: input.force,
+            pre_vote,
+        })
+    }
 }
 
 impl TryFrom<InstallSnapshotInput> for SnapshotChunk {

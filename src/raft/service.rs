@@ -10,13 +10,13 @@ use tonic::{Request, Response, Status};
 
 use super::node::{NodeConfig, NodeError, RaftNode, StartError};
 use super::storage::RaftStorage;
-use super::{AppendRequest, SnapshotChunk};
+use super::{AppendRequest, SnapshotChunk, VoteAsk};
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::meta_store::{EncodedMapServer, MapSource};
 use crate::proto::{
     AppendEntryInput, AppendEntryOutput, BlockStoreAddr, CrashedState, FileInfoMap, FileMetaData,
-    InstallSnapshotInput, InstallSnapshotOutput, RaftInternalState, Success, Version,
-    meta_store_server, raft_surfstore_server,
+    InstallSnapshotInput, InstallSnapshotOutput, RaftInternalState, RequestVoteInput,
+    RequestVoteOutput, Success, Version, meta_store_server, raft_surfstore_server,
 };
 use crate::security::{ClientSecurity, ServerSecurity};
 
@@ -166,9 +166,26 @@ impl raft_surfstore_server::RaftSurfstore for RaftService {
         Ok(Response::new(self.node.install_snapshot(chunk).await?))
     }
 
+    async fn request_vote(
+        &self,
+        request: Request<RequestVoteInput>,
+    ) -> Result<Response<RequestVoteOutput>, Status> {
+        let ask = VoteAsk::from_wire(request.get_ref(), false)
+            .map_err(|e| Status::invalid_argument(format!("RequestVote refused: {e}")))?;
+        Ok(Response::new(self.node.request_vote(ask).await?))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RequestVoteInput>,
+    ) -> Result<Response<RequestVoteOutput>, Status> {
+        let ask = VoteAsk::from_wire(request.get_ref(), true)
+            .map_err(|e| Status::invalid_argument(format!("PreVote refused: {e}")))?;
+        Ok(Response::new(self.node.request_vote(ask).await?))
+    }
+
     async fn set_leader(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
-        self.node.set_leader().await?;
-        Ok(success(true))
+        Ok(success(self.node.set_leader().await?))
     }
 
     async fn send_heartbeat(&self, _request: Request<()>) -> Result<Response<Success>, Status> {
@@ -268,6 +285,7 @@ mod tests {
             heartbeat: None,
             pipeline_depth: 1,
             snapshot_entries: 0,
+            election_timeout: None,
         };
         let server = tokio::spawn(serve(
             listener,

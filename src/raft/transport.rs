@@ -11,11 +11,22 @@ use crate::grpc;
 use crate::proto::raft_surfstore_client::RaftSurfstoreClient;
 use crate::proto::{
     AppendEntryInput, AppendEntryOutput, InstallSnapshotInput, InstallSnapshotOutput,
+    RequestVoteInput, RequestVoteOutput,
 };
 use crate::security::ClientSecurity;
 
-/// Delivers AppendEntries and InstallSnapshot to peers.
+/// Delivers AppendEntries, InstallSnapshot and vote requests to peers.
 pub trait Transport: Send + Sync + 'static {
+    /// Sends a RequestVote (a PreVote with `pre_vote`) to `peer` and returns
+    /// its reply, like [`Transport::append_entries`].
+    fn request_vote(
+        &self,
+        peer: ServerId,
+        request: RequestVoteInput,
+        pre_vote: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<RequestVoteOutput, tonic::Status>>;
+
     /// Sends one snapshot chunk to `peer` and returns its reply, like
     /// [`Transport::append_entries`].
     fn install_snapshot(
@@ -85,6 +96,27 @@ impl GrpcTransport {
 }
 
 impl Transport for GrpcTransport {
+    fn request_vote(
+        &self,
+        peer: ServerId,
+        request: RequestVoteInput,
+        pre_vote: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<RequestVoteOutput, tonic::Status>> {
+        let client = self.client(peer);
+        Box::pin(async move {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(timeout);
+            let mut client = client?;
+            let reply = if pre_vote {
+                client.pre_vote(request).await
+            } else {
+                client.request_vote(request).await
+            };
+            reply.map(tonic::Response::into_inner)
+        })
+    }
+
     fn install_snapshot(
         &self,
         peer: ServerId,

@@ -517,7 +517,9 @@ impl Cluster {
             committed,
             abandoned,
             wake_peers: _,
+            votes,
         } = ready;
+        assert!(votes.is_empty(), "server {id}: no elections, no votes");
         let server = &mut self.servers[id];
         let written_hard = hard_state.or(snapshot.as_ref().map(|s| s.hard));
         assert_eq!(

@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::proto::{AppendEntryInput, InstallSnapshotInput, InstallSnapshotOutput};
+use crate::proto::{
+    AppendEntryInput, InstallSnapshotInput, InstallSnapshotOutput, RequestVoteInput,
+};
 use crate::raft::HardState;
 use crate::raft::storage::testing::injected_failure;
 
@@ -28,6 +30,7 @@ fn config(id: ServerId, size: usize) -> NodeConfig {
         heartbeat: None,
         pipeline_depth: 1,
         snapshot_entries: 0,
+        election_timeout: None,
     }
 }
 
@@ -83,6 +86,24 @@ struct Loopback {
 }
 
 impl Transport for Loopback {
+    fn request_vote(
+        &self,
+        peer: ServerId,
+        request: RequestVoteInput,
+        pre_vote: bool,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<RequestVoteOutput, tonic::Status>> {
+        let node = self.nodes.get().and_then(|nodes| nodes.get(peer)).cloned();
+        let mut open = self.open.subscribe();
+        Box::pin(async move {
+            let _ = open.wait_for(|&o| o).await;
+            let node = node.ok_or_else(|| tonic::Status::unavailable("no such node"))?;
+            let ask = VoteAsk::from_wire(&request, pre_vote)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            Ok(node.request_vote(ask).await?)
+        })
+    }
+
     fn install_snapshot(
         &self,
         peer: ServerId,
@@ -135,6 +156,30 @@ fn cluster_compacting(
     size: usize,
     snapshot_entries: usize,
 ) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
+    cluster_of(size, |config| NodeConfig {
+        snapshot_entries,
+        ..config
+    })
+}
+
+/// [`cluster`] of nodes that elect leaders after `timeout`, heartbeating at
+/// a fifth of it.
+fn electing_cluster(
+    size: usize,
+    timeout: Duration,
+) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
+    cluster_of(size, |config| NodeConfig {
+        heartbeat: Some(timeout / 5),
+        election_timeout: Some(timeout),
+        ..config
+    })
+}
+
+/// `size` in-process nodes, each configured by `configure`.
+fn cluster_of(
+    size: usize,
+    configure: impl Fn(NodeConfig) -> NodeConfig,
+) -> (Vec<RaftNode>, Vec<Arc<Disk>>, Arc<Loopback>) {
     let transport = Arc::new(Loopback {
         nodes: OnceLock::new(),
         open: watch::channel(true).0,
@@ -146,10 +191,7 @@ fn cluster_compacting(
         .enumerate()
         .map(|(id, disk)| {
             let storage = Box::new(TestStorage(disk.clone()));
-            let config = NodeConfig {
-                snapshot_entries,
-                ..config(id, size)
-            };
+            let config = configure(config(id, size));
             RaftNode::start_with(config, storage, transport.clone()).unwrap()
         })
         .collect();
@@ -453,4 +495,66 @@ async fn snapshot_chunks_are_put_together_from_where_the_follower_says() {
     bad.data = bytes::Bytes::from_static(b"\xff\xff");
     bad.last = (20, 2);
     assert!(matches!(send(bad).await, Err(NodeError::BadSnapshot(_))));
+}
+
+/// The servers that lead, with their terms, once one leads alone.
+async fn sole_leader(nodes: &[RaftNode]) -> (usize, Term) {
+    loop {
+        let mut leading = Vec::new();
+        for (id, node) in nodes.iter().enumerate() {
+            if node.is_crashed().await.unwrap() {
+                continue;
+            }
+            let state = node.internal_state().await.unwrap();
+            if state.is_leader {
+                leading.push((id, state.term));
+            }
+        }
+        if let [one] = leading[..] {
+            return one;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_elections_a_leader_is_elected_and_replaced_when_it_crashes() {
+    let timeout = Duration::from_millis(100);
+    let (nodes, _disks, _transport) = electing_cluster(3, timeout);
+    let (first, term) = sole_leader(&nodes).await;
+    assert_eq!(nodes[first].update_file(meta("a")).await.unwrap(), 1);
+    // The elected leader's no-op comes first in its term.
+    let log = nodes[first].internal_state().await.unwrap().log;
+    assert_eq!(log[0], Entry::noop(term));
+
+    nodes[first].crash().await.unwrap();
+    let crashed_at = tokio::time::Instant::now();
+    let (second, next_term) = sole_leader(&nodes).await;
+    assert_ne!(second, first);
+    assert!(next_term > term);
+    assert!(
+        crashed_at.elapsed() < 3 * timeout,
+        "{:?}",
+        crashed_at.elapsed()
+    );
+    let next = FileMetaData {
+        version: 2,
+        ..meta("a")
+    };
+    assert_eq!(nodes[second].update_file(next).await.unwrap(), 2);
+    let map = FileInfoMap::decode(nodes[second].file_info_map().await.unwrap()).unwrap();
+    assert_eq!(map.file_info_map["a"].version, 2);
+
+    // Restored, the old leader learns the newer term and follows.
+    nodes[first].restore().await.unwrap();
+    assert_eq!(sole_leader(&nodes).await, (second, next_term));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_elections_set_leader_campaigns_and_reports_whether_it_won() {
+    let (nodes, _disks, _transport) = electing_cluster(3, Duration::from_millis(100));
+    let (first, _) = sole_leader(&nodes).await;
+    let other = (first + 1) % 3;
+    assert!(nodes[other].set_leader().await.unwrap());
+    assert_eq!(sole_leader(&nodes).await.0, other);
 }
