@@ -22,7 +22,7 @@ use surfstore::proto::meta_store_client::MetaStoreClient;
 use surfstore::proto::raft_surfstore_client::RaftSurfstoreClient;
 use surfstore::proto::{
     AppendEntryInput, Block, BlockHash, BlockHashes, Blocks, DeleteBlocksInput, FileMetaData,
-    InstallSnapshotInput, ListBlocksInput,
+    InstallSnapshotInput, ListBlocksInput, RequestVoteInput,
 };
 use surfstore::security::ClientSecurity;
 use surfstore::security::tls::client_tls;
@@ -186,6 +186,16 @@ struct SecureCluster {
 }
 
 fn start_secure_cluster(material: &Material, n: usize, log: &Path) -> SecureCluster {
+    start_secure_cluster_with(material, n, log, &["--heartbeat-ms", "0"])
+}
+
+/// [`start_secure_cluster`] with `extra` flags on every Raft server.
+fn start_secure_cluster_with(
+    material: &Material,
+    n: usize,
+    log: &Path,
+    extra: &[&str],
+) -> SecureCluster {
     let (block, block_proc) = start_plain_block(material, log);
     let listeners: Vec<_> = (0..n).map(|_| loopback_listener()).collect();
     let ports: Vec<u16> = listeners
@@ -202,7 +212,8 @@ fn start_secure_cluster(material: &Material, n: usize, log: &Path) -> SecureClus
     let mut procs = vec![block_proc];
     for (id, (listener, port)) in listeners.into_iter().zip(&ports).enumerate() {
         let id = id.to_string();
-        let mut args = vec!["-d", "-f", utf8(&config), "-i", &id, "--heartbeat-ms", "0"];
+        let mut args = vec!["-d", "-f", utf8(&config), "-i", &id];
+        args.extend_from_slice(extra);
         let flags = material.server_flags();
         let peer_token = material.path("peer.tok");
         args.extend(flags.iter().map(String::as_str));
@@ -418,6 +429,36 @@ fn raft_rpcs() -> Vec<Rpc> {
                             .install_snapshot(InstallSnapshotInput::default())
                             .await,
                     )
+                }
+                .boxed()
+            },
+        },
+        Rpc {
+            path: "/surfstore.RaftSurfstore/RequestVote",
+            needs: Role::Peer,
+            call: |c| {
+                async move {
+                    let input = RequestVoteInput {
+                        last_log_index: -1,
+                        last_log_term: -1,
+                        ..RequestVoteInput::default()
+                    };
+                    unit(raft(c).request_vote(input).await)
+                }
+                .boxed()
+            },
+        },
+        Rpc {
+            path: "/surfstore.RaftSurfstore/PreVote",
+            needs: Role::Peer,
+            call: |c| {
+                async move {
+                    let input = RequestVoteInput {
+                        last_log_index: -1,
+                        last_log_term: -1,
+                        ..RequestVoteInput::default()
+                    };
+                    unit(raft(c).pre_vote(input).await)
                 }
                 .boxed()
             },
@@ -744,6 +785,60 @@ fn a_secure_cluster_replicates_serves_a_sync_and_refuses_a_users_crash() {
     assert!(err.contains("permission denied"), "{err}");
     let (_, state, _) = ctl_as(&admin, &["status", "-f", utf8(&cluster.config)]);
     assert!(!state.contains("crashed"), "{state}");
+}
+
+#[test]
+fn a_secure_cluster_with_elections_fails_over_by_itself() {
+    let material = Material::new();
+    let log = material.dir.path().join("servers.log");
+    let cluster = start_secure_cluster_with(&material, 3, &log, &["--election-timeout-ms", "300"]);
+    let admin = material.client_flags(Some("admin"));
+    let status = || {
+        let mut all: Vec<&str> = admin.iter().map(String::as_str).collect();
+        all.extend_from_slice(&["status", "-f", utf8(&cluster.config)]);
+        ctl(&all).1
+    };
+    // The leader's row, once one leads: votes travel over mutual TLS with
+    // the peer token.
+    let leader = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let table = status();
+            let leading: Vec<usize> = table
+                .lines()
+                .skip(1)
+                .filter(|row| row.split_whitespace().nth(3) == Some("yes"))
+                .filter_map(|row| row.split_whitespace().next()?.parse().ok())
+                .collect();
+            if let [one] = leading[..] {
+                return one;
+            }
+            assert!(std::time::Instant::now() < deadline, "no leader: {table}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let first = leader();
+    let config = ["-f", utf8(&cluster.config)];
+    let user = material.client_flags(Some("user"));
+    let alice = tempfile::tempdir().unwrap();
+    write(alice.path(), "notes.txt", "before");
+    let (code, _, err) = sync(&user, &config, alice.path());
+    assert_eq!(code, Some(0), "{err}");
+
+    let mut crash: Vec<&str> = admin.iter().map(String::as_str).collect();
+    crash.extend_from_slice(&["crash", &cluster.addrs[first]]);
+    assert_eq!(ctl(&crash).0, Some(0));
+    write(alice.path(), "notes.txt", "after the leader crashed");
+    let (code, _, err) = sync(&user, &config, alice.path());
+    assert_eq!(code, Some(0), "{err}");
+    let bob = tempfile::tempdir().unwrap();
+    let (code, _, err) = sync(&user, &config, bob.path());
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        common::synced_files(bob.path()),
+        common::synced_files(alice.path())
+    );
+    assert_ne!(leader(), first);
 }
 
 #[test]

@@ -79,7 +79,8 @@ enum Command {
 /// The commands that call servers.
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Make the server at ADDR the leader (its term goes up by one).
+    /// Make the server at ADDR the leader (its term goes up by one); with
+    /// elections, have it campaign at once and say whether it won.
     SetLeader {
         /// The server, host:port.
         #[arg(value_parser = host_port)]
@@ -177,7 +178,12 @@ async fn call_servers(command: ClusterCommand, security: &ClientSecurity) -> Res
             if ok.flag {
                 format!("{addr}: leader set")
             } else {
-                return Err(Fatal::failure(format!("{addr}: SetLeader refused")));
+                // Only a server electing leaders answers false: it
+                // campaigned and lost.
+                return Err(Fatal::failure(format!(
+                    "{addr}: SetLeader refused: its campaign did not win a majority of votes \
+                     (its log is behind theirs, or it cannot reach them)"
+                )));
             }
         }
         ClusterCommand::Heartbeat { addr } => {

@@ -709,6 +709,15 @@ impl RaftCore {
         self.maybe_commit();
     }
 
+    /// Whether this server is a candidate of its term still waiting for
+    /// votes: not yet won, lost to a newer term, or timed out.
+    pub fn campaigning(&self) -> bool {
+        self.election
+            .as_ref()
+            .and_then(|e| e.campaign.as_ref())
+            .is_some_and(|c| !c.pre_vote)
+    }
+
     /// Whether this server leads and has committed an entry of its own term
     /// (with elections, its no-op): only then is its commit index known to
     /// cover everything committed before its term, so a read may be served

@@ -481,8 +481,8 @@ impl RaftNode {
     }
 
     /// `SetLeader`: becomes leader of a new term (SPEC §5). With elections
-    /// it campaigns at once and returns whether it won, once the votes are
-    /// in or an election timeout passed (SPEC §9.1).
+    /// it campaigns at once and returns whether it won, once the campaign
+    /// ended: won, lost to a newer term, or out of time (SPEC §9.1).
     pub async fn set_leader(&self) -> Result<bool, NodeError> {
         let term = self
             .with(|state| {
@@ -493,16 +493,15 @@ impl RaftNode {
                 Ok(state.core.term())
             })
             .await??;
-        let Some(timeout) = self.shared.config.election_timeout else {
-            return Ok(true);
-        };
-        let deadline = Instant::now() + timeout;
         loop {
-            let (leading, now_term) = self
-                .with(|state| (state.core.is_leader(), state.core.term()))
+            let (leading, campaigning, now) = self
+                .with(|state| {
+                    let core = &state.core;
+                    (core.is_leader(), core.campaigning(), core.term())
+                })
                 .await?;
-            if now_term != term || leading || Instant::now() >= deadline {
-                return Ok(leading && now_term == term);
+            if now != term || !campaigning {
+                return Ok(leading && now == term);
             }
             tokio::time::sleep(READY_POLL).await;
         }
