@@ -1450,6 +1450,10 @@ impl Driver {
             log: std::mem::take(&mut s.log),
             ..s.clone()
         });
+        // A write that fsyncs nothing (only the commit index moved) lands in
+        // the page cache at once: a thread hand-off would cost more than it,
+        // on every commit.
+        let in_place = !storage.blocks() || (!sync && snapshot.is_none());
         let write = move |storage: &mut Box<dyn RaftStorage>| {
             storage.save(hard, from, &entries, sync)?;
             match &snapshot {
@@ -1457,7 +1461,7 @@ impl Driver {
                 None => Ok(()),
             }
         };
-        if !storage.blocks() {
+        if in_place {
             let saved = write(&mut storage);
             self.storage = Some(storage);
             return Ok(saved?);
