@@ -32,7 +32,7 @@ use surfstore::proto::{
     AppendEntryInput, AppendEntryOutput, FileMetaData, RequestVoteInput, RequestVoteOutput,
 };
 use surfstore::raft::quorum::is_majority;
-use surfstore::raft::storage::log_after_snapshot;
+use surfstore::raft::storage::{hard_after_snapshot, log_after_snapshot};
 use surfstore::raft::{
     AppendRequest, ElectionConfig, Entry, HardState, LogIndex, NotLeader, Outgoing,
     OutgoingSnapshot, RaftCore, Ready, ReplicationStatus, SentAppend, ServerId, Snapshot,
@@ -795,7 +795,7 @@ impl Cluster {
             Some(Cut::BeforeSnapshot) => {}
             Some(Cut::BeforeLogCut) => {
                 // What the storage loads: the new snapshot, the old log's
-                // entries after it, a commit index covering it.
+                // entries after it, the old hard state brought up to it.
                 let old = std::mem::take(&mut disk.log);
                 disk.log = log_after_snapshot(disk.first, old, &snapshot);
                 let mut ids = history.committed[..covered].to_vec();
@@ -804,7 +804,7 @@ impl Cluster {
                 }
                 disk.ids = ids;
                 disk.first = covered;
-                disk.hard.commit = disk.hard.commit.max(snapshot.last_index);
+                disk.hard = hard_after_snapshot(disk.hard, &snapshot);
                 disk.snapshot = Some(snapshot);
             }
             None => {
