@@ -294,7 +294,15 @@ impl Cluster {
     ) -> Option<RequestVoteOutput> {
         // The service's validation: every request a core builds passes it.
         let ask = VoteAsk::from_wire(req, pre_vote).expect("a core built an invalid vote request");
-        self.answer(to, |core| core.handle_vote_request(ask))
+        let resp = self.answer(to, |core| core.handle_vote_request(ask))?;
+        let durable = self.servers[to].disk.hard;
+        assert!(
+            pre_vote
+                || !resp.vote_granted
+                || (durable.term, durable.voted_for) == (resp.term, Some(ask.candidate)),
+            "server {to}: granted {ask:?} before the vote was durable: {durable:?}"
+        );
+        Some(resp)
     }
 
     /// What `to`'s core answers a request with `handle`, once the Ready
@@ -698,6 +706,17 @@ impl Cluster {
                 self.restart(id);
                 return false;
             }
+        }
+        let durable = self.servers[id].disk.hard;
+        for vote in &votes {
+            // A RequestVote leaves with its candidate's own vote on disk; a
+            // PreVote asks about the term after the durable one.
+            let campaign = (durable.term, durable.voted_for) == (vote.request.term, Some(id));
+            let probe = vote.pre_vote && vote.request.term == durable.term + 1;
+            assert!(
+                campaign || probe,
+                "server {id}: {vote:?} leaves before its term and vote are durable: {durable:?}"
+            );
         }
         self.outbox.extend(votes.into_iter().map(|vote| (id, vote)));
         let server = &mut self.servers[id];
