@@ -435,19 +435,19 @@ impl Schedule {
     }
 
     /// Ticks every server and delivers everything in flight after each
-    /// tick, until there is a [`Schedule::leader`]; the leader and the
-    /// ticks it took, or `None` after `max_ticks`.
-    pub fn tick_until_leader(&mut self, max_ticks: u32) -> Result<Option<(ServerId, u32)>, String> {
+    /// tick, until there is a [`Schedule::leader`]: that leader, unless
+    /// `max_ticks` pass first.
+    pub fn tick_until_leader(&mut self, max_ticks: u32) -> Result<ServerId, String> {
         for ticks in 0..=max_ticks {
             if ticks > 0 {
                 self.tick_all();
             }
             self.deliver_all()?;
             if let Some(leader) = self.leader() {
-                return Ok(Some((leader, ticks)));
+                return Ok(leader);
             }
         }
-        Ok(None)
+        Err(format!("no leader within {max_ticks} ticks"))
     }
 
     /// Half the time, a server one term behind the newest leader: its
@@ -836,14 +836,8 @@ impl Schedule {
         let best = if self.elections {
             self.heal();
             self.time_out_all();
-            match self.tick_until_leader(LIVENESS_TICKS)? {
-                Some((leader, _)) => leader,
-                None => {
-                    return Err(format!(
-                        "liveness: no leader within {LIVENESS_TICKS} ticks of the heal"
-                    ));
-                }
-            }
+            self.tick_until_leader(LIVENESS_TICKS)
+                .map_err(|e| format!("liveness: after the heal, {e}"))?
         } else {
             self.network.clear();
             self.set_most_up_to_date_leader()
