@@ -82,3 +82,11 @@ demo-s3: s3-tools
 .PHONY: bench-growth
 bench-growth:
 	SURFSTORE_BENCH_ONLY=growth $(CARGO) bench --bench surfstore
+
+# The Raft simulator at length, in release: RAFT_SCHEDULES seeded schedules
+# per cluster size and mode (SetLeader and elections), every one checked
+# for safety after each step and liveness at its end.
+RAFT_SCHEDULES ?= 20000
+.PHONY: simulate
+simulate:
+	RAFT_SCHEDULES=$(RAFT_SCHEDULES) $(CARGO) test --release --test raft_properties random_

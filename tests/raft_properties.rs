@@ -5,7 +5,50 @@
 //!
 //! `RAFT_SEED=<n> cargo test --test raft_properties` replays one seed (the
 //! failure message names it); `RAFT_SCHEDULES=<n>` runs more schedules per
-//! cluster size than the default.
+//! cluster size than the default (both modes below).
+//!
+//! # Election mode (SPEC §9.1)
+//!
+//! `random_election_schedules_*` run the same machinery with elections on
+//! every core (`enable_elections`, N = [`ELECTION_TICKS`] ticks, each
+//! server's seed derived from the schedule's seed, its id and how often it
+//! was restarted). Leaders come from the cores' own PreVotes and votes,
+//! and from `SetLeader` now and then, which campaigns with force. A
+//! schedule's random steps add to those of the SetLeader mode:
+//!
+//! * ticks of one server or of all; a leader heartbeats
+//!   (`sync_request(peer, 0)` to every peer) every second of its ticks, as
+//!   the node does with its default heartbeat of N/5;
+//! * vote requests and replies on the same network as AppendEntries:
+//!   delivered, dropped, duplicated and reordered; they leave a server only
+//!   once the Ready that built them is on its simulated disk, and a
+//!   candidate that wins fills its peers' windows at once (the no-op goes
+//!   out);
+//! * link failures in a connectivity matrix: a random side of the cluster
+//!   cut off from the rest, single links cut one way or both, and heals; a
+//!   message on a cut link is lost when it would be delivered (and the
+//!   leader hears of the failed call, at once or at the end);
+//! * crashes, restores and restarts from the durable state, as before (a
+//!   crashed server neither ticks nor answers votes). Synchronous
+//!   `SendHeartbeat` rounds are left out: they would bypass the links.
+//!
+//! After every step: election safety (at most one server ever leads a
+//! term, recorded after every call into a core, across restarts), every
+//! log invariant of the SetLeader mode (log matching, leader completeness,
+//! state-machine safety, no committed entry lost or applied before a
+//! majority holds it), and every leader's first entry of its term is its
+//! no-op. At the end, liveness: every link healed and every crashed server
+//! restored, the cluster must elect a leader within
+//! [`LIVENESS_TICKS`] (20 N) ticks, delivering everything in flight after
+//! each tick, and a proposal of that leader must commit everywhere.
+//!
+//! Deterministic scenarios check the targets of SPEC §9.1 at the level of
+//! the core: a server cut off from everyone, or only from the leader,
+//! ticks for 20 N without raising any term or unseating the leader, then
+//! rejoins as a follower (PreVote and the lease); a leader cut off from the
+//! majority steps down within 2 N ticks (check-quorum: N ticks after its
+//! last check) while the majority elects another; and a stale server's
+//! `SetLeader` never wins, however often it is called.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -15,14 +58,22 @@ mod cluster;
 #[path = "raft_properties/schedule.rs"]
 mod schedule;
 
-use cluster::Cluster;
-use schedule::Schedule;
+use cluster::{Cluster, ELECTION_TICKS};
+use schedule::{LIVENESS_TICKS, Schedule};
 use surfstore::proto::FileMetaData;
-use surfstore::raft::{LogIndex, Outgoing, Term};
+use surfstore::raft::{LogIndex, Outgoing, ServerId, Term};
 
 /// Default schedules per cluster size, and steps per schedule.
 const SCHEDULES: u64 = 1000;
 const STEPS: usize = 200;
+
+/// The same in election mode: fewer, longer schedules, since elections
+/// need ticks (about one step in four is a tick).
+const ELECTION_SCHEDULES: u64 = 2000;
+const ELECTION_STEPS: usize = 400;
+
+/// N, the election timeout in ticks.
+const N: u32 = ELECTION_TICKS;
 
 /// Enough synchronous rounds for any commit in these small scenarios.
 const ROUNDS: usize = 3;
@@ -356,8 +407,9 @@ fn restart_replays_the_committed_prefix() {
     assert_consistent(&mut c);
 }
 
-/// Seeds to run: `RAFT_SEED` alone, or the first `RAFT_SCHEDULES`.
-fn seeds() -> Vec<u64> {
+/// Seeds to run: `RAFT_SEED` alone, or the first `RAFT_SCHEDULES`
+/// (`default` without it).
+fn seeds(default: u64) -> Vec<u64> {
     let env = |name| {
         std::env::var(name)
             .ok()
@@ -365,15 +417,32 @@ fn seeds() -> Vec<u64> {
     };
     match env("RAFT_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env("RAFT_SCHEDULES").unwrap_or(SCHEDULES)).collect(),
+        None => (0..env("RAFT_SCHEDULES").unwrap_or(default)).collect(),
     }
 }
 
 fn run_schedules(size: usize, test: &str) {
-    for seed in seeds() {
-        let mut schedule = Schedule::new(size, seed);
-        for step in 0..=STEPS {
-            let outcome = if step < STEPS {
+    run(size, test, Schedule::new, SCHEDULES, STEPS);
+}
+
+fn run_election_schedules(size: usize, test: &str) {
+    run(
+        size,
+        test,
+        Schedule::with_elections,
+        ELECTION_SCHEDULES,
+        ELECTION_STEPS,
+    );
+}
+
+/// Runs the schedules `start` makes of the seeds (`schedules` by default),
+/// `steps` steps each, checking safety after every step and liveness at
+/// the end.
+fn run(size: usize, test: &str, start: fn(usize, u64) -> Schedule, schedules: u64, steps: usize) {
+    for seed in seeds(schedules) {
+        let mut schedule = start(size, seed);
+        for step in 0..=steps {
+            let outcome = if step < steps {
                 schedule.step().and_then(|()| schedule.cluster.check())
             } else {
                 schedule.check_liveness()
@@ -398,4 +467,151 @@ fn random_schedules_3_servers() {
 #[test]
 fn random_schedules_5_servers() {
     run_schedules(5, "random_schedules_5_servers");
+}
+
+#[test]
+fn random_election_schedules_3_servers() {
+    run_election_schedules(3, "random_election_schedules_3_servers");
+}
+
+#[test]
+fn random_election_schedules_5_servers() {
+    run_election_schedules(5, "random_election_schedules_5_servers");
+}
+
+/// A fresh `size`-server cluster with elections, after its first leader
+/// was elected; that leader.
+fn elected(size: usize, seed: u64) -> (Schedule, ServerId) {
+    let mut s = Schedule::with_elections(size, seed);
+    let leader = s.tick_until_leader(LIVENESS_TICKS).unwrap();
+    (s, leader)
+}
+
+fn all_terms(s: &Schedule) -> Vec<Term> {
+    (0..s.cluster.size())
+        .map(|i| s.cluster.core(i).term())
+        .collect()
+}
+
+/// One tick of every server, then everything in flight delivered.
+fn tick(s: &mut Schedule) {
+    s.tick_all();
+    s.deliver_all().unwrap();
+}
+
+/// Proposes `meta` on `leader` and replicates it; whether it committed.
+fn commit(s: &mut Schedule, leader: ServerId, meta: FileMetaData) -> bool {
+    let index = s.cluster.propose(leader, meta).unwrap();
+    s.replicate(leader, 4);
+    s.deliver_all().unwrap();
+    s.cluster.core(leader).commit_index() >= index
+}
+
+#[test]
+fn a_partitioned_minority_server_never_disrupts_the_leader_and_rejoins() {
+    let cases = [(3, 1), (3, 2), (5, 3), (5, 4)];
+    for ((size, seed), alone) in cases.into_iter().flat_map(|c| [(c, true), (c, false)]) {
+        let (mut s, leader) = elected(size, seed);
+        let term = s.cluster.core(leader).term();
+        let cut = (leader + 1) % size;
+        // Cut off from everyone (PreVotes reach nobody), or only from the
+        // leader (PreVotes reach followers, which hear from the leader).
+        if alone {
+            s.isolate(cut);
+        } else {
+            s.cut(leader, cut, true);
+        }
+        for t in 0..20 * N {
+            tick(&mut s);
+            assert_eq!(all_terms(&s), vec![term; size], "seed {seed}, tick {t}");
+            assert_eq!(s.leader(), Some(leader), "seed {seed}, tick {t}");
+        }
+        assert!(!s.cluster.core(cut).is_leader());
+        s.heal();
+        for _ in 0..2 {
+            tick(&mut s);
+        }
+        assert_eq!(all_terms(&s), vec![term; size], "seed {seed}");
+        assert_eq!(s.leader(), Some(leader));
+        assert_eq!(s.cluster.core(cut).leader_hint(), Some(leader));
+        assert!(commit(&mut s, leader, meta("a", 1)));
+        assert_eq!(
+            s.cluster.servers[cut].map.get("a"),
+            Some(&meta("a", 1)),
+            "seed {seed}: the rejoined server follows"
+        );
+    }
+}
+
+#[test]
+fn a_leader_cut_off_from_the_majority_steps_down_within_an_election_timeout() {
+    for (size, seed) in [(3, 5), (3, 6), (5, 7), (5, 8)] {
+        let (mut s, old) = elected(size, seed);
+        let term = s.cluster.core(old).term();
+        assert!(commit(&mut s, old, meta("a", 1)));
+        // Its last quorum check may have come just before the cut.
+        s.isolate(old);
+        let mut stepped_down = None;
+        let mut successor = None;
+        for t in 1..=LIVENESS_TICKS {
+            tick(&mut s);
+            if stepped_down.is_none() && !s.cluster.core(old).is_leader() {
+                stepped_down = Some(t);
+            }
+            if let Some(new) = s.leader().filter(|&l| l != old) {
+                successor = Some(new);
+            }
+            if stepped_down.is_some() && successor.is_some() {
+                break;
+            }
+        }
+        let down = stepped_down.expect("the old leader steps down");
+        assert!(
+            down <= 2 * N,
+            "seed {seed}: stepped down {down} ticks after the cut"
+        );
+        let new = successor.expect("the majority elects a leader");
+        assert!(s.cluster.core(new).term() > term);
+        assert_eq!(
+            s.cluster.core(old).term(),
+            term,
+            "seed {seed}: no term raised alone"
+        );
+        assert_eq!(s.cluster.servers[new].map.get("a"), Some(&meta("a", 1)));
+        s.heal();
+        for _ in 0..2 {
+            tick(&mut s);
+        }
+        assert_eq!(s.leader(), Some(new));
+        assert_eq!(s.cluster.core(old).leader_hint(), Some(new));
+    }
+}
+
+#[test]
+fn a_stale_server_cannot_win_even_with_set_leader() {
+    for (size, seed) in [(3, 9), (3, 10), (5, 11), (5, 12)] {
+        let (mut s, leader) = elected(size, seed);
+        let stale = (leader + 1) % size;
+        s.isolate(stale);
+        assert!(commit(&mut s, leader, meta("a", 1)));
+        s.heal();
+        for attempt in 0..5 {
+            s.cluster.set_leader(stale);
+            s.deliver_all().unwrap();
+            assert!(
+                !s.cluster.core(stale).is_leader(),
+                "seed {seed}, attempt {attempt}"
+            );
+        }
+        let new = s.tick_until_leader(LIVENESS_TICKS).unwrap();
+        let top = s.cluster.core(new).term();
+        for term in 0..=top {
+            assert_ne!(
+                s.cluster.leader_of(term),
+                Some(stale),
+                "seed {seed}, term {term}"
+            );
+        }
+        assert_eq!(s.cluster.servers[new].map.get("a"), Some(&meta("a", 1)));
+    }
 }

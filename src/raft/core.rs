@@ -2429,4 +2429,377 @@ mod tests {
         assert!(resp.success);
         assert_eq!(core.commit_index(), 4, "never lowered");
     }
+
+    /// The election rules of the module docs, one test per rule.
+    mod elections {
+        use super::*;
+
+        /// The election timeout N of these tests, in ticks.
+        const N: u32 = 10;
+
+        fn elected(id: ServerId, size: usize, seed: u64) -> RaftCore {
+            let mut core = RaftCore::new(id, size);
+            core.enable_elections(ElectionConfig { ticks: N, seed });
+            core
+        }
+
+        /// `elected`, holding `log` in `term`.
+        fn elected_with(id: ServerId, size: usize, term: Term, log: Vec<Entry>) -> RaftCore {
+            let mut core = follower(id, size, term, log);
+            core.enable_elections(ElectionConfig { ticks: N, seed: 1 });
+            core
+        }
+
+        fn ask(term: Term, candidate: ServerId, last_log: (Term, LogIndex)) -> VoteAsk {
+            VoteAsk {
+                term,
+                candidate,
+                last_log,
+                force: false,
+                pre_vote: false,
+            }
+        }
+
+        fn pre_ask(term: Term, candidate: ServerId, last_log: (Term, LogIndex)) -> VoteAsk {
+            VoteAsk {
+                pre_vote: true,
+                ..ask(term, candidate, last_log)
+            }
+        }
+
+        fn granted(term: Term, voter: ServerId) -> RequestVoteOutput {
+            RequestVoteOutput {
+                term,
+                vote_granted: true,
+                server_id: voter as i64,
+            }
+        }
+
+        fn refused(term: Term, voter: ServerId) -> RequestVoteOutput {
+            RequestVoteOutput {
+                vote_granted: false,
+                ..granted(term, voter)
+            }
+        }
+
+        /// Ticks until the core sends vote requests; how many ticks it took
+        /// and the requests.
+        fn tick_until_votes(core: &mut RaftCore) -> (u32, Vec<VoteRequest>) {
+            for ticks in 1..=4 * N {
+                core.tick();
+                let votes = core.take_ready().votes;
+                if !votes.is_empty() {
+                    return (ticks, votes);
+                }
+            }
+            panic!("no vote requests within {} ticks", 4 * N);
+        }
+
+        /// Server 0 of a `size`-server cluster, elected leader of term 1 by
+        /// the PreVotes and votes of the servers after it.
+        fn leader(size: usize) -> RaftCore {
+            let mut core = elected(0, size, 5);
+            tick_until_votes(&mut core);
+            for voter in 1..size {
+                core.handle_vote_response(voter, true, &granted(1, voter));
+            }
+            for voter in 1..size {
+                core.handle_vote_response(voter, false, &granted(1, voter));
+            }
+            assert!(core.is_leader());
+            core.take_ready();
+            core
+        }
+
+        #[test]
+        fn a_follower_pre_votes_only_after_its_randomized_timeout() {
+            let mut seen = std::collections::BTreeSet::new();
+            for seed in 0..50 {
+                let mut core = elected(0, 3, seed);
+                let (ticks, votes) = tick_until_votes(&mut core);
+                assert!((N..2 * N).contains(&ticks), "seed {seed}: {ticks} ticks");
+                seen.insert(ticks);
+                assert_eq!(core.term(), 0, "a PreVote changes no term");
+                assert_eq!(core.hard_state(), HardState::default());
+                assert_eq!(votes.iter().map(|v| v.to).collect::<Vec<_>>(), [1, 2]);
+                for vote in &votes {
+                    assert!(vote.pre_vote && !vote.request.force);
+                    assert_eq!(vote.request.term, 1, "asks about the next term");
+                    assert_eq!(vote.request.candidate_id, 0);
+                }
+            }
+            assert!(seen.len() > 3, "timeouts are randomized: {seen:?}");
+        }
+
+        #[test]
+        fn only_a_majority_of_pre_votes_starts_the_campaign() {
+            let mut core = elected(0, 5, 3);
+            tick_until_votes(&mut core);
+            core.handle_vote_response(1, true, &granted(1, 1));
+            core.handle_vote_response(1, true, &granted(1, 1));
+            core.handle_vote_response(2, true, &refused(0, 2));
+            assert_eq!(core.term(), 0, "two of five, one twice, are no majority");
+            assert!(core.take_ready().votes.is_empty());
+            core.handle_vote_response(3, true, &granted(1, 3));
+            assert_eq!(core.term(), 1);
+            assert_eq!(core.hard_state().voted_for, Some(0));
+            let ready = core.take_ready();
+            assert!(ready.must_sync && ready.new_term_or_vote);
+            assert_eq!(ready.votes.len(), 4);
+            for vote in &ready.votes {
+                assert!(!vote.pre_vote && !vote.request.force);
+                assert_eq!(vote.request.term, 1);
+            }
+            assert!(!core.is_leader());
+        }
+
+        #[test]
+        fn a_pre_vote_is_refused_in_the_lease_and_granted_after_it() {
+            let mut f = elected(1, 3, 9);
+            assert!(f.deliver(&from_leader(0, 1, (-1, -1))).success);
+            f.take_ready();
+            for _ in 0..N - 1 {
+                let reply = f.handle_vote_request(pre_ask(2, 2, (-1, -1)));
+                assert!(!reply.vote_granted);
+                assert_eq!(reply.term, 1);
+                f.tick();
+            }
+            let reply = f.handle_vote_request(pre_ask(2, 2, (-1, -1)));
+            assert!(!reply.vote_granted, "heard from the leader N-1 ticks ago");
+            f.tick();
+            let reply = f.handle_vote_request(pre_ask(2, 2, (-1, -1)));
+            assert!(reply.vote_granted, "N ticks without the leader");
+            assert_eq!(reply.term, 2, "the term asked about");
+            assert_eq!(f.hard_state().term, 1, "a PreVote changes nothing");
+            assert_eq!(f.take_ready().hard_state, None);
+            // The leader itself grants none either.
+            let mut l = leader(3);
+            assert!(!l.handle_vote_request(pre_ask(2, 1, (1, 0))).vote_granted);
+            assert!(!l.handle_vote_request(ask(2, 1, (1, 0))).vote_granted);
+            assert!(l.is_leader() && l.term() == 1);
+        }
+
+        #[test]
+        fn a_vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
+            let mut f = elected_with(1, 3, 2, vec![entry(1, "a"), entry(2, "b")]);
+            assert!(!f.handle_vote_request(ask(3, 0, (1, 5))).vote_granted);
+            assert!(!f.handle_vote_request(ask(3, 0, (2, 0))).vote_granted);
+            assert_eq!(f.hard_state().voted_for, None, "no vote for a stale log");
+            assert!(!f.handle_vote_request(ask(2, 0, (2, 1))).vote_granted);
+            let reply = f.handle_vote_request(ask(3, 0, (2, 1)));
+            assert!(reply.vote_granted);
+            assert_eq!(reply.term, 3);
+            assert_eq!(f.hard_state().voted_for, Some(0));
+            assert!(
+                !f.handle_vote_request(ask(3, 2, (3, 7))).vote_granted,
+                "one vote per term"
+            );
+            assert!(
+                f.handle_vote_request(ask(3, 0, (2, 1))).vote_granted,
+                "asked again"
+            );
+            assert!(
+                f.handle_vote_request(ask(4, 2, (2, 1))).vote_granted,
+                "a new term"
+            );
+            assert_eq!(f.hard_state().voted_for, Some(2));
+            // A PreVote goes by the same log rule.
+            assert!(!f.handle_vote_request(pre_ask(5, 0, (2, 0))).vote_granted);
+            assert!(f.handle_vote_request(pre_ask(5, 0, (2, 1))).vote_granted);
+        }
+
+        #[test]
+        fn a_granted_vote_is_durable_in_the_next_ready() {
+            let mut f = elected(1, 3, 2);
+            f.take_ready();
+            assert!(f.handle_vote_request(ask(4, 2, (-1, -1))).vote_granted);
+            let ready = f.take_ready();
+            let voted = HardState {
+                term: 4,
+                voted_for: Some(2),
+                commit: -1,
+            };
+            assert_eq!(ready.hard_state, Some(voted));
+            assert!(ready.must_sync && ready.new_term_or_vote);
+            // A vote in a term adopted earlier is a change of its own.
+            let mut g = elected_with(1, 3, 5, vec![entry(5, "a")]);
+            g.take_ready();
+            assert!(g.handle_vote_request(ask(5, 0, (5, 0))).vote_granted);
+            let ready = g.take_ready();
+            assert_eq!(ready.hard_state.and_then(|h| h.voted_for), Some(0));
+            assert!(ready.must_sync && ready.new_term_or_vote);
+            // A refused one writes nothing.
+            assert!(!g.handle_vote_request(ask(5, 2, (5, 0))).vote_granted);
+            assert_eq!(g.take_ready().hard_state, None);
+        }
+
+        #[test]
+        fn a_winner_appends_exactly_one_noop_of_its_term_and_is_confirmed() {
+            let mut core = elected_with(0, 3, 2, vec![entry(1, "a"), entry(2, "b")]);
+            let mut peer = elected_with(1, 3, 2, vec![entry(1, "a"), entry(2, "b")]);
+            core.take_ready();
+            tick_until_votes(&mut core);
+            core.handle_vote_response(1, true, &granted(3, 1));
+            assert_eq!(core.term(), 3);
+            assert!(!core.is_leader());
+            core.take_ready();
+            core.handle_vote_response(1, false, &granted(3, 1));
+            assert!(core.is_leader() && core.is_confirmed_leader());
+            core.handle_vote_response(2, false, &granted(3, 2));
+            core.handle_vote_response(1, false, &granted(3, 1));
+            assert_eq!(terms(&core), [1, 2, 3], "one no-op, however many votes");
+            assert_eq!(core.log()[2], Entry::noop(3));
+            let ready = core.take_ready();
+            assert_eq!(ready.log_changed_from, Some(2));
+            assert_eq!(ready.entries, [Entry::noop(3)]);
+            assert!(ready.wake_peers);
+            assert!(!core.committed_in_term(), "the no-op is not replicated yet");
+            assert_eq!(sync(&mut core, &mut peer), ReplicationStatus::Matched);
+            assert_eq!(core.commit_index(), 2);
+            assert!(core.committed_in_term());
+            assert_eq!(terms(&peer), [1, 2, 3]);
+        }
+
+        #[test]
+        fn a_leader_that_hears_from_no_majority_for_n_ticks_steps_down() {
+            let mut l = leader(3);
+            for _ in 0..N - 1 {
+                l.tick();
+                assert!(l.is_leader());
+            }
+            l.tick();
+            assert!(!l.is_leader(), "check-quorum");
+            assert_eq!(l.term(), 1, "it keeps its term");
+            assert_eq!(l.leader_hint(), None);
+            // A PreVote from a peer is no longer refused for a lease.
+            assert!(l.handle_vote_request(pre_ask(2, 1, (1, 0))).vote_granted);
+        }
+
+        #[test]
+        fn a_leader_that_hears_from_a_majority_stays() {
+            let mut l = leader(5);
+            let mut peers: Vec<RaftCore> = (1..5).map(|id| elected(id, 5, id as u64)).collect();
+            for period in 0..5 {
+                // Two of four peers answer: with the leader, a majority.
+                for peer in &mut peers[..2] {
+                    exchange(&mut l, peer, 0);
+                }
+                for _ in 0..N {
+                    l.tick();
+                }
+                assert!(l.is_leader(), "period {period}");
+            }
+            // Only one answers: not a majority of five.
+            exchange(&mut l, &mut peers[0], 0);
+            for _ in 0..N - 1 {
+                l.tick();
+            }
+            assert!(l.is_leader(), "checked at the end of the period only");
+            l.tick();
+            assert!(!l.is_leader());
+        }
+
+        #[test]
+        fn set_leader_campaigns_at_once_with_force() {
+            let mut c = elected_with(2, 3, 1, vec![entry(1, "a")]);
+            assert!(c.deliver(&from_leader(0, 1, (1, 0))).success);
+            c.take_ready();
+            c.set_leader().unwrap();
+            assert_eq!(c.term(), 2, "no PreVote first");
+            assert_eq!(c.hard_state().voted_for, Some(2));
+            assert!(!c.is_leader(), "it leads only with the votes");
+            let ready = c.take_ready();
+            assert!(ready.must_sync && ready.new_term_or_vote);
+            assert_eq!(ready.votes.len(), 2);
+            let request = &ready.votes[0].request;
+            assert!(!ready.votes[0].pre_vote && request.force);
+            // A voter in a live leader's lease grants a forced vote ...
+            let mut v = elected_with(1, 3, 1, vec![entry(1, "a")]);
+            assert!(v.deliver(&from_leader(0, 1, (1, 0))).success);
+            let forced = VoteAsk::from_wire(request, false).unwrap();
+            assert!(
+                !v.clone()
+                    .handle_vote_request(ask(2, 2, (1, 0)))
+                    .vote_granted
+            );
+            assert!(v.handle_vote_request(forced).vote_granted);
+            c.handle_vote_response(1, false, &granted(2, 1));
+            assert!(c.is_leader());
+            // ... but not to a stale log.
+            let mut w = elected_with(0, 3, 1, vec![entry(1, "a"), entry(1, "b")]);
+            assert!(!w.handle_vote_request(forced).vote_granted);
+            // A live leader, too, gives way to a forced campaign.
+            let mut l = leader(3);
+            assert!(
+                l.handle_vote_request(VoteAsk {
+                    force: true,
+                    ..ask(2, 1, (1, 0))
+                })
+                .vote_granted
+            );
+            assert!(!l.is_leader());
+        }
+
+        #[test]
+        fn a_follower_follows_any_leader_of_its_term_whoever_it_voted_for() {
+            let mut f = elected(1, 3, 4);
+            assert!(f.handle_vote_request(ask(3, 0, (-1, -1))).vote_granted);
+            let resp = f.deliver(&from_leader(2, 3, (-1, -1)));
+            assert!(resp.success);
+            assert_eq!(resp.leader_id, Some(2));
+            assert_eq!(f.leader_hint(), Some(2));
+            assert_eq!(f.hard_state().voted_for, Some(0), "the vote stays");
+            // A candidate of the term gives way to its leader as well.
+            let mut c = elected(0, 3, 4);
+            c.set_leader().unwrap();
+            assert!(c.deliver(&from_leader(2, 1, (-1, -1))).success);
+            assert_eq!(c.leader_hint(), Some(2));
+            c.handle_vote_response(1, false, &granted(1, 1));
+            assert!(!c.is_leader(), "its campaign ended");
+        }
+
+        #[test]
+        fn a_higher_term_in_a_reply_ends_a_campaign() {
+            let mut c = elected(0, 3, 6);
+            c.set_leader().unwrap();
+            c.handle_vote_response(1, false, &refused(4, 1));
+            assert_eq!(c.term(), 4);
+            assert_eq!(c.hard_state().voted_for, None);
+            c.handle_vote_response(2, false, &granted(1, 2));
+            c.handle_vote_response(2, false, &granted(4, 2));
+            assert!(!c.is_leader(), "no campaign in term 4");
+            // A refused PreVote with a higher term too; a granted one
+            // carries the term asked about and changes nothing.
+            let mut p = elected(0, 5, 6);
+            tick_until_votes(&mut p);
+            p.handle_vote_response(1, true, &granted(1, 1));
+            assert_eq!(p.term(), 0);
+            p.handle_vote_response(2, true, &refused(3, 2));
+            assert_eq!(p.term(), 3);
+            p.handle_vote_response(3, true, &granted(1, 3));
+            p.handle_vote_response(4, true, &granted(1, 4));
+            assert_eq!(p.term(), 3, "the PreVote round ended");
+            assert!(p.take_ready().votes.is_empty());
+        }
+
+        #[test]
+        fn without_elections_tick_does_nothing_and_every_vote_is_refused() {
+            let mut core = RaftCore::new(0, 3);
+            assert!(!core.elections());
+            for _ in 0..10 * N {
+                core.tick();
+            }
+            assert_eq!(core.take_ready(), Ready::default());
+            for vote in [ask(5, 1, (9, 9)), pre_ask(5, 1, (9, 9))] {
+                let reply = core.handle_vote_request(VoteAsk {
+                    force: true,
+                    ..vote
+                });
+                assert!(!reply.vote_granted);
+                assert_eq!(reply.term, 0);
+            }
+            assert_eq!(core.hard_state(), HardState::default());
+            assert_eq!(core.take_ready(), Ready::default());
+        }
+    }
 }

@@ -366,11 +366,7 @@ impl Replayed {
     /// and all of them when its entry at the snapshot's last index has
     /// another term (the snapshot came from a leader that overwrote them).
     fn after(self, path: &Path, snapshot: Option<Arc<Snapshot>>) -> Result<Stored, StorageError> {
-        let Replayed {
-            mut hard,
-            start,
-            log,
-        } = self;
+        let Replayed { hard, start, log } = self;
         let Some(snapshot) = snapshot else {
             if start > 0 {
                 return Err(StorageError::Corrupt {
@@ -393,8 +389,7 @@ impl Replayed {
             });
         }
         let log = log_after_snapshot(start, log, &snapshot);
-        hard.commit = hard.commit.max(snapshot.last_index);
-        Ok((hard, Some(snapshot), log))
+        Ok((hard_after_snapshot(hard, &snapshot), Some(snapshot), log))
     }
 }
 
@@ -437,6 +432,21 @@ pub fn log_after_snapshot(start: usize, log: Vec<Entry>, snapshot: &Snapshot) ->
     } else {
         Vec::new()
     }
+}
+
+/// `hard`, a hard state written before `snapshot` was, brought up to it: a
+/// commit index covering the snapshot, and a term no lower than its last
+/// entry's, with no vote in it when that raises the term. Installing a
+/// leader's snapshot adopted that term in the very write a crash cut; a
+/// server whose term stayed below an entry it holds would send requests
+/// whose lastLogTerm is above their term, which every peer refuses.
+pub fn hard_after_snapshot(mut hard: HardState, snapshot: &Snapshot) -> HardState {
+    hard.commit = hard.commit.max(snapshot.last_index);
+    if hard.term < snapshot.last_term {
+        hard.term = snapshot.last_term;
+        hard.voted_for = None;
+    }
+    hard
 }
 
 /// Folds one stored record into the replayed state, checking that it fits.
@@ -817,12 +827,16 @@ mod tests {
         let (hard_state, snapshot, after) = crash_after_snapshot(1, 1);
         assert_eq!(snapshot.map(|s| s.last_index), Some(1));
         assert_eq!(after, log[2..]);
-        assert_eq!(hard_state.commit, 1);
+        assert_eq!(hard_state, hard(1, 1), "term and vote as written");
         // A leader's snapshot whose last entry this log has in another term:
         // the old log is not the leader's and goes.
         let (hard_state, _, after) = crash_after_snapshot(2, 2);
         assert!(after.is_empty());
         assert_eq!(hard_state.commit, 2, "the snapshot is committed");
+        // Its term was adopted in the write the crash cut: never below the
+        // snapshot's last term (no vote cast in it), or the server's vote
+        // requests would carry a lastLogTerm above their term.
+        assert_eq!((hard_state.term, hard_state.voted_for), (2, None));
         // One past the end of the old log.
         let (_, _, after) = crash_after_snapshot(3, 9);
         assert!(after.is_empty());

@@ -13,17 +13,30 @@
 //! (the restart then loads what the storage would). Logs after a snapshot
 //! hold only the entries after it; `Disk::ids` still names every index, the
 //! snapshot's from history, so the checks compare absolute indices.
+//!
+//! With elections on ([`Cluster::with_elections`]), every core (and every
+//! core a restart rebuilds) runs the election clock with a seed derived from
+//! the cluster's, the server's id and its incarnation; the vote requests a
+//! Ready carries wait in an outbox until the Ready is on the disk, as the
+//! node sends them only once durable. Every leader of every term is
+//! recorded at every call, so two leaders of one term are caught even when
+//! one of them steps down within the same step, and a leader's first entry
+//! of its term must be its no-op ([`Entry::noop`]), which the history
+//! counts as a proposal of that leader.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use surfstore::meta_store::FileMap;
-use surfstore::proto::{AppendEntryInput, AppendEntryOutput, FileMetaData};
+use surfstore::proto::{
+    AppendEntryInput, AppendEntryOutput, FileMetaData, RequestVoteInput, RequestVoteOutput,
+};
 use surfstore::raft::quorum::is_majority;
-use surfstore::raft::storage::log_after_snapshot;
+use surfstore::raft::storage::{hard_after_snapshot, log_after_snapshot};
 use surfstore::raft::{
-    AppendRequest, Entry, HardState, LogIndex, NotLeader, Outgoing, OutgoingSnapshot, RaftCore,
-    Ready, ReplicationStatus, SentAppend, ServerId, Snapshot, SnapshotRequest, SnapshotWrite, Term,
+    AppendRequest, ElectionConfig, Entry, HardState, LogIndex, NotLeader, Outgoing,
+    OutgoingSnapshot, RaftCore, Ready, ReplicationStatus, SentAppend, ServerId, Snapshot,
+    SnapshotRequest, SnapshotWrite, Term, VoteAsk, VoteRequest,
 };
 
 use super::schedule::Rng;
@@ -36,13 +49,22 @@ const FROM_SNAPSHOT: i32 = i32::MIN;
 /// several exchanges.
 const ROUND_BATCH: usize = 3;
 
-/// Passes a synchronous round takes at most. Nothing is proposed during a
-/// simulated round, so three are enough: the first repairs (and may confirm
-/// the leader and commit), the second sends the proposals a confirmation
-/// released (and may commit), the third tells the last commit index; a
-/// fourth finds nobody behind. [`Cluster::check_round`] catches a round
-/// that stopped early.
-const ROUND_PASSES: usize = 4;
+/// Passes a synchronous round takes at most; the node's round has no such
+/// limit and goes on while a peer that acknowledged is behind. Nothing is
+/// proposed during a simulated round, so three are enough when no call
+/// fails: the first repairs (and may confirm the leader and commit), the
+/// second sends the proposals a confirmation released (and may commit), the
+/// third tells the last commit index; a fourth finds nobody behind. But a
+/// peer whose process dies mid-repair (a crash cut its snapshot write) is
+/// tried again in the next pass, as the node does, and each death can cost
+/// a pass the others then need: RAFT_SEED=40932 random_schedules_5_servers
+/// needed a fifth. [`Cluster::check_round`] catches a round that stopped
+/// early.
+const ROUND_PASSES: usize = 32;
+
+/// The election timeout N of simulated servers, in ticks: what the node
+/// uses (a tick is a tenth of `--election-timeout-ms`).
+pub const ELECTION_TICKS: u32 = 10;
 
 /// What survives a restart of one server.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +160,11 @@ struct History {
     checked_len: usize,
     /// A snapshot that is not the replay of the history it covers.
     bad_snapshot: Option<String>,
+    /// Every server that ever led each term, confirmed or not, seen after
+    /// every call into a core (election safety).
+    leaders: HashMap<Term, ServerId>,
+    /// A second leader of a term.
+    two_leaders: Option<String>,
     /// The first index some server applied first while fewer than a
     /// majority of durable logs held its entry: committed without being
     /// replicated, whichever way the server came to count it committed.
@@ -177,6 +204,13 @@ pub struct Cluster {
     /// Per server: a crash cut one of its writes since the last round
     /// began (its process died, so the round could not repair it).
     died: Vec<bool>,
+    /// With elections: the seed the servers' election seeds derive from.
+    election_seed: Option<u64>,
+    /// Per server: how many times it was started, so a restarted server
+    /// draws new timeouts.
+    incarnations: Vec<u64>,
+    /// Vote requests of durable Readies, with their sender, not yet sent.
+    outbox: Vec<(ServerId, VoteRequest)>,
 }
 
 /// Where a crash cuts a snapshot write.
@@ -205,6 +239,101 @@ impl Cluster {
             crashes: Rng::new(seed ^ 0x5eed),
             cut_writes: true,
             died: vec![false; size],
+            election_seed: None,
+            incarnations: vec![0; size],
+            outbox: Vec::new(),
+        }
+    }
+
+    /// [`Cluster::with_compaction`] with elections on every server, their
+    /// randomized timeouts derived from `seed`.
+    pub fn with_elections(size: usize, snapshot_entries: usize, seed: u64) -> Self {
+        let mut cluster = Self::with_compaction(size, snapshot_entries, seed);
+        cluster.election_seed = Some(seed);
+        for id in 0..size {
+            cluster.enable_elections(id);
+        }
+        cluster
+    }
+
+    /// Turns on `id`'s election clock, seeded by the cluster's seed, its id
+    /// and its incarnation.
+    fn enable_elections(&mut self, id: ServerId) {
+        let Some(seed) = self.election_seed else {
+            return;
+        };
+        let mut rng = Rng::new(seed ^ ((id as u64) << 48) ^ (self.incarnations[id] << 32));
+        self.servers[id].core.enable_elections(ElectionConfig {
+            ticks: ELECTION_TICKS,
+            seed: rng.next_u64(),
+        });
+    }
+
+    /// The server that led `term`, if any ever did.
+    pub fn leader_of(&self, term: Term) -> Option<ServerId> {
+        self.history.leaders.get(&term).copied()
+    }
+
+    /// One tick of `id`'s election clock, unless it is crashed (the node
+    /// does not tick a crashed server).
+    pub fn tick(&mut self, id: ServerId) {
+        if !self.servers[id].crashed {
+            self.servers[id].core.tick();
+            self.settle(id);
+        }
+    }
+
+    /// The vote requests of durable Readies since the last call, with
+    /// their senders.
+    pub fn take_votes(&mut self) -> Vec<(ServerId, VoteRequest)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Delivers a vote request to `to`; its reply, once a vote it grants is
+    /// durable, unless `to` is crashed.
+    pub fn deliver_vote(
+        &mut self,
+        to: ServerId,
+        req: &RequestVoteInput,
+        pre_vote: bool,
+    ) -> Option<RequestVoteOutput> {
+        // The service's validation: every request a core builds passes it.
+        let ask = VoteAsk::from_wire(req, pre_vote).expect("a core built an invalid vote request");
+        let resp = self.answer(to, |core| core.handle_vote_request(ask))?;
+        let durable = self.servers[to].disk.hard;
+        assert!(
+            pre_vote
+                || !resp.vote_granted
+                || (durable.term, durable.voted_for) == (resp.term, Some(ask.candidate)),
+            "server {to}: granted {ask:?} before the vote was durable: {durable:?}"
+        );
+        Some(resp)
+    }
+
+    /// What `to`'s core answers a request with `handle`, once the Ready
+    /// is durable; `None` when `to` is crashed, or crashes persisting it.
+    fn answer<R>(&mut self, to: ServerId, handle: impl FnOnce(&mut RaftCore) -> R) -> Option<R> {
+        if self.servers[to].crashed {
+            return None;
+        }
+        let resp = handle(&mut self.servers[to].core);
+        self.settle(to).then_some(resp)
+    }
+
+    /// Delivers `voter`'s reply to `candidate`, which ignores it while
+    /// crashed, as the node does.
+    pub fn deliver_vote_reply(
+        &mut self,
+        candidate: ServerId,
+        voter: ServerId,
+        pre_vote: bool,
+        resp: &RequestVoteOutput,
+    ) {
+        if !self.servers[candidate].crashed {
+            self.servers[candidate]
+                .core
+                .handle_vote_response(voter, pre_vote, resp);
+            self.settle(candidate);
         }
     }
 
@@ -266,6 +395,8 @@ impl Cluster {
         };
         server.results = vec![FROM_SNAPSHOT; covered];
         server.applied = disk.ids[..covered].to_vec();
+        self.incarnations[id] += 1;
+        self.enable_elections(id);
         self.settle(id);
     }
 
@@ -285,13 +416,9 @@ impl Cluster {
         to: ServerId,
         out: &OutgoingSnapshot,
     ) -> Option<AppendEntryOutput> {
-        if self.servers[to].crashed {
-            return None;
-        }
-        let resp = self.servers[to]
-            .core
-            .handle_install_snapshot(SnapshotRequest::from(out));
-        self.settle(to).then_some(resp)
+        self.answer(to, |core| {
+            core.handle_install_snapshot(SnapshotRequest::from(out))
+        })
     }
 
     /// `UpdateFile`'s first half on `id`: the proposal (the caller then
@@ -350,13 +477,9 @@ impl Cluster {
         to: ServerId,
         req: &AppendEntryInput,
     ) -> Option<AppendEntryOutput> {
-        if self.servers[to].crashed {
-            return None;
-        }
         // The service's validation: every request a core builds passes it.
         let req = AppendRequest::try_from(req.clone()).expect("a core built an invalid request");
-        let resp = self.servers[to].core.handle_append_entries(req);
-        self.settle(to).then_some(resp)
+        self.answer(to, |core| core.handle_append_entries(req))
     }
 
     /// Delivers `peer`'s reply to `leader`; a crashed leader does not act
@@ -393,6 +516,9 @@ impl Cluster {
         let goal = self.servers[leader].core.last_index();
         self.died.fill(false);
         for _ in 0..ROUND_PASSES {
+            if pending.is_empty() {
+                break;
+            }
             for peer in pending {
                 let acked = self.repair(leader, peer);
                 acknowledged[peer] |= acked;
@@ -519,7 +645,11 @@ impl Cluster {
             wake_peers: _,
             votes,
         } = ready;
-        assert!(votes.is_empty(), "server {id}: no elections, no votes");
+        assert!(
+            self.election_seed.is_some() || votes.is_empty(),
+            "server {id}: no elections, no votes"
+        );
+        self.record_leader(id);
         let server = &mut self.servers[id];
         let written_hard = hard_state.or(snapshot.as_ref().map(|s| s.hard));
         assert_eq!(
@@ -585,6 +715,18 @@ impl Cluster {
                 return false;
             }
         }
+        let durable = self.servers[id].disk.hard;
+        for vote in &votes {
+            // A RequestVote leaves with its candidate's own vote on disk; a
+            // PreVote asks about the term after the durable one.
+            let campaign = (durable.term, durable.voted_for) == (vote.request.term, Some(id));
+            let probe = vote.pre_vote && vote.request.term == durable.term + 1;
+            assert!(
+                campaign || probe,
+                "server {id}: {vote:?} leaves before its term and vote are durable: {durable:?}"
+            );
+        }
+        self.outbox.extend(votes.into_iter().map(|vote| (id, vote)));
         let server = &mut self.servers[id];
         let history_len = self.history.committed.len();
         for (index, entry) in committed {
@@ -629,6 +771,30 @@ impl Cluster {
         true
     }
 
+    /// With elections, where every leader is elected: records `id` as the
+    /// leader of its term if it leads, noting a second leader of a term,
+    /// and registers the no-op its term begins with as its proposal, so the
+    /// history knows the entry. (Without, two leaders of a term are allowed
+    /// as long as one at most is confirmed: see [`Cluster::check`].)
+    fn record_leader(&mut self, id: ServerId) {
+        let core = &self.servers[id].core;
+        if !core.is_leader() || !core.elections() {
+            return;
+        }
+        let term = core.term();
+        let first = *self.history.leaders.entry(term).or_insert(id);
+        if first != id && self.history.two_leaders.is_none() {
+            self.history.two_leaders =
+                Some(format!("two leaders of term {term}: {first} and {id}"));
+        }
+        let noop = Entry::noop(term);
+        if !self.history.by_key.contains_key(&key(&noop)) {
+            let number = self.history.proposals.len();
+            self.history.by_key.insert(key(&noop), number);
+            self.history.proposals.push((noop, id));
+        }
+    }
+
     /// Persists a Ready's snapshot on `id`'s disk, unless `cut` says where
     /// a crash stopped it, and loads the map of a leader's snapshot.
     fn write_snapshot(&mut self, id: ServerId, write: SnapshotWrite, cut: Option<Cut>) {
@@ -656,7 +822,7 @@ impl Cluster {
             Some(Cut::BeforeSnapshot) => {}
             Some(Cut::BeforeLogCut) => {
                 // What the storage loads: the new snapshot, the old log's
-                // entries after it, a commit index covering it.
+                // entries after it, the old hard state brought up to it.
                 let old = std::mem::take(&mut disk.log);
                 disk.log = log_after_snapshot(disk.first, old, &snapshot);
                 let mut ids = history.committed[..covered].to_vec();
@@ -665,7 +831,7 @@ impl Cluster {
                 }
                 disk.ids = ids;
                 disk.first = covered;
-                disk.hard.commit = disk.hard.commit.max(snapshot.last_index);
+                disk.hard = hard_after_snapshot(disk.hard, &snapshot);
                 disk.snapshot = Some(snapshot);
             }
             None => {
@@ -699,6 +865,9 @@ impl Cluster {
         if let Some(problem) = self.history.bad_snapshot.take() {
             return Err(problem);
         }
+        if let Some(problem) = self.history.two_leaders.take() {
+            return Err(problem);
+        }
         let grown = std::mem::replace(&mut self.history.checked_len, self.history.committed.len())
             != self.history.committed.len();
         for id in 0..self.size() {
@@ -717,11 +886,26 @@ impl Cluster {
     }
 
     /// At most one confirmed leader per term, and it holds every entry
-    /// committed in an earlier term (leader completeness).
+    /// committed in an earlier term (leader completeness); an elected one's
+    /// first entry of its term is its no-op.
     fn check_leadership(&mut self, id: ServerId) -> Result<(), String> {
         let core = &self.servers[id].core;
         if !core.is_confirmed_leader() {
             return Ok(());
+        }
+        if core.elections() {
+            let proposals = &self.history.proposals;
+            let first = self.servers[id]
+                .disk
+                .ids
+                .iter()
+                .filter_map(|&number| proposals.get(number))
+                .find(|(entry, _)| entry.term == core.term());
+            ensure!(
+                first.is_some_and(|(entry, _)| *entry == Entry::noop(core.term())),
+                "leader {id}'s first entry of term {} is {first:?}, not its no-op",
+                core.term()
+            );
         }
         let owner = *self.history.confirmed.entry(core.term()).or_insert(id);
         ensure!(
