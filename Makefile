@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= example_config.json
 IDX ?= 0
 
-# A longer nemesis run (tests/nemesis.rs; CI runs it for 12 s in `make test`).
+# A longer nemesis run (tests/nemesis.rs, both modes; CI runs each for 12 s in `make test`).
 NEMESIS_SECS ?= 120
 
 .PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure s3-tools demo-s3
@@ -82,3 +82,10 @@ demo-s3: s3-tools
 .PHONY: bench-growth
 bench-growth:
 	SURFSTORE_BENCH_ONLY=growth $(CARGO) bench --bench surfstore
+
+# F1 alone: 60 leader deaths (SIGKILL, Crash, isolation) at election
+# timeouts of 300 and 150 ms, the time until a new leader serves and the
+# availability around each (docs/failover.md).
+.PHONY: bench-failover
+bench-failover:
+	SURFSTORE_BENCH_ONLY=failover $(CARGO) bench --bench surfstore

@@ -612,7 +612,9 @@ pub async fn start_partitionable_cluster(n: usize, extra: &[&str]) -> (Cluster, 
         .iter()
         .map(|l| l.local_addr().expect("listener address").to_string())
         .collect();
-    let network = network::Network::between(&addrs).await;
+    let network = network::Network::between(&addrs)
+        .await
+        .expect("start the proxies");
     let views = (0..n).map(|i| network.seen_from(i, &addrs[i])).collect();
     let cluster = launch_cluster_on(listeners, views, extra, true).await;
     (cluster, network)

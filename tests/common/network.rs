@@ -30,11 +30,9 @@ pub struct Link {
 impl Link {
     /// A proxy to `target`, forwarding, on a free loopback port; runs on
     /// the current tokio runtime.
-    pub async fn to(target: String) -> Link {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a proxy");
-        let addr = listener.local_addr().expect("proxy address").to_string();
+    pub async fn to(target: String) -> std::io::Result<Link> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
         let (up, watching) = watch::channel(true);
         let delay_ms = Arc::new(AtomicU64::new(0));
         let delay = Arc::clone(&delay_ms);
@@ -48,7 +46,7 @@ impl Link {
                 ));
             }
         });
-        Link { addr, up, delay_ms }
+        Ok(Link { addr, up, delay_ms })
     }
 
     /// Forwards (`true`) or freezes (`false`) the link.
@@ -135,7 +133,7 @@ pub struct Network {
 
 impl Network {
     /// Proxies between every ordered pair of `addrs`.
-    pub async fn between(addrs: &[String]) -> Network {
+    pub async fn between(addrs: &[String]) -> std::io::Result<Network> {
         let mut links = Vec::new();
         for i in 0..addrs.len() {
             let mut row = Vec::new();
@@ -143,12 +141,12 @@ impl Network {
                 row.push(if i == j {
                     None
                 } else {
-                    Some(Link::to(target.clone()).await)
+                    Some(Link::to(target.clone()).await?)
                 });
             }
             links.push(row);
         }
-        Network { links }
+        Ok(Network { links })
     }
 
     /// The addresses server `i` dials: the proxies, and its own address.
