@@ -1,7 +1,8 @@
-//! A network between Raft servers that tests can partition and slow down:
-//! every peer link (server `i` calling server `j`) goes through a small TCP
-//! proxy on loopback, which forwards, or freezes: connections open across it
-//! stay open but carry nothing, and new ones are accepted and then carry
+//! A network between Raft servers that tests (and the bench's failover
+//! rounds, which include this file) can partition and slow down: every peer
+//! link (server `i` calling server `j`) goes through a small TCP proxy on
+//! loopback, which forwards, or freezes: connections open across it stay
+//! open but carry nothing, and new ones are accepted and then carry
 //! nothing, as when a network drops every packet. Healing closes the frozen
 //! connections (their keepalives would have given up on them) and forwards
 //! new ones again. Cutting one direction (`i` → `j`) leaves the other
