@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= example_config.json
 IDX ?= 0
 
-# A longer nemesis run (tests/nemesis.rs; CI runs it for 12 s in `make test`).
+# A longer nemesis run (tests/nemesis.rs, both modes; CI runs each for 12 s in `make test`).
 NEMESIS_SECS ?= 120
 
 .PHONY: nemesis build test bench bench-quick demo demo-raft run-both run-blockstore run-metastore run-raft run-cluster demo-secure s3-tools demo-s3
@@ -90,3 +90,10 @@ RAFT_SCHEDULES ?= 20000
 .PHONY: simulate
 simulate:
 	RAFT_SCHEDULES=$(RAFT_SCHEDULES) $(CARGO) test --release --test raft_properties random_
+
+# F1 alone: 60 leader deaths (SIGKILL, Crash, isolation) at election
+# timeouts of 300 and 150 ms, the time until a new leader serves and the
+# availability around each (docs/failover.md).
+.PHONY: bench-failover
+bench-failover:
+	SURFSTORE_BENCH_ONLY=failover $(CARGO) bench --bench surfstore

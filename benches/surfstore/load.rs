@@ -463,7 +463,7 @@ pub async fn drive<W: Worker>(
 }
 
 /// The latency below which a fraction `q` of `sorted` lies, in ms.
-fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -18,12 +18,15 @@
 //!   files, with and without compaction, and a follower's catch-up by
 //!   snapshot, and B10 ([`gc`]): `surfstore-ctl gc` after rewrites
 //!   (`SURFSTORE_BENCH_ONLY=growth` runs both alone).
+//! * F1 ([`failover`]): with elections on, the time from a leader's death
+//!   (SIGKILL, `Crash`, isolation) to the first update a new leader
+//!   acknowledges, and availability around it (`SURFSTORE_BENCH_ONLY=failover`).
 //!
 //! Results go to stdout as markdown and to `target/bench/` as `results.md`,
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
 //! `SURFSTORE_BENCH_ONLY=sync` (B1–B5 and B8), `=backends` (B8), `=load`
-//! (B6) or `=tls` (T1) runs one part, for measuring one change quickly (B7
+//! (B6), `=tls` (T1), `=growth` (B9, B10) or `=failover` (F1) runs one part, for measuring one change quickly (B7
 //! always runs). Nothing here asserts a timing: the numbers are reported,
 //! the targets compared, and the run fails only if a sync or a call does not
 //! do what it should.
@@ -32,9 +35,15 @@ mod backends;
 mod cpu;
 mod data;
 mod etcd;
+mod failover;
 mod gc;
 mod growth;
 mod load;
+// The tests' proxies between Raft servers (F1 isolates leaders with them);
+// the tests use the parts the bench does not.
+#[allow(dead_code)]
+#[path = "../../tests/common/network.rs"]
+mod network;
 mod procs;
 mod report;
 mod secure;
@@ -88,6 +97,10 @@ pub struct Scale {
     pub snapshot_entries: usize,
     /// B10: size of each synced file.
     pub gc_file_bytes: u64,
+    /// F1: leader deaths per election timeout.
+    pub failover_rounds: usize,
+    /// F1: the election timeouts N measured, ms.
+    pub failover_timeouts_ms: &'static [u64],
 }
 
 const MIB: u64 = 1 << 20;
@@ -114,6 +127,8 @@ impl Scale {
                 growth_updates: 200_000,
                 snapshot_entries: 10_000,
                 gc_file_bytes: 4 * MIB,
+                failover_rounds: 60,
+                failover_timeouts_ms: &[300, 150],
             }),
             "quick" => Ok(Scale {
                 name: "quick",
@@ -132,6 +147,8 @@ impl Scale {
                 growth_updates: 10_000,
                 snapshot_entries: 1_000,
                 gc_file_bytes: MIB,
+                failover_rounds: 6,
+                failover_timeouts_ms: &[300],
             }),
             other => Err(
                 format!("SURFSTORE_BENCH_SCALE must be `full` or `quick`, not {other:?}").into(),
@@ -222,18 +239,20 @@ fn run() -> BenchResult<()> {
         .build()
         .map_err(|e| format!("start the tokio runtime: {e}"))?;
     let only = std::env::var("SURFSTORE_BENCH_ONLY").unwrap_or_default();
-    let (run_sync, run_backends, run_load, run_tls, run_growth) = match only.as_str() {
-        "" => (true, true, true, true, true),
-        "sync" => (true, true, false, false, false),
-        "backends" => (false, true, false, false, false),
-        "load" => (false, false, true, false, false),
-        "tls" => (false, false, false, true, false),
-        "growth" => (false, false, false, false, true),
+    let (run_sync, run_backends, run_load, run_tls, run_growth, run_failover) = match only.as_str()
+    {
+        "" => (true, true, true, true, true, true),
+        "sync" => (true, true, false, false, false, false),
+        "backends" => (false, true, false, false, false, false),
+        "load" => (false, false, true, false, false, false),
+        "tls" => (false, false, false, true, false, false),
+        "growth" => (false, false, false, false, true, false),
+        "failover" => (false, false, false, false, false, true),
         other => {
             return Err(format!(
-                "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load`, `tls` or `growth`, not {other:?}"
-            )
-            .into());
+                    "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load`, `tls`, `growth` or `failover`, not {other:?}"
+                )
+                .into());
         }
     };
     let sha = sha::measure(&scale);
@@ -265,6 +284,11 @@ fn run() -> BenchResult<()> {
     } else {
         (Vec::new(), None)
     };
+    let failover = if run_failover {
+        runtime.block_on(failover::run_all(&scale, work.path()))?
+    } else {
+        Vec::new()
+    };
     machine.load_after = load_average();
     machine.steal_percent = steal.percent();
 
@@ -282,6 +306,7 @@ fn run() -> BenchResult<()> {
         tls,
         growth,
         gc,
+        failover,
     };
     let markdown = report::markdown(&results);
     println!("{markdown}");

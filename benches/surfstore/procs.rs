@@ -245,29 +245,9 @@ pub async fn start_cluster_with(
         let json = serde_json::json!({"MetaStoreAddrs": addrs, "BlockStoreAddrs": [block_addr]});
         std::fs::write(&config, json.to_string())
             .map_err(|e| format!("{}: {e}", config.display()))?;
-        let mut procs = Vec::with_capacity(n);
-        for id in 0..n {
-            let mut args = vec![
-                "-f".to_string(),
-                path_arg(&config)?,
-                "-i".to_string(),
-                id.to_string(),
-            ];
-            if let Some(root) = data_root {
-                args.extend([
-                    "--data-dir".to_string(),
-                    path_arg(&root.join(id.to_string()))?,
-                ]);
-            }
-            args.extend_from_slice(extra);
-            let log = log_path(work, &format!("{label}-{id}"))?;
-            procs.push(Proc::spawn(
-                &bin("surfstore-raft-server"),
-                &args,
-                &[],
-                &log,
-            )?);
-        }
+        let mut procs = (0..n)
+            .map(|id| spawn_raft_server(work, label, &config, id, data_root, extra))
+            .collect::<BenchResult<Vec<_>>>()?;
         let mut all_up = true;
         for (proc, addr) in procs.iter_mut().zip(&addrs) {
             all_up &= wait_listening(proc, addr)?;
@@ -281,6 +261,34 @@ pub async fn start_cluster_with(
         }
     }
     Err(format!("could not start a {n}-server Raft cluster ({label})").into())
+}
+
+/// Starts `surfstore-raft-server -f config -i id`, with `data_root/<id>`
+/// as its `--data-dir` when given and `extra` after, logging to
+/// `logs/<label>-<id>.log`.
+pub fn spawn_raft_server(
+    work: &Path,
+    label: &str,
+    config: &Path,
+    id: usize,
+    data_root: Option<&Path>,
+    extra: &[String],
+) -> BenchResult<Proc> {
+    let mut args = vec![
+        "-f".to_string(),
+        path_arg(config)?,
+        "-i".to_string(),
+        id.to_string(),
+    ];
+    if let Some(root) = data_root {
+        args.extend([
+            "--data-dir".to_string(),
+            path_arg(&root.join(id.to_string()))?,
+        ]);
+    }
+    args.extend_from_slice(extra);
+    let log = log_path(work, &format!("{label}-{id}"))?;
+    Proc::spawn(&bin("surfstore-raft-server"), &args, &[], &log)
 }
 
 /// Makes `addr` the leader and waits until it answers a confirmed read.

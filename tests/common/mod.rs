@@ -544,6 +544,19 @@ pub fn assert_refused_at_reply_limit(accepted: usize, refused: Option<tonic::Sta
 /// scenarios' semantics).
 pub const MANUAL_HEARTBEATS: &[&str] = &["--heartbeat-ms", "0"];
 
+/// Extra `surfstore-raft-server` arguments that turn elections on (SPEC
+/// §9.1) with the election timeout N of the tests in election mode: 300 ms.
+/// Heartbeats then go every 60 ms, so a follower campaigns only after
+/// missing five in a row; a loaded 2-core CI machine running a test
+/// binary's clusters side by side stalls a process for tens of
+/// milliseconds, not hundreds. A failover still takes well under a second.
+pub const ELECTIONS: &[&str] = &["--election-timeout-ms", "300"];
+
+/// The election timeout N that [`ELECTIONS`] sets.
+pub fn election_timeout() -> Duration {
+    Duration::from_millis(ELECTIONS[1].parse().expect("a number of milliseconds"))
+}
+
 /// Deadline of one chaos-API or heartbeat call made by the harness. A
 /// heartbeat may wait for a crashed or unreachable peer to time out.
 pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
@@ -599,7 +612,9 @@ pub async fn start_partitionable_cluster(n: usize, extra: &[&str]) -> (Cluster, 
         .iter()
         .map(|l| l.local_addr().expect("listener address").to_string())
         .collect();
-    let network = network::Network::between(&addrs).await;
+    let network = network::Network::between(&addrs)
+        .await
+        .expect("start the proxies");
     let views = (0..n).map(|i| network.seen_from(i, &addrs[i])).collect();
     let cluster = launch_cluster_on(listeners, views, extra, true).await;
     (cluster, network)

@@ -108,10 +108,11 @@ struct Search<'a> {
     /// `next[i]`/`prev[i]` link event `i`; index `events.len()` is the head.
     next: Vec<usize>,
     prev: Vec<usize>,
-    taken: Vec<bool>,
+    /// The operations taken into effect, one bit each.
+    taken: Vec<u64>,
     state: Register,
     /// Taken sets and states already tried.
-    seen: HashSet<(Vec<bool>, Register)>,
+    seen: HashSet<(Vec<u64>, Register)>,
     /// The choices made: the call taken, the state before it, and the other
     /// states it could still lead to.
     choices: Vec<(usize, Register, Vec<Register>)>,
@@ -146,7 +147,7 @@ impl<'a> Search<'a> {
             return_of,
             next,
             prev,
-            taken: vec![false; ops.len()],
+            taken: vec![0; ops.len().div_ceil(64)],
             state: None,
             seen: HashSet::new(),
             choices: Vec::new(),
@@ -182,7 +183,7 @@ impl<'a> Search<'a> {
     fn take(&mut self, call: usize, mut options: Vec<Register>) -> bool {
         let op = self.events[call].0;
         while let Some(candidate) = options.pop() {
-            self.taken[op] = true;
+            self.mark(op, true);
             if self.seen.insert((self.taken.clone(), candidate.clone())) {
                 let before = std::mem::replace(&mut self.state, candidate);
                 self.choices.push((call, before, options));
@@ -190,9 +191,19 @@ impl<'a> Search<'a> {
                 self.unlink(self.return_of[op]);
                 return true;
             }
-            self.taken[op] = false;
+            self.mark(op, false);
         }
         false
+    }
+
+    /// Marks `op` taken or not.
+    fn mark(&mut self, op: usize, taken: bool) {
+        let bit = 1 << (op % 64);
+        if taken {
+            self.taken[op / 64] |= bit;
+        } else {
+            self.taken[op / 64] &= !bit;
+        }
     }
 
     /// Undoes the last choice and tries its other outcomes; returns the
@@ -202,7 +213,7 @@ impl<'a> Search<'a> {
         let op = self.events[call].0;
         self.relink(self.return_of[op]);
         self.relink(call);
-        self.taken[op] = false;
+        self.mark(op, false);
         self.state = before;
         Some(if self.take(call, options) {
             self.first()
@@ -338,6 +349,41 @@ mod tests {
             read(3, 4, None),
         ];
         assert!(rejected(&ops));
+    }
+
+    #[test]
+    fn a_read_cannot_see_a_write_called_after_it_returned() {
+        let ops = [
+            read(0, 1, Some((1, "a"))),
+            write(2, Some(3), 1, "a", Some(true)),
+        ];
+        assert!(rejected(&ops));
+    }
+
+    #[test]
+    fn a_read_of_a_refused_write_is_a_violation() {
+        let ops = [
+            write(0, Some(1), 1, "a", Some(true)),
+            write(2, Some(5), 1, "b", Some(false)),
+            read(3, 4, Some((1, "b"))),
+        ];
+        assert!(rejected(&ops));
+    }
+
+    #[test]
+    fn a_read_after_an_acknowledged_write_misses_it_only_if_it_is_stale() {
+        // Two clients: one's write returned, then the other reads; the
+        // read may not see the older version, nor the absent file.
+        let fresh = [
+            write(0, Some(1), 1, "a", Some(true)),
+            write(2, Some(4), 2, "b", Some(true)),
+            read(5, 6, Some((2, "b"))),
+            read(5, 7, Some((2, "b"))),
+        ];
+        assert_eq!(check(&fresh, BUDGET), Ok(()));
+        let mut stale = fresh.clone();
+        stale[3] = read(5, 7, Some((1, "a")));
+        assert!(rejected(&stale));
     }
 
     #[test]
