@@ -12,9 +12,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{Cluster, file_meta, start_durable_cluster};
+use common::{Cluster, file_meta, start_durable_cluster, start_partitionable_cluster};
 use surfstore::hash::hash_block;
-use surfstore::proto::{FileMetaData, RaftInternalState};
+use surfstore::proto::{AppendEntryInput, FileMetaData, RaftInternalState, UpdateOperation};
 use surfstore::raft::storage::{LOG_FILE, SNAPSHOT_FILE};
 
 /// Compaction every five applied entries, heartbeats only when asked.
@@ -102,18 +102,42 @@ fn tmp(dir: &Path, name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn a_server_killed_at_each_step_of_a_compaction_loses_nothing() {
-    let mut cluster = start_durable_cluster(3, ARGS).await;
+    let (mut cluster, network) = start_partitionable_cluster(3, ARGS).await;
     cluster.set_leader(0).await;
     assert!(cluster.heartbeat(0).await);
     let files: Vec<FileMetaData> = ["a", "b", "c", "d", "e"]
         .iter()
         .map(|n| update(n, 1))
         .collect();
+    // Server 1 gets the five entries told that only four committed: no
+    // compaction yet. The leader would tell it the fifth's commit at once,
+    // so the entries come from the test, as the original's leader sends
+    // them (no leaderId), while the leader cannot reach it.
+    cluster.crash(1).await;
     for meta in &files {
         assert_eq!(cluster.update(0, meta.clone()).await.unwrap(), 1);
     }
-    // Server 1 holds the five entries but has not applied the last: no
-    // compaction yet. Its data dir now is the "before" of a compaction.
+    network.isolate(1);
+    cluster.restore(1).await;
+    // The leader's log: it compacted it away, having applied all five.
+    let term = cluster.state(0).await.term;
+    let request = AppendEntryInput {
+        term,
+        prev_log_index: -1,
+        prev_log_term: -1,
+        entries: files
+            .iter()
+            .map(|meta| UpdateOperation {
+                term,
+                file_meta_data: Some(meta.clone()),
+            })
+            .collect(),
+        leader_commit: 3,
+        ..AppendEntryInput::default()
+    };
+    let reply = cluster.client(1).append_entries(request).await.unwrap();
+    assert!(reply.into_inner().success);
+    // Its data dir now is the "before" of a compaction.
     let saved = tempfile::tempdir().unwrap();
     let before = saved.path().join("before");
     let after = saved.path().join("after");
@@ -123,6 +147,7 @@ async fn a_server_killed_at_each_step_of_a_compaction_loses_nothing() {
     assert!(!dir.join(SNAPSHOT_FILE).exists());
     copy_dir(&dir, &before);
     // Told the commit index, it applies the fifth entry and compacts.
+    network.heal();
     cluster.restart(1).await;
     assert!(cluster.heartbeat(0).await);
     let compacted = cluster.state(1).await;

@@ -407,10 +407,16 @@ impl RaftCore {
     }
 
     /// The leader of the current term as far as this server knows: itself
-    /// when leading, else the leader it follows.
+    /// when leading, else the leader it follows (with elections, only one
+    /// it heard from within an election timeout).
     pub fn leader_hint(&self) -> Option<ServerId> {
         if self.is_leader() {
             return Some(self.id);
+        }
+        // With elections, a leader not heard from for a timeout may be dead
+        // or cut off: naming it would send clients to wait on it.
+        if self.election.as_ref().is_some_and(|e| !e.in_lease()) {
+            return None;
         }
         self.known_leader().filter(|&l| l != self.id)
     }

@@ -118,9 +118,10 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// a peer that comes back is caught up within about this long.
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Ticks per election timeout: the election clock runs at a tenth of N, so
-/// randomized timeouts fall on ten steps of `[N, 2N)`.
-const ELECTION_TICKS: u32 = 10;
+/// Ticks per election timeout: the election clock runs at a twentieth of
+/// N, so a timer fires at most N/20 late and randomized timeouts fall on
+/// twenty steps of `[N, 2N)`.
+const ELECTION_TICKS: u32 = 20;
 
 /// How often a read, or a `SetLeader` waiting for its election, looks
 /// again whether the leader is ready for it.
