@@ -2765,6 +2765,19 @@ mod tests {
         }
 
         #[test]
+        fn a_follower_names_its_leader_only_while_it_hears_from_it() {
+            let mut f = elected(1, 3, 4);
+            assert!(f.deliver(&from_leader(2, 3, (-1, -1))).success);
+            for _ in 0..N {
+                assert_eq!(f.leader_hint(), Some(2));
+                f.tick();
+            }
+            assert_eq!(f.leader_hint(), None, "silent for N: maybe dead");
+            assert!(f.deliver(&from_leader(2, 3, (-1, -1))).success);
+            assert_eq!(f.leader_hint(), Some(2));
+        }
+
+        #[test]
         fn a_higher_term_in_a_reply_ends_a_campaign() {
             let mut c = elected(0, 3, 6);
             c.set_leader().unwrap();
