@@ -305,6 +305,8 @@ struct Driver {
     transport: Arc<dyn Transport>,
     /// How long a vote request may take: the election timeout.
     vote_timeout: Duration,
+    /// Term, leading and campaigning as last logged.
+    role: (Term, bool, bool),
 }
 
 impl RaftNode {
@@ -402,6 +404,7 @@ impl RaftNode {
                 own_steps: steps_tx.downgrade(),
                 transport: transport.clone(),
                 vote_timeout: config.election_timeout.unwrap_or(APPEND_TIMEOUT),
+                role: (hard.term, false, false),
             }
             .run(),
         );
@@ -1326,6 +1329,24 @@ impl Driver {
         }
     }
 
+    /// Logs a change of term or role (leader, candidate), once durable: what
+    /// an operator reads to follow elections (`-d`).
+    fn log_role(&mut self) {
+        let core = &self.state.core;
+        let role = (core.term(), core.is_leader(), core.campaigning());
+        if role == self.role {
+            return;
+        }
+        self.role = role;
+        let (term, leading, campaigning) = role;
+        let role = match (leading, campaigning) {
+            (true, _) => "leader",
+            (false, true) => "candidate",
+            (false, false) => "follower",
+        };
+        tracing::info!(term, role, leader = ?core.leader_hint(), "raft role");
+    }
+
     /// Sends the turn's vote requests, now durable, each reply fed back to
     /// the core as a step of its own.
     fn send_votes(&self, votes: Vec<VoteRequest>) {
@@ -1378,6 +1399,7 @@ impl Driver {
         if !self.persist_or_fail(&mut ready).await {
             return;
         }
+        self.log_role();
         if ready.wake_peers && !send_now {
             for (_, wake) in &self.wakes {
                 wake.notify_one();
