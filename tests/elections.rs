@@ -12,61 +12,15 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
-    Cluster, bin, eventually, file_meta, run_with_timeout, start_durable_cluster,
-    start_partitionable_cluster, synced_files,
+    ELECTION_LIMIT, ELECTIONS, bin, ctl, eventually, file_meta, run_with_timeout,
+    start_durable_cluster, start_partitionable_cluster, synced_files,
 };
-
-/// The election timeout of these clusters: long enough that a loaded CI
-/// machine does not look like a dead leader, short enough to keep tests quick.
-const TIMEOUT_MS: &str = "300";
-
-/// How long anything here may take: many election timeouts.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn electing() -> [&'static str; 2] {
-    ["--election-timeout-ms", TIMEOUT_MS]
-}
-
-/// The one server that leads the newest term among those answering, once
-/// there is one; `except` is left out (a killed server).
-async fn leader(cluster: &Cluster, except: Option<usize>) -> (usize, i64) {
-    eventually("a sole leader", PATIENCE, async || {
-        let mut leading = Vec::new();
-        let mut newest = 0;
-        for i in (0..cluster.addrs.len()).filter(|&i| Some(i) != except) {
-            let Ok(state) = cluster.client(i).get_internal_state(()).await else {
-                continue;
-            };
-            let state = state.into_inner();
-            newest = newest.max(state.term);
-            if state.is_leader {
-                leading.push((i, state.term));
-            }
-        }
-        match leading[..] {
-            [(i, term)] if term == newest => Some((i, term)),
-            _ => None,
-        }
-    })
-    .await
-}
-
-fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let (out, _) = run_with_timeout(&bin("surfstore-ctl"), args, PATIENCE);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_syncs_through_the_death_of_the_leader_without_set_leader() {
-    let mut cluster = start_durable_cluster(3, &electing()).await;
-    let (first, term) = leader(&cluster, None).await;
+    let mut cluster = start_durable_cluster(3, ELECTIONS).await;
+    let (first, term) = cluster.elected(None).await;
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.txt"), b"before the failover").unwrap();
@@ -91,7 +45,7 @@ async fn a_client_syncs_through_the_death_of_the_leader_without_set_leader() {
     std::fs::write(dir.path().join("b.txt"), b"new").unwrap();
     let (out, _) = cluster.sync(dir.path(), 4096);
     assert!(out.status.success(), "{out:?}");
-    let (second, next_term) = leader(&cluster, Some(first)).await;
+    let (second, next_term) = cluster.elected(Some(first)).await;
     assert_ne!(second, first);
     assert!(next_term > term);
 
@@ -103,23 +57,23 @@ async fn a_client_syncs_through_the_death_of_the_leader_without_set_leader() {
 
     // Back, the old leader follows the new one.
     cluster.restart(first).await;
-    eventually("the restarted server follows", PATIENCE, async || {
+    eventually("the restarted server follows", ELECTION_LIMIT, async || {
         let state = cluster.state(first).await;
         (!state.is_leader && state.term >= next_term).then_some(())
     })
     .await;
-    assert_eq!(leader(&cluster, None).await.0, second);
+    assert_eq!(cluster.elected(None).await.0, second);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn set_leader_campaigns_and_a_server_cut_off_loses() {
-    let (cluster, network) = start_partitionable_cluster(3, &electing()).await;
-    let (first, _) = leader(&cluster, None).await;
+    let (cluster, network) = start_partitionable_cluster(3, ELECTIONS).await;
+    let (first, _) = cluster.elected(None).await;
     let other = (first + 1) % 3;
     // Until it holds the leader's no-op its log is behind, and the others
     // rightly refuse it their votes.
     let len = cluster.state(first).await.log.len();
-    eventually("the no-op on every server", PATIENCE, async || {
+    eventually("the no-op on every server", ELECTION_LIMIT, async || {
         (cluster.state(other).await.log.len() == len).then_some(())
     })
     .await;
@@ -127,7 +81,7 @@ async fn set_leader_campaigns_and_a_server_cut_off_loses() {
     let (code, out, err) = ctl(&["set-leader", &addr]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, format!("{addr}: leader set\n"));
-    assert_eq!(leader(&cluster, None).await.0, other);
+    assert_eq!(cluster.elected(None).await.0, other);
 
     let cut = (other + 1) % 3;
     network.isolate(cut);
@@ -138,8 +92,8 @@ async fn set_leader_campaigns_and_a_server_cut_off_loses() {
     // Its campaign raised its term: healed, the cluster elects a leader of
     // a newer term, which serves.
     network.heal();
-    let (now, _) = leader(&cluster, None).await;
-    eventually("an update on the new leader", PATIENCE, async || {
+    let (now, _) = cluster.elected(None).await;
+    eventually("an update on the new leader", ELECTION_LIMIT, async || {
         cluster
             .update(now, file_meta("healed", 1, &["h"]))
             .await
@@ -174,7 +128,7 @@ fn election_flags_are_checked() {
     ] {
         let mut args = vec!["-f", config, "-i", "0"];
         args.extend_from_slice(flags);
-        let (out, _) = run_with_timeout(&bin("surfstore-raft-server"), &args, PATIENCE);
+        let (out, _) = run_with_timeout(&bin("surfstore-raft-server"), &args, ELECTION_LIMIT);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{flags:?}: {err}");
         assert!(err.contains(says), "{flags:?}: {err}");

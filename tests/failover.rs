@@ -16,34 +16,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::network::Network;
-use common::{Cluster, ELECTIONS, election_timeout, eventually, file_meta};
-
-/// How long a test waits for an election it expects.
-const ELECTION_LIMIT: Duration = Duration::from_secs(20);
-
-/// The leader some server other than `not` claims to be and confirms with
-/// a read (a majority acknowledges it, its no-op committed), with its term.
-async fn elected(cluster: &Cluster, not: Option<usize>) -> (usize, i64) {
-    eventually("a leader is elected", ELECTION_LIMIT, async || {
-        for i in (0..cluster.clients.len()).filter(|&i| Some(i) != not) {
-            let state = cluster.state(i).await;
-            if !state.is_leader {
-                continue;
-            }
-            let read =
-                tokio::time::timeout(election_timeout(), cluster.client(i).get_file_info_map(()))
-                    .await;
-            if matches!(read, Ok(Ok(_))) {
-                return Some((i, state.term));
-            }
-        }
-        None
-    })
-    .await
-}
+use common::{Cluster, ELECTION_LIMIT, ELECTIONS, election_timeout, eventually, file_meta};
 
 /// A 3-server cluster in election mode, partitionable.
 async fn start() -> (Cluster, Network) {
@@ -62,7 +38,7 @@ async fn follows(cluster: &Cluster, server: usize, leader: usize, term: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_follower_never_disrupts_the_majority() {
     let (cluster, network) = start().await;
-    let (leader, term) = elected(&cluster, None).await;
+    let (leader, term) = cluster.elected(None).await;
     let follower = (leader + 1) % 3;
     network.isolate(follower);
     let cut = Instant::now();
@@ -99,7 +75,7 @@ async fn an_isolated_follower_never_disrupts_the_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_majority_steps_down() {
     let (cluster, network) = start().await;
-    let (leader, term) = elected(&cluster, None).await;
+    let (leader, term) = cluster.elected(None).await;
     network.isolate(leader);
     let cut = Instant::now();
     // It checks every N whether a majority answered since the last check:
@@ -111,7 +87,7 @@ async fn a_leader_cut_off_from_the_majority_steps_down() {
     })
     .await;
     eprintln!("stepped down {:?} after the cut", cut.elapsed());
-    let (new, new_term) = elected(&cluster, Some(leader)).await;
+    let (new, new_term) = cluster.elected(Some(leader)).await;
     assert!(
         new_term > term,
         "the new leader's term {new_term} is not past {term}"

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Proc, bin, loopback_listener, run_with_timeout, snapshot, wait_listening, write};
+use common::{
+    Proc, bin, ctl, loopback_listener, run_with_timeout, snapshot, wait_listening, write,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use surfstore::grpc::{AuthChannel, secure_channel};
@@ -42,16 +44,6 @@ struct Material {
     user: String,
     peer: String,
     admin: String,
-}
-
-/// Runs `surfstore-ctl args` and returns (exit code, stdout, stderr).
-fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let (out, _) = run_with_timeout(&bin("surfstore-ctl"), args, RUN_LIMIT);
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 fn utf8(path: &Path) -> &str {
@@ -391,6 +383,15 @@ fn plain_rpcs() -> Vec<Rpc> {
 
 /// Every RPC of RaftSurfstore, Crash just before Restore so the server
 /// comes back for what follows.
+/// A vote request from a candidate with an empty log.
+fn vote_request() -> RequestVoteInput {
+    RequestVoteInput {
+        last_log_index: -1,
+        last_log_term: -1,
+        ..RequestVoteInput::default()
+    }
+}
+
 fn raft_rpcs() -> Vec<Rpc> {
     fn raft(c: AuthChannel) -> RaftSurfstoreClient<AuthChannel> {
         RaftSurfstoreClient::new(c)
@@ -436,32 +437,12 @@ fn raft_rpcs() -> Vec<Rpc> {
         Rpc {
             path: "/surfstore.RaftSurfstore/RequestVote",
             needs: Role::Peer,
-            call: |c| {
-                async move {
-                    let input = RequestVoteInput {
-                        last_log_index: -1,
-                        last_log_term: -1,
-                        ..RequestVoteInput::default()
-                    };
-                    unit(raft(c).request_vote(input).await)
-                }
-                .boxed()
-            },
+            call: |c| async move { unit(raft(c).request_vote(vote_request()).await) }.boxed(),
         },
         Rpc {
             path: "/surfstore.RaftSurfstore/PreVote",
             needs: Role::Peer,
-            call: |c| {
-                async move {
-                    let input = RequestVoteInput {
-                        last_log_index: -1,
-                        last_log_term: -1,
-                        ..RequestVoteInput::default()
-                    };
-                    unit(raft(c).pre_vote(input).await)
-                }
-                .boxed()
-            },
+            call: |c| async move { unit(raft(c).pre_vote(vote_request()).await) }.boxed(),
         },
         empty!("SetLeader", Role::Admin, set_leader),
         empty!("SendHeartbeat", Role::Admin, send_heartbeat),

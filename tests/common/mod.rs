@@ -557,6 +557,20 @@ pub fn election_timeout() -> Duration {
     Duration::from_millis(ELECTIONS[1].parse().expect("a number of milliseconds"))
 }
 
+/// How long a test waits for an election it expects.
+pub const ELECTION_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `surfstore-ctl args` (for at most a minute); returns its exit code,
+/// stdout and stderr.
+pub fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let (out, _) = run_with_timeout(&bin("surfstore-ctl"), args, Duration::from_secs(60));
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).expect("surfstore-ctl writes UTF-8"),
+        String::from_utf8(out.stderr).expect("surfstore-ctl writes UTF-8"),
+    )
+}
+
 /// Deadline of one chaos-API or heartbeat call made by the harness. A
 /// heartbeat may wait for a crashed or unreachable peer to time out.
 pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
@@ -885,6 +899,31 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("GetInternalState on {i}: {e}"))
             .into_inner()
+    }
+
+    /// The leader some server other than `not` claims to be and confirms
+    /// with a read (a majority acknowledges it, its no-op committed), with
+    /// its term, once the cluster elected one (within [`ELECTION_LIMIT`]).
+    pub async fn elected(&self, not: Option<usize>) -> (usize, i64) {
+        eventually("a leader is elected", ELECTION_LIMIT, async || {
+            for i in (0..self.clients.len()).filter(|&i| Some(i) != not) {
+                let Ok(state) = self.client(i).get_internal_state(()).await else {
+                    continue;
+                };
+                let state = state.into_inner();
+                if !state.is_leader {
+                    continue;
+                }
+                let read =
+                    tokio::time::timeout(election_timeout(), self.client(i).get_file_info_map(()))
+                        .await;
+                if matches!(read, Ok(Ok(_))) {
+                    return Some((i, state.term));
+                }
+            }
+            None
+        })
+        .await
     }
 
     /// `UpdateFile` on server `i` (must not block longer than
