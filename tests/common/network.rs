@@ -77,6 +77,10 @@ async fn carry(
     let Ok(mut outbound) = TcpStream::connect(&target).await else {
         return;
     };
+    // As the servers' own sockets: without it a small write waits for the
+    // ACK of the previous one, which the peer delays by up to 40 ms.
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
     let frozen = {
         let (in_read, in_write) = inbound.split();
         let (out_read, out_write) = outbound.split();
@@ -116,7 +120,11 @@ async fn pass_on(
     };
     let write = async move {
         while let Some((when, bytes)) = due.recv().await {
-            tokio::time::sleep_until(when).await;
+            // A timer rounds up to its next millisecond tick: an undelayed
+            // link must not wait for one.
+            if when > Instant::now() {
+                tokio::time::sleep_until(when).await;
+            }
             if to.write_all(&bytes).await.is_err() {
                 return;
             }
