@@ -1,7 +1,7 @@
 //! F1: how long a durable 3-server cluster with elections
 //! (`--election-timeout-ms N`) goes without a leader when its leader dies.
-//! One client keeps updating a file, finding the leader itself (it tries
-//! the servers in turn, each call limited to N); round after round the
+//! One client keeps updating a file, finding the leader itself (once its
+//! leader fails, it asks every server at once, each call limited to N); round after round the
 //! server that acknowledged its last update is taken down, by SIGKILL, the
 //! chaos `Crash`, or isolation (every peer link of the cluster runs through
 //! the tests' TCP proxy, [`crate::network`]), in turn. Measured per round:
@@ -195,8 +195,12 @@ fn last_ack(acks: &Acks) -> Option<(Duration, usize)> {
 }
 
 /// The client: updates one file, one version after the other, on the
-/// server that acknowledged the last one, trying the next on any error or
-/// when a call takes longer than `n`; records every acknowledgement.
+/// server that acknowledged the last one; once that fails (an error, or no
+/// answer within `n`), it asks every server at once, each again and again,
+/// until one acknowledges. So what is measured is when the cluster serves
+/// again, not how long a client sat on a server that can no longer commit
+/// (a cut-off leader holds a call until it steps down). Sending the same
+/// version everywhere is safe: the version rule applies it once.
 async fn write(
     servers: Vec<RaftSurfstoreClient<Channel>>,
     n: Duration,
@@ -204,35 +208,64 @@ async fn write(
     acks: Acks,
     stop: Arc<AtomicBool>,
 ) {
-    let mut leader = 0;
+    let mut leader = Some(0);
     let mut version = 0;
-    let mut misses = 0;
     while !stop.load(Ordering::Relaxed) {
         let meta = FileMetaData {
             filename: "failover".into(),
             version: version + 1,
             block_hash_list: vec![format!("{}", version + 1)],
         };
-        let mut server = servers[leader].clone();
-        match tokio::time::timeout(n, server.update_file(meta)).await {
-            // -1: the same version, sent before without an answer, was
-            // applied; either way this server serves.
-            Ok(Ok(_)) => {
-                version += 1;
-                misses = 0;
-                acks.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((started.elapsed(), leader));
-            }
-            Ok(Err(_)) | Err(_) => {
-                leader = (leader + 1) % servers.len();
-                misses += 1;
-                // Nobody leads (an election): do not spin.
-                if misses % servers.len() == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
+        leader = match leader {
+            Some(server) => update(&servers[server], &meta, n).await.then_some(server),
+            None => tokio::select! {
+                server = any_server(&servers, &meta, n) => Some(server),
+                () = wait_for(&stop) => None,
+            },
+        };
+        if let Some(server) = leader {
+            // -1 counts too: the same version, sent before without an
+            // answer, was applied; either way this server serves.
+            version += 1;
+            acks.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((started.elapsed(), server));
         }
+    }
+}
+
+/// Whether `server` acknowledged `meta` within `n`.
+async fn update(server: &RaftSurfstoreClient<Channel>, meta: &FileMetaData, n: Duration) -> bool {
+    let mut server = server.clone();
+    matches!(
+        tokio::time::timeout(n, server.update_file(meta.clone())).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Sends `meta` to every server, each again after a failure, until one
+/// acknowledges it; returns which.
+async fn any_server(
+    servers: &[RaftSurfstoreClient<Channel>],
+    meta: &FileMetaData,
+    n: Duration,
+) -> usize {
+    let tries = servers.iter().enumerate().map(|(i, server)| {
+        Box::pin(async move {
+            while !update(server, meta, n).await {
+                // Nobody leads yet (an election): do not spin.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            i
+        })
+    });
+    futures::future::select_all(tries).await.0
+}
+
+/// Completes once `stop` is set.
+async fn wait_for(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -79,7 +79,12 @@ impl Proc {
         env: &[(&str, &str)],
         log: &Path,
     ) -> BenchResult<Proc> {
-        let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        // Appending keeps what a restarted server logged before its restart.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)

@@ -183,7 +183,7 @@ impl Wal {
     }
 }
 
-/// The directory holding `path`, for fsyncing its entry.
+/// The CRC-32 of a frame: its length bytes, then its payload.
 fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(len_bytes);
