@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Cluster, MANUAL_HEARTBEATS, eventually, file_meta, start_durable_cluster};
+use common::{
+    Cluster, MANUAL_HEARTBEATS, cut_wal_records, eventually, file_meta, start_durable_cluster,
+};
 use surfstore::hash::hash_block;
 use surfstore::proto::{AppendEntryInput, FileMetaData, RaftInternalState, UpdateOperation};
 use surfstore::raft::storage::LOG_FILE;
@@ -195,7 +197,7 @@ async fn a_log_cut_mid_record_loads_without_that_record() {
 
     cluster.kill(1);
     let wal = cluster.data_dir(1).join(LOG_FILE);
-    cut_tail(&wal, 3);
+    cut_wal_records(&wal, 3);
     cluster.restart(1).await;
 
     // The torn save is gone whole: neither its entry nor its commit.
@@ -211,13 +213,6 @@ async fn a_log_cut_mid_record_loads_without_that_record() {
     assert_eq!(cluster.update(1, torn.clone()).await.unwrap(), 1);
     assert!(cluster.heartbeat(1).await);
     assert_everyone_holds(&cluster, &[op(1, &kept), op(2, &torn)], &[kept, torn]).await;
-}
-
-/// Drops the last `bytes` bytes of the file at `path`.
-fn cut_tail(path: &Path, bytes: usize) {
-    let data = std::fs::read(path).unwrap();
-    assert!(data.len() > bytes, "{} is too short to cut", path.display());
-    std::fs::write(path, &data[..data.len() - bytes]).unwrap();
 }
 
 /// Block size of the client test: small, so files span several blocks.

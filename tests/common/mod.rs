@@ -1105,6 +1105,18 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Zeroes the last `bytes` bytes of the records of the write-ahead log at
+/// `path`: the file an append whose end never reached the disk leaves (it
+/// keeps its length, allocated ahead).
+pub fn cut_wal_records(path: &Path, bytes: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let end = surfstore::storage::Wal::read(path, |_, _| Ok(())).unwrap();
+    assert!(end > bytes, "{} is too short to cut", path.display());
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(end - bytes)).unwrap();
+    file.write_all(&vec![0; bytes as usize]).unwrap();
+}
+
 /// Deterministic bytes that do not repeat block-wise.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
