@@ -116,8 +116,9 @@ pub struct Loads {
     pub etcd: String,
 }
 
-/// Runs every B6 point at `scale`, with server data under `work`.
-pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
+/// Runs every B6 point at `scale`, with server data under `work`; only the
+/// UpdateFile points (ours and etcd's) when `commits_only`.
+pub async fn run_all(scale: &Scale, work: &Path, commits_only: bool) -> BenchResult<Loads> {
     let mut commits = Vec::new();
     for durable in [false, true] {
         let storage = if durable { "disk" } else { "mem" };
@@ -153,6 +154,13 @@ pub async fn run_all(scale: &Scale, work: &Path) -> BenchResult<Loads> {
         }
     }
     let etcd = etcd_points(scale, work, &mut commits).await?;
+    if commits_only {
+        return Ok(Loads {
+            commits,
+            etcd,
+            ..Loads::default()
+        });
+    }
     let mut puts = Vec::new();
     for size in PUT_SIZES {
         for durable in [false, true] {

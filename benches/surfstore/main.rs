@@ -26,8 +26,9 @@
 //! `results.json` and `chart.png` ([`report`]). `SURFSTORE_BENCH_SCALE=quick`
 //! shrinks every size and duration so CI can run it in seconds;
 //! `SURFSTORE_BENCH_ONLY=sync` (B1–B5 and B8), `=backends` (B8), `=load`
-//! (B6), `=tls` (T1), `=growth` (B9, B10) or `=failover` (F1) runs one part, for measuring one change quickly (B7
-//! always runs). Nothing here asserts a timing: the numbers are reported,
+//! (B6), `=commits` (B6's UpdateFile points and etcd's), `=tls` (T1),
+//! `=growth` (B9, B10) or `=failover` (F1) runs one part, for measuring one
+//! change quickly (B7 always runs). Nothing here asserts a timing: the numbers are reported,
 //! the targets compared, and the run fails only if a sync or a call does not
 //! do what it should.
 
@@ -244,13 +245,13 @@ fn run() -> BenchResult<()> {
         "" => (true, true, true, true, true, true),
         "sync" => (true, true, false, false, false, false),
         "backends" => (false, true, false, false, false, false),
-        "load" => (false, false, true, false, false, false),
+        "load" | "commits" => (false, false, true, false, false, false),
         "tls" => (false, false, false, true, false, false),
         "growth" => (false, false, false, false, true, false),
         "failover" => (false, false, false, false, false, true),
         other => {
             return Err(format!(
-                    "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load`, `tls`, `growth` or `failover`, not {other:?}"
+                    "SURFSTORE_BENCH_ONLY must be `sync`, `backends`, `load`, `commits`, `tls`, `growth` or `failover`, not {other:?}"
                 )
                 .into());
         }
@@ -267,7 +268,8 @@ fn run() -> BenchResult<()> {
         backends::Backends::default()
     };
     let load = if run_load {
-        runtime.block_on(load::run_all(&scale, work.path()))?
+        let commits_only = only == "commits";
+        runtime.block_on(load::run_all(&scale, work.path(), commits_only))?
     } else {
         load::Loads::default()
     };
