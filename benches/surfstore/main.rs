@@ -28,9 +28,9 @@
 //! `SURFSTORE_BENCH_ONLY=sync` (B1–B5 and B8), `=backends` (B8), `=load`
 //! (B6), `=commits` (B6's UpdateFile points and etcd's), `=tls` (T1),
 //! `=growth` (B9, B10) or `=failover` (F1) runs one part, for measuring one
-//! change quickly (B7 always runs). Nothing here asserts a timing: the numbers are reported,
-//! the targets compared, and the run fails only if a sync or a call does not
-//! do what it should.
+//! change quickly (B7 always runs). Nothing here asserts a timing: the
+//! numbers are reported, the targets compared, and the run fails only if a
+//! sync or a call does not do what it should.
 
 mod backends;
 mod cpu;
