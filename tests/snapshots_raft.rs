@@ -98,7 +98,7 @@ fn half_of(path: &Path) -> Vec<u8> {
 
 /// The bytes the WAL's records in `dir` take (its file is allocated ahead).
 fn log_bytes(dir: &Path) -> u64 {
-    Wal::read(&dir.join(LOG_FILE), |_, _| Ok(())).unwrap()
+    Wal::records_end(&dir.join(LOG_FILE)).unwrap()
 }
 
 /// A temporary file beside `name`, as `Wal::replace` writes it.

@@ -126,6 +126,12 @@ impl Wal {
         scan(&file, path, &mut visit).map(|scan| scan.end)
     }
 
+    /// Where the intact records of the log at `path` end: the bytes they
+    /// take, whatever the file's allocated length.
+    pub fn records_end(path: &Path) -> Result<u64, StorageError> {
+        Wal::read(path, |_, _| Ok(()))
+    }
+
     /// Appends one record. It is written but not yet durable: call
     /// [`Wal::sync`] before acknowledging anything that depends on it.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), StorageError> {
@@ -315,7 +321,11 @@ fn scan(file: &File, path: &Path, visit: &mut Visitor<'_>) -> Result<Scan, Stora
             // nothing or by zeros allocated ahead; with a record after it,
             // the damage is not from an append.
             if only_zeros(&mut reader).map_err(read_err)? {
-                return torn_tail(file, path, offset, file_len);
+                return Ok(Scan {
+                    end: offset,
+                    file_len,
+                    zero_tail: header.iter().chain(&payload).all(|&b| b == 0),
+                });
             }
             return Err(StorageError::Corrupt {
                 path: path.to_path_buf(),
@@ -385,7 +395,7 @@ mod tests {
     /// The file's bytes up to the end of its records, without what is
     /// allocated ahead.
     fn record_bytes(path: &Path) -> Vec<u8> {
-        let end = Wal::read(path, |_, _| Ok(())).unwrap();
+        let end = Wal::records_end(path).unwrap();
         let mut bytes = std::fs::read(path).unwrap();
         bytes.truncate(end as usize);
         bytes
@@ -438,25 +448,24 @@ mod tests {
         write_log(&path, &[b"kept"]);
         let good = record_bytes(&path);
         let bad_frame: &[u8] = &[3, 0, 0, 0, 1, 2, 3, 4, b'b', b'a', b'd'];
-        let torn: [&[u8]; 4] = [
-            &[0xff; 3],
+        // Each tail, and whether opening keeps it: zeros are space
+        // allocated ahead, anything else is cleared.
+        let tails: [(&[u8], bool); 6] = [
+            (&[0xff; 3], false),
             // A whole frame whose checksum is wrong, last in the file.
-            bad_frame,
+            (bad_frame, false),
             // The same, or a frame cut short, before zeros allocated ahead.
-            &[bad_frame, &[0; 4096]].concat(),
-            &[&bad_frame[..9], &[0; 100]].concat(),
+            (&[bad_frame, &[0; 4096]].concat(), false),
+            (&[&bad_frame[..9], &[0; 100]].concat(), false),
+            (&[0; 8], true),
+            (&[0; 4096], true),
         ];
-        for tail in torn {
-            std::fs::write(&path, [good.as_slice(), tail].concat()).unwrap();
-            assert_eq!(payloads(&path), vec![b"kept".to_vec()], "tail {tail:?}");
-            assert_eq!(std::fs::read(&path).unwrap(), good, "tail {tail:?}");
-        }
-        let zeros: [&[u8]; 2] = [&[0; 8], &[0; 4096]];
-        for tail in zeros {
+        for (tail, kept) in tails {
             let file = [good.as_slice(), tail].concat();
             std::fs::write(&path, &file).unwrap();
             assert_eq!(payloads(&path), vec![b"kept".to_vec()], "tail {tail:?}");
-            assert_eq!(std::fs::read(&path).unwrap(), file, "tail {tail:?}");
+            let expected = if kept { &file } else { &good };
+            assert_eq!(&std::fs::read(&path).unwrap(), expected, "tail {tail:?}");
         }
         // A record appended after zeros lands right after the last record.
         write_log(&path, &[b"next"]);
@@ -472,7 +481,7 @@ mod tests {
         write_log(&path, &[b"a", b"b"]);
         let allocated = file_len(&path);
         assert!(allocated >= PREALLOCATE_BYTES, "{allocated} bytes");
-        assert_eq!(Wal::read(&path, |_, _| Ok(())).unwrap(), 18);
+        assert_eq!(Wal::records_end(&path).unwrap(), 18);
         write_log(&path, &[b"c"]);
         assert_eq!(file_len(&path), allocated, "appended inside the allocation");
         assert_eq!(
