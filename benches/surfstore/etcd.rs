@@ -236,19 +236,24 @@ impl Worker for Putter {
 }
 
 /// Committed `Put`s per second at `addr` (an etcd leader), with the load
-/// shape of [`load`]'s UpdateFile points.
+/// shape of [`load`]'s UpdateFile points, on a thread of their own like
+/// them ([`load::on_own_thread`]).
 pub async fn put_load(addr: &str, clients: usize, duration: Duration) -> BenchResult<LoadRow> {
-    // As large as the one block hash of the bench's UpdateFile entries.
-    let value = hash_block(b"surfstore bench").into_bytes();
-    let workers = (0..clients)
-        .map(|task| {
-            Ok(Putter {
-                client: KvClient::new(surfstore::grpc::channel(addr)?),
-                key: format!("bench-file-{task:03}").into_bytes(),
-                value: value.clone(),
+    let addr = addr.to_string();
+    let measured = load::on_own_thread(move || async move {
+        // As large as the one block hash of the bench's UpdateFile entries.
+        let value = hash_block(b"surfstore bench").into_bytes();
+        let workers = (0..clients)
+            .map(|task| {
+                Ok(Putter {
+                    client: KvClient::new(surfstore::grpc::channel(&addr)?),
+                    key: format!("bench-file-{task:03}").into_bytes(),
+                    value: value.clone(),
+                })
             })
-        })
-        .collect::<BenchResult<Vec<_>>>()?;
-    let measured = load::drive(workers, duration, u64::MAX).await?;
+            .collect::<BenchResult<Vec<_>>>()?;
+        load::drive(workers, duration, u64::MAX).await
+    })
+    .await?;
     Ok(load::row("etcd-3", clients, None, measured))
 }
