@@ -6,14 +6,18 @@
 //!   leader and against a plain `surfstore-server -s meta`, in memory and
 //!   with `--data-dir`.
 //!   The same load is put on a 3-member etcd cluster when etcd is
-//!   installed ([`etcd`]).
+//!   installed ([`etcd`]). At each client count every one of these systems
+//!   is started first, then they take turns in [`COMMIT_ROUNDS`] rounds
+//!   ([`commit_points`]), so the ratios compare like with like on a
+//!   machine whose speed drifts.
 //! * PutBlock: every client puts distinct random blocks of one size into a
 //!   `surfstore-server -s block`, in memory and with `--data-dir`.
 //! * GetFileInfoMap: a map of many files is filled in, then many readers
 //!   each read it once, all at the same time, from a plain MetaStore and
 //!   from a 3-server Raft cluster's leader.
 //!
-//! Each point gets fresh servers, so no point pays for an earlier one's data.
+//! Each client count gets fresh servers, so no point pays for an earlier
+//! one's data.
 //! The clients share the machine with the servers: on a small machine this
 //! process's own gRPC work is part of what is measured. The commit points'
 //! clients, ours and etcd's, run on one thread of their own
@@ -121,41 +125,30 @@ pub struct Loads {
 /// Runs every B6 point at `scale`, with server data under `work`; only the
 /// UpdateFile points (ours and etcd's) when `commits_only`.
 pub async fn run_all(scale: &Scale, work: &Path, commits_only: bool) -> BenchResult<Loads> {
+    let etcd_binary = etcd::find();
+    let mut etcd = etcd::NOT_INSTALLED.to_string();
+    if etcd_binary.is_none() {
+        eprintln!("B6: {}", etcd::NOT_INSTALLED);
+    }
     let mut commits = Vec::new();
-    for durable in [false, true] {
-        let storage = if durable { "disk" } else { "mem" };
-        for (store, n) in [("raft-3", 3), ("meta", 1)] {
-            for clients in COMMIT_CLIENTS {
-                eprintln!("B6: UpdateFile on {store} ({storage}), {clients} clients");
-                let label = format!("b6-{store}-{storage}-{clients}");
-                let data = durable.then(|| work.join(&label));
-                // Keeps the servers alive until the point is measured.
-                let (addr, servers) = if n == 1 {
-                    let server = procs::start_server(
-                        work,
-                        &label,
-                        "meta",
-                        data.as_deref(),
-                        &[UNUSED_BLOCK_ADDR],
-                    )?;
-                    (server.addr.clone(), Servers::One(server))
-                } else {
-                    let cluster =
-                        procs::start_cluster(work, &label, n, UNUSED_BLOCK_ADDR, data.as_deref())
-                            .await?;
-                    (cluster.addrs[0].clone(), Servers::Cluster(cluster))
-                };
-                let meters = Meters::start(servers.pids());
-                let plain = ClientSecurity::default();
-                let mut row = commit_load(&addr, &plain, clients, scale.commit_duration).await?;
-                meters.finish(&mut row);
-                row.store = store.to_string();
-                row.durable = durable;
-                commits.push(row);
-            }
+    for clients in COMMIT_CLIENTS {
+        let (points, version) = commit_points(scale, work, clients, etcd_binary.as_deref()).await?;
+        commits.extend(points);
+        if let (Some(binary), Some(version)) = (&etcd_binary, version) {
+            etcd = format!(
+                "etcd {version} ({}), {} members, default settings (fsync on)",
+                binary.display(),
+                etcd::MEMBERS
+            );
         }
     }
-    let etcd = etcd_points(scale, work, &mut commits).await?;
+    // The report's order: in memory then durable, each store by client count.
+    commits.sort_by_key(|row| {
+        let store = ["raft-3", "meta", "etcd-3"]
+            .iter()
+            .position(|s| *s == row.store);
+        (row.store == "etcd-3", row.durable, store, row.clients)
+    });
     if commits_only {
         return Ok(Loads {
             commits,
@@ -332,48 +325,164 @@ impl tonic::codec::Decoder for RawDecoder {
     }
 }
 
-/// Adds the `etcd-3` commit points to `commits` when etcd is installed;
-/// returns which etcd ran them, or [`etcd::NOT_INSTALLED`].
-async fn etcd_points(
+/// Rounds of each commit point. The systems compared take turns, so a
+/// change in the machine's speed during the run (a shared VM's neighbours)
+/// falls on all of them instead of on whichever ran at the time.
+const COMMIT_ROUNDS: usize = 3;
+
+/// A system under the commit load at one client count: its servers (kept
+/// alive until it is measured) and what was measured of it so far.
+struct CommitPoint {
+    store: &'static str,
+    durable: bool,
+    addr: String,
+    servers: Servers,
+    /// Latencies, failed calls and seconds of the rounds so far.
+    measured: (Vec<Duration>, u64, f64),
+    server_cpu_secs: f64,
+    client_cpu_secs: f64,
+    /// Each round's stolen share of CPU time (percent) times its seconds,
+    /// summed: over the rounds' seconds, the point's share.
+    steal_weighted: f64,
+}
+
+/// The UpdateFile points at `clients` clients (raft-3 and meta, in memory
+/// and with `--data-dir`) and etcd's `Put` point when `etcd_binary` is
+/// given, in [`COMMIT_ROUNDS`] rounds of `scale.commit_duration /
+/// COMMIT_ROUNDS` each in which every system takes its turn (in reverse
+/// order every other round), all servers started before the first round.
+/// Returns the rows and the version etcd reported.
+async fn commit_points(
     scale: &Scale,
     work: &Path,
-    commits: &mut Vec<LoadRow>,
-) -> BenchResult<String> {
-    let Some(binary) = etcd::find() else {
-        eprintln!("B6: {}", etcd::NOT_INSTALLED);
-        return Ok(etcd::NOT_INSTALLED.to_string());
-    };
-    let mut version = String::new();
-    for clients in COMMIT_CLIENTS {
-        eprintln!(
-            "B6: Put on etcd-3 ({}), {clients} clients",
-            binary.display()
-        );
+    clients: usize,
+    etcd_binary: Option<&Path>,
+) -> BenchResult<(Vec<LoadRow>, Option<String>)> {
+    let mut points = Vec::new();
+    let mut data_dirs = Vec::new();
+    let mut version = None;
+    for durable in [false, true] {
+        let storage = if durable { "disk" } else { "mem" };
+        for (store, n) in [("raft-3", 3), ("meta", 1)] {
+            let label = format!("b6-{store}-{storage}-{clients}");
+            let data = durable.then(|| work.join(&label));
+            let (addr, servers) = if n == 1 {
+                let server = procs::start_server(
+                    work,
+                    &label,
+                    "meta",
+                    data.as_deref(),
+                    &[UNUSED_BLOCK_ADDR],
+                )?;
+                (server.addr.clone(), Servers::One(server))
+            } else {
+                let cluster =
+                    procs::start_cluster(work, &label, n, UNUSED_BLOCK_ADDR, data.as_deref())
+                        .await?;
+                (cluster.addrs[0].clone(), Servers::Cluster(cluster))
+            };
+            data_dirs.extend(data);
+            points.push(CommitPoint::new(store, durable, addr, servers));
+        }
+    }
+    if let Some(binary) = etcd_binary {
         let label = format!("b6-etcd-3-{clients}");
         let data = work.join(&label);
-        let cluster = etcd::start_cluster(&binary, work, &label, &data).await?;
-        let meters = Meters::start(cluster.pids());
-        let mut row = etcd::put_load(&cluster.leader, clients, scale.commit_duration).await?;
-        meters.finish(&mut row);
+        let cluster = etcd::start_cluster(binary, work, &label, &data).await?;
+        version = Some(cluster.version.clone());
+        data_dirs.push(data);
         // etcd always fsyncs its WAL.
-        row.durable = true;
-        commits.push(row);
-        version.clone_from(&cluster.version);
-        drop(cluster);
-        // Each member preallocates a 64 MB WAL segment: do not let them pile up.
-        std::fs::remove_dir_all(&data).map_err(|e| format!("remove {}: {e}", data.display()))?;
+        points.push(CommitPoint::new(
+            "etcd-3",
+            true,
+            cluster.leader.clone(),
+            Servers::Etcd(cluster),
+        ));
     }
-    Ok(format!(
-        "etcd {version} ({}), {} members, default settings (fsync on)",
-        binary.display(),
-        etcd::MEMBERS
-    ))
+    let round = scale.commit_duration / COMMIT_ROUNDS as u32;
+    for r in 0..COMMIT_ROUNDS {
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..points.len()).collect()
+        } else {
+            (0..points.len()).rev().collect()
+        };
+        for i in order {
+            let point = &mut points[i];
+            let storage = if point.durable { "disk" } else { "mem" };
+            eprintln!(
+                "B6: {} on {} ({storage}), {clients} clients, round {}/{COMMIT_ROUNDS}",
+                if point.store == "etcd-3" {
+                    "Put"
+                } else {
+                    "UpdateFile"
+                },
+                point.store,
+                r + 1
+            );
+            let meters = Meters::start(point.servers.pids());
+            let measured = if point.store == "etcd-3" {
+                etcd::put_calls(&point.addr, clients, round).await?
+            } else {
+                commit_calls(&point.addr, &ClientSecurity::default(), clients, round, r).await?
+            };
+            point.add(measured, &meters);
+        }
+    }
+    let rows = points.into_iter().map(|p| p.into_row(clients)).collect();
+    for dir in data_dirs {
+        // etcd preallocates a 64 MB WAL segment per member, the Raft
+        // servers a log each: do not let them pile up.
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+    }
+    Ok((rows, version))
+}
+
+impl CommitPoint {
+    fn new(store: &'static str, durable: bool, addr: String, servers: Servers) -> CommitPoint {
+        CommitPoint {
+            store,
+            durable,
+            addr,
+            servers,
+            measured: (Vec::new(), 0, 0.0),
+            server_cpu_secs: 0.0,
+            client_cpu_secs: 0.0,
+            steal_weighted: 0.0,
+        }
+    }
+
+    /// Adds one round: what [`drive`] measured, and the CPU `meters` saw.
+    fn add(&mut self, (latencies, errors, secs): Measured, meters: &Meters) {
+        self.measured.0.extend(latencies);
+        self.measured.1 += errors;
+        self.measured.2 += secs;
+        self.server_cpu_secs += meters.servers.elapsed();
+        self.client_cpu_secs += meters.clients.elapsed();
+        self.steal_weighted += meters.steal.percent() * secs;
+    }
+
+    /// The point's row, over all its rounds.
+    fn into_row(self, clients: usize) -> LoadRow {
+        let (mut latencies, errors, secs) = self.measured;
+        latencies.sort_unstable();
+        let mut row = row(self.store, clients, None, (latencies, errors, secs));
+        row.durable = self.durable;
+        row.server_cpu_secs = self.server_cpu_secs;
+        row.client_cpu_secs = self.client_cpu_secs;
+        row.steal_percent = if secs > 0.0 {
+            self.steal_weighted / secs
+        } else {
+            0.0
+        };
+        row
+    }
 }
 
 /// The servers of a commit point, killed when dropped.
 enum Servers {
     One(procs::Server),
     Cluster(procs::Cluster),
+    Etcd(etcd::EtcdCluster),
 }
 
 impl Servers {
@@ -381,6 +490,7 @@ impl Servers {
         match self {
             Servers::One(server) => vec![server.pid()],
             Servers::Cluster(cluster) => cluster.pids(),
+            Servers::Etcd(cluster) => cluster.pids(),
         }
     }
 }
@@ -424,6 +534,10 @@ pub trait Worker: Send + 'static {
     fn call(&mut self, op: u64) -> impl Future<Output = BenchResult<bool>> + Send;
 }
 
+/// What [`drive`] measured: the sorted latencies of the successful calls,
+/// the number of failed ones, and the seconds the point took.
+pub type Measured = (Vec<Duration>, u64, f64);
+
 /// Runs every worker's call in a loop until `duration` has passed or
 /// `max_ops` calls were started in all. All start together, after warming
 /// up. Returns the sorted latencies of the successful calls, the number of
@@ -432,7 +546,7 @@ pub async fn drive<W: Worker>(
     workers: Vec<W>,
     duration: Duration,
     max_ops: u64,
-) -> BenchResult<(Vec<Duration>, u64, f64)> {
+) -> BenchResult<Measured> {
     let barrier = Arc::new(Barrier::new(workers.len() + 1));
     let started_ops = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(workers.len());
@@ -487,7 +601,7 @@ pub fn row(
     store: &str,
     clients: usize,
     block_size: Option<u64>,
-    (latencies, errors, secs): (Vec<Duration>, u64, f64),
+    (latencies, errors, secs): Measured,
 ) -> LoadRow {
     LoadRow {
         store: store.to_string(),
@@ -524,15 +638,30 @@ impl Worker for Committer {
 }
 
 /// UpdateFile commits per second at `addr` (any MetaStore service),
-/// connecting as `security` says; the clients run on [`on_own_thread`].
+/// connecting as `security` says.
 pub async fn commit_load(
     addr: &str,
     security: &ClientSecurity,
     clients: usize,
     duration: Duration,
 ) -> BenchResult<LoadRow> {
+    let measured = commit_calls(addr, security, clients, duration, 0).await?;
+    Ok(row("", clients, None, measured))
+}
+
+/// What [`drive`] measures of `clients` [`Committer`]s at `addr` for
+/// `duration`, run on [`on_own_thread`]. Their files are new on the server
+/// for each `round` (a file's versions go on from the server's, not from
+/// 0).
+async fn commit_calls(
+    addr: &str,
+    security: &ClientSecurity,
+    clients: usize,
+    duration: Duration,
+    round: usize,
+) -> BenchResult<Measured> {
     let (addr, security) = (addr.to_string(), security.clone());
-    let measured = on_own_thread(move || async move {
+    on_own_thread(move || async move {
         // A realistic entry: one block, named like one.
         let hash = hash_block(b"surfstore bench");
         let workers = (0..clients)
@@ -542,7 +671,7 @@ pub async fn commit_load(
                         &addr, &security,
                     )?),
                     meta: FileMetaData {
-                        filename: format!("bench-file-{task:03}"),
+                        filename: format!("bench-file-{round}-{task:03}"),
                         version: 0,
                         block_hash_list: vec![hash.clone()],
                     },
@@ -551,8 +680,7 @@ pub async fn commit_load(
             .collect::<BenchResult<Vec<_>>>()?;
         drive(workers, duration, u64::MAX).await
     })
-    .await?;
-    Ok(row("", clients, None, measured))
+    .await
 }
 
 /// Runs `point` (which makes its clients, connections included, and

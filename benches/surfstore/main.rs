@@ -73,7 +73,7 @@ pub struct Scale {
     pub small_block_bytes: u64,
     /// B5: size of the single large file.
     pub big_file_bytes: u64,
-    /// B6: how long each commit-load point runs.
+    /// B6: how long each commit-load point runs, over all its rounds.
     pub commit_duration: Duration,
     /// B6: how long each PutBlock point runs at most.
     pub put_duration: Duration,
@@ -116,7 +116,7 @@ impl Scale {
                 mixed_bytes: 512 * MIB,
                 small_block_bytes: 64 * MIB,
                 big_file_bytes: 512 * MIB,
-                commit_duration: Duration::from_secs(5),
+                commit_duration: Duration::from_secs(6),
                 put_duration: Duration::from_secs(4),
                 put_max_bytes: 1024 * MIB,
                 sha_duration: Duration::from_secs(2),
