@@ -338,7 +338,7 @@ struct CommitPoint {
     addr: String,
     servers: Servers,
     /// Latencies, failed calls and seconds of the rounds so far.
-    measured: (Vec<Duration>, u64, f64),
+    measured: Measured,
     server_cpu_secs: f64,
     client_cpu_secs: f64,
     /// Each round's stolen share of CPU time (percent) times its seconds,
