@@ -238,17 +238,17 @@ impl Worker for Putter {
 /// What [`load::drive`] measures of `clients` clients `Put`ting to `addr`
 /// (an etcd leader) for `duration`, with the load shape of [`load`]'s
 /// UpdateFile points, on a thread of their own like them
-/// ([`load::on_own_thread`]).
+/// ([`load::drive_on_own_thread`]).
 pub async fn put_calls(
     addr: &str,
     clients: usize,
     duration: Duration,
 ) -> BenchResult<load::Measured> {
     let addr = addr.to_string();
-    load::on_own_thread(move || async move {
+    let make = move || {
         // As large as the one block hash of the bench's UpdateFile entries.
         let value = hash_block(b"surfstore bench").into_bytes();
-        let workers = (0..clients)
+        (0..clients)
             .map(|task| {
                 Ok(Putter {
                     client: KvClient::new(surfstore::grpc::channel(&addr)?),
@@ -256,8 +256,7 @@ pub async fn put_calls(
                     value: value.clone(),
                 })
             })
-            .collect::<BenchResult<Vec<_>>>()?;
-        load::drive(workers, duration, u64::MAX).await
-    })
-    .await
+            .collect()
+    };
+    load::drive_on_own_thread(make, duration).await
 }

@@ -21,7 +21,7 @@
 //! The clients share the machine with the servers: on a small machine this
 //! process's own gRPC work is part of what is measured. The commit points'
 //! clients, ours and etcd's, run on one thread of their own
-//! ([`on_own_thread`]), which spends the least of it.
+//! ([`drive_on_own_thread`]), which spends the least of it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -409,18 +409,15 @@ async fn commit_points(
         for i in order {
             let point = &mut points[i];
             let storage = if point.durable { "disk" } else { "mem" };
+            let is_etcd = matches!(point.servers, Servers::Etcd(_));
+            let call = if is_etcd { "Put" } else { "UpdateFile" };
             eprintln!(
-                "B6: {} on {} ({storage}), {clients} clients, round {}/{COMMIT_ROUNDS}",
-                if point.store == "etcd-3" {
-                    "Put"
-                } else {
-                    "UpdateFile"
-                },
+                "B6: {call} on {} ({storage}), {clients} clients, round {}/{COMMIT_ROUNDS}",
                 point.store,
                 r + 1
             );
             let meters = Meters::start(point.servers.pids());
-            let measured = if point.store == "etcd-3" {
+            let measured = if is_etcd {
                 etcd::put_calls(&point.addr, clients, round).await?
             } else {
                 commit_calls(&point.addr, &ClientSecurity::default(), clients, round, r).await?
@@ -650,7 +647,7 @@ pub async fn commit_load(
 }
 
 /// What [`drive`] measures of `clients` [`Committer`]s at `addr` for
-/// `duration`, run on [`on_own_thread`]. Their files are new on the server
+/// `duration`, run on [`drive_on_own_thread`]. Their files are new on the server
 /// for each `round` (a file's versions go on from the server's, not from
 /// 0).
 async fn commit_calls(
@@ -661,10 +658,10 @@ async fn commit_calls(
     round: usize,
 ) -> BenchResult<Measured> {
     let (addr, security) = (addr.to_string(), security.clone());
-    on_own_thread(move || async move {
+    let make = move || {
         // A realistic entry: one block, named like one.
         let hash = hash_block(b"surfstore bench");
-        let workers = (0..clients)
+        (0..clients)
             .map(|task| {
                 Ok(Committer {
                     client: MetaStoreClient::new(surfstore::grpc::secure_channel(
@@ -677,35 +674,32 @@ async fn commit_calls(
                     },
                 })
             })
-            .collect::<BenchResult<Vec<_>>>()?;
-        drive(workers, duration, u64::MAX).await
-    })
-    .await
+            .collect()
+    };
+    drive_on_own_thread(make, duration).await
 }
 
-/// Runs `point` (which makes its clients, connections included, and
-/// [`drive`]s them) on a tokio runtime of its own with one thread, and
-/// returns what it measured.
+/// Makes the clients with `make`, connections included, and [`drive`]s
+/// them for `duration`, on a tokio runtime of its own with one thread.
 ///
 /// The commit points run this way, ours and etcd's alike. On a small
 /// machine the clients share the cores with the servers they measure; on
 /// this bench's multi-threaded runtime every call also paid for wake-ups
 /// across its threads (clients' CPU per commit 28-41 µs, against 24-25 µs
-/// on one thread), CPU the servers then did not get. The connections must
-/// be made on the runtime that drives them: a tonic channel spawns its
-/// worker task where it is created.
-pub async fn on_own_thread<F, Fut, T>(point: F) -> BenchResult<T>
+/// on one thread), CPU the servers then did not get. The clients are made
+/// on the runtime that drives them: a tonic channel spawns its worker task
+/// where it is created.
+pub async fn drive_on_own_thread<W, F>(make: F, duration: Duration) -> BenchResult<Measured>
 where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = BenchResult<T>>,
-    T: Send + 'static,
+    W: Worker,
+    F: FnOnce() -> BenchResult<Vec<W>> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("start the clients' runtime: {e}"))?;
-        runtime.block_on(point())
+        runtime.block_on(async move { drive(make()?, duration, u64::MAX).await })
     })
     .await?
 }
