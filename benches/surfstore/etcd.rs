@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use surfstore::hash::hash_block;
-use tonic::transport::Channel;
 
 use crate::BenchResult;
+use crate::lean::LeanChannel;
 use crate::load::{self, Worker};
 use crate::procs::{self, POLL, Proc, READY_TIMEOUT, START_ATTEMPTS};
 
@@ -212,7 +212,7 @@ async fn commits(addr: &str) -> BenchResult<bool> {
 
 /// A client putting its own key, again and again.
 struct Putter {
-    client: KvClient<Channel>,
+    client: KvClient<LeanChannel>,
     key: Vec<u8>,
     value: Vec<u8>,
 }
@@ -245,18 +245,18 @@ pub async fn put_calls(
     duration: Duration,
 ) -> BenchResult<load::Measured> {
     let addr = addr.to_string();
-    let make = move || {
+    let make = async move || {
         // As large as the one block hash of the bench's UpdateFile entries.
         let value = hash_block(b"surfstore bench").into_bytes();
-        (0..clients)
-            .map(|task| {
-                Ok(Putter {
-                    client: KvClient::new(surfstore::grpc::channel(&addr)?),
-                    key: format!("bench-file-{task:03}").into_bytes(),
-                    value: value.clone(),
-                })
-            })
-            .collect()
+        let mut putters = Vec::with_capacity(clients);
+        for task in 0..clients {
+            putters.push(Putter {
+                client: KvClient::new(LeanChannel::connect(&addr).await?),
+                key: format!("bench-file-{task:03}").into_bytes(),
+                value: value.clone(),
+            });
+        }
+        Ok(putters)
     };
     load::drive_on_own_thread(make, duration).await
 }

@@ -1,5 +1,6 @@
-//! B6: server throughput under concurrent clients, from tonic clients in this
-//! process, each on its own connection (as separate users would be).
+//! B6: server throughput under concurrent clients, from tonic's generated
+//! clients in this process, each on its own connection (as separate users
+//! would be); the commit points' connections are [`LeanChannel`]s.
 //!
 //! * Commits: every client updates its own file in a loop (`UpdateFile` with
 //!   the next version) for a fixed time, against a 3-server Raft cluster's
@@ -21,7 +22,8 @@
 //! The clients share the machine with the servers: on a small machine this
 //! process's own gRPC work is part of what is measured. The commit points'
 //! clients, ours and etcd's, run on one thread of their own
-//! ([`drive_on_own_thread`]), which spends the least of it.
+//! ([`drive_on_own_thread`]) over [`LeanChannel`]s, which spends the least
+//! of it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use surfstore::grpc::{AuthChannel, MAX_MESSAGE_BYTES};
+use surfstore::grpc::MAX_MESSAGE_BYTES;
 use surfstore::hash::hash_block;
 use surfstore::proto::block_store_client::BlockStoreClient;
 use surfstore::proto::meta_store_client::MetaStoreClient;
@@ -40,6 +42,7 @@ use tokio::sync::Barrier;
 use tonic::transport::Channel;
 
 use crate::data::Rng;
+use crate::lean::LeanChannel;
 use crate::{BenchResult, Scale, cpu};
 use crate::{etcd, procs};
 
@@ -420,7 +423,7 @@ async fn commit_points(
             let measured = if is_etcd {
                 etcd::put_calls(&point.addr, clients, round).await?
             } else {
-                commit_calls(&point.addr, &ClientSecurity::default(), clients, round, r).await?
+                commit_calls(&point.addr, clients, round, r).await?
             };
             point.add(measured, &meters);
         }
@@ -616,13 +619,37 @@ pub fn row(
     }
 }
 
-/// A client updating its own file, one version after the other.
-struct Committer {
-    client: MetaStoreClient<AuthChannel>,
+/// A client updating its own file, one version after the other, through
+/// a channel of type `C`.
+struct Committer<C> {
+    client: MetaStoreClient<C>,
     meta: FileMetaData,
 }
 
-impl Worker for Committer {
+impl<C> Committer<C> {
+    /// Client number `task` of a point's `round`. Its file is new on the
+    /// server in each round (a file's versions go on from the server's,
+    /// not from 0).
+    fn new(client: MetaStoreClient<C>, round: usize, task: usize) -> Self {
+        Committer {
+            client,
+            meta: FileMetaData {
+                filename: format!("bench-file-{round}-{task:03}"),
+                version: 0,
+                // A realistic entry: one block, named like one.
+                block_hash_list: vec![hash_block(b"surfstore bench")],
+            },
+        }
+    }
+}
+
+impl<C> Worker for Committer<C>
+where
+    C: tonic::client::GrpcService<tonic::body::Body, Future: Send> + Send + 'static,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     async fn warm_up(&mut self) -> BenchResult<()> {
         self.call(0).await.map(drop)
     }
@@ -635,46 +662,44 @@ impl Worker for Committer {
 }
 
 /// UpdateFile commits per second at `addr` (any MetaStore service),
-/// connecting as `security` says.
+/// connecting as `security` says, through tonic's channels (T1 compares
+/// them with TLS and without), on [`drive_on_own_thread`].
 pub async fn commit_load(
     addr: &str,
     security: &ClientSecurity,
     clients: usize,
     duration: Duration,
 ) -> BenchResult<LoadRow> {
-    let measured = commit_calls(addr, security, clients, duration, 0).await?;
+    let (addr, security) = (addr.to_string(), security.clone());
+    let make = async move || {
+        (0..clients)
+            .map(|task| {
+                let channel = surfstore::grpc::secure_channel(&addr, &security)?;
+                Ok(Committer::new(MetaStoreClient::new(channel), 0, task))
+            })
+            .collect()
+    };
+    let measured = drive_on_own_thread(make, duration).await?;
     Ok(row("", clients, None, measured))
 }
 
 /// What [`drive`] measures of `clients` [`Committer`]s at `addr` for
-/// `duration`, run on [`drive_on_own_thread`]. Their files are new on the server
-/// for each `round` (a file's versions go on from the server's, not from
-/// 0).
+/// `duration` in `round`, each on a [`LeanChannel`] of its own, run on
+/// [`drive_on_own_thread`].
 async fn commit_calls(
     addr: &str,
-    security: &ClientSecurity,
     clients: usize,
     duration: Duration,
     round: usize,
 ) -> BenchResult<Measured> {
-    let (addr, security) = (addr.to_string(), security.clone());
-    let make = move || {
-        // A realistic entry: one block, named like one.
-        let hash = hash_block(b"surfstore bench");
-        (0..clients)
-            .map(|task| {
-                Ok(Committer {
-                    client: MetaStoreClient::new(surfstore::grpc::secure_channel(
-                        &addr, &security,
-                    )?),
-                    meta: FileMetaData {
-                        filename: format!("bench-file-{round}-{task:03}"),
-                        version: 0,
-                        block_hash_list: vec![hash.clone()],
-                    },
-                })
-            })
-            .collect()
+    let addr = addr.to_string();
+    let make = async move || {
+        let mut committers = Vec::with_capacity(clients);
+        for task in 0..clients {
+            let channel = LeanChannel::connect(&addr).await?;
+            committers.push(Committer::new(MetaStoreClient::new(channel), round, task));
+        }
+        Ok(committers)
     };
     drive_on_own_thread(make, duration).await
 }
@@ -687,19 +712,19 @@ async fn commit_calls(
 /// this bench's multi-threaded runtime every call also paid for wake-ups
 /// across its threads (clients' CPU per commit 28-41 µs, against 24-25 µs
 /// on one thread), CPU the servers then did not get. The clients are made
-/// on the runtime that drives them: a tonic channel spawns its worker task
-/// where it is created.
+/// on the runtime that drives them: their connections' tasks run where
+/// they are created.
 pub async fn drive_on_own_thread<W, F>(make: F, duration: Duration) -> BenchResult<Measured>
 where
     W: Worker,
-    F: FnOnce() -> BenchResult<Vec<W>> + Send + 'static,
+    F: AsyncFnOnce() -> BenchResult<Vec<W>> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("start the clients' runtime: {e}"))?;
-        runtime.block_on(async move { drive(make()?, duration, u64::MAX).await })
+        runtime.block_on(async move { drive(make().await?, duration, u64::MAX).await })
     })
     .await?
 }

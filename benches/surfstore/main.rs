@@ -39,6 +39,7 @@ mod etcd;
 mod failover;
 mod gc;
 mod growth;
+mod lean;
 mod load;
 // The tests' proxies between Raft servers (F1 isolates leaders with them);
 // the tests use the parts the bench does not.

@@ -330,8 +330,8 @@ fn etcd_table(s: &mut String, r: &Results) {
         s,
         "{}. The load of the UpdateFile points: each client, on its own connection, \
          writes its own key in a loop to the leader; all clients run on one thread \
-         of the bench process, for both systems. ÷ etcd: our commits/s over \
-         etcd's; above 1, ours commits more.\n",
+         of the bench process and send each call in one write, for both systems. \
+         ÷ etcd: our commits/s over etcd's; above 1, ours commits more.\n",
         r.etcd.status
     );
     let _ = writeln!(
