@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use surfstore::hash::hash_block;
 
 use crate::BenchResult;
-use crate::lean::LeanChannel;
+use crate::lean::{self, LeanChannel};
 use crate::load::{self, Worker};
 use crate::procs::{self, POLL, Proc, READY_TIMEOUT, START_ATTEMPTS};
 
@@ -248,15 +248,12 @@ pub async fn put_calls(
     let make = async move || {
         // As large as the one block hash of the bench's UpdateFile entries.
         let value = hash_block(b"surfstore bench").into_bytes();
-        let mut putters = Vec::with_capacity(clients);
-        for task in 0..clients {
-            putters.push(Putter {
-                client: KvClient::new(LeanChannel::connect(&addr).await?),
-                key: format!("bench-file-{task:03}").into_bytes(),
-                value: value.clone(),
-            });
-        }
-        Ok(putters)
+        lean::each_connected(&addr, clients, |channel, task| Putter {
+            client: KvClient::new(channel),
+            key: format!("bench-file-{task:03}").into_bytes(),
+            value: value.clone(),
+        })
+        .await
     };
     load::drive_on_own_thread(make, duration).await
 }

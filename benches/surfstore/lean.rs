@@ -46,6 +46,20 @@ impl LeanChannel {
     }
 }
 
+/// `clients` workers, number `task` made by `make` from a connection of
+/// its own to `addr` and `task`.
+pub async fn each_connected<W>(
+    addr: &str,
+    clients: usize,
+    make: impl Fn(LeanChannel, usize) -> W,
+) -> BenchResult<Vec<W>> {
+    let mut workers = Vec::with_capacity(clients);
+    for task in 0..clients {
+        workers.push(make(LeanChannel::connect(addr).await?, task));
+    }
+    Ok(workers)
+}
+
 /// A reply's body: the server's DATA frames, then its trailers.
 pub struct Reply {
     stream: h2::RecvStream,

@@ -1,6 +1,7 @@
 //! B6: server throughput under concurrent clients, from tonic's generated
 //! clients in this process, each on its own connection (as separate users
-//! would be); the commit points' connections are [`LeanChannel`]s.
+//! would be); the commit points' connections are
+//! [`LeanChannel`](lean::LeanChannel)s.
 //!
 //! * Commits: every client updates its own file in a loop (`UpdateFile` with
 //!   the next version) for a fixed time, against a 3-server Raft cluster's
@@ -22,8 +23,8 @@
 //! The clients share the machine with the servers: on a small machine this
 //! process's own gRPC work is part of what is measured. The commit points'
 //! clients, ours and etcd's, run on one thread of their own
-//! ([`drive_on_own_thread`]) over [`LeanChannel`]s, which spends the least
-//! of it.
+//! ([`drive_on_own_thread`]) over [`LeanChannel`](lean::LeanChannel)s,
+//! which spends the least of it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ use tokio::sync::Barrier;
 use tonic::transport::Channel;
 
 use crate::data::Rng;
-use crate::lean::LeanChannel;
+use crate::lean;
 use crate::{BenchResult, Scale, cpu};
 use crate::{etcd, procs};
 
@@ -684,8 +685,8 @@ pub async fn commit_load(
 }
 
 /// What [`drive`] measures of `clients` [`Committer`]s at `addr` for
-/// `duration` in `round`, each on a [`LeanChannel`] of its own, run on
-/// [`drive_on_own_thread`].
+/// `duration` in `round`, each on a [`LeanChannel`](lean::LeanChannel) of
+/// its own, run on [`drive_on_own_thread`].
 async fn commit_calls(
     addr: &str,
     clients: usize,
@@ -694,12 +695,10 @@ async fn commit_calls(
 ) -> BenchResult<Measured> {
     let addr = addr.to_string();
     let make = async move || {
-        let mut committers = Vec::with_capacity(clients);
-        for task in 0..clients {
-            let channel = LeanChannel::connect(&addr).await?;
-            committers.push(Committer::new(MetaStoreClient::new(channel), round, task));
-        }
-        Ok(committers)
+        lean::each_connected(&addr, clients, |channel, task| {
+            Committer::new(MetaStoreClient::new(channel), round, task)
+        })
+        .await
     };
     drive_on_own_thread(make, duration).await
 }
